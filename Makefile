@@ -1,0 +1,31 @@
+# The README's two commands: `make run` and `make test`. Each creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= schedules.example.yaml
+
+.PHONY: run test lint typecheck unit bench clean
+
+$(BIN)/scheduler: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(BIN)/scheduler
+	$(BIN)/scheduler run --config $(CONFIG) --log-format console
+
+lint: $(BIN)/scheduler
+	$(BIN)/ruff check scheduler tests
+	$(BIN)/ruff format --check scheduler tests
+
+typecheck: $(BIN)/scheduler
+	$(BIN)/mypy
+
+unit: $(BIN)/scheduler
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,38 @@
+"""One exception tree for everything the scheduler reports to a user."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SchedulerError(Exception):
+    """Base of every error the scheduler raises on purpose; the CLI prints it without a traceback."""
+
+
+class ScheduleError(SchedulerError):
+    """A schedule expression cannot be parsed or never fires. The message names the bad value only;
+    config.py adds the file, line and task."""
+
+
+class ConfigError(SchedulerError):
+    """schedules.yaml is missing, unreadable or invalid.
+
+    Holds every problem found, each already formatted as ``PATH:LINE:COL: message`` (column optional),
+    so that a user fixes them all in one pass.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class UnknownTaskError(SchedulerError):
+    """A command named a task that the config file does not define."""
+
+    def __init__(self, name: str, known: Sequence[str], suggestion: str | None) -> None:
+        self.name = name
+        self.known = list(known)
+        self.suggestion = suggestion
+        hint = f" (did you mean '{suggestion}'?)" if suggestion else ""
+        names = ", ".join(self.known) if self.known else "none"
+        super().__init__(f"unknown task '{name}'{hint}; tasks: {names}")
