@@ -56,7 +56,10 @@ _ALIASES = {
 }
 
 _DAY_NAMES = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
-_MONTH_NAMES = "January February March April May June July August September October November December".split()
+_MONTH_NAMES = (
+    *("January", "February", "March", "April", "May", "June"),
+    *("July", "August", "September", "October", "November", "December"),
+)
 _FIELD_NAMES = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
 _FIELD_RANGES = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
 # Letters allowed in a cron field: month and day names, and H.
