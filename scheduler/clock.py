@@ -1,0 +1,371 @@
+"""The clock loop: which task is due next, sleep toward it, dispatch, reload, shut down.
+
+One asyncio loop holds every task's next fire in a heap; it sleeps toward the earliest in bounded steps
+and re-reads the wall clock after each, so a suspend or a clock step is noticed within a step. Processes
+are the runner's business; config parsing and fire times are the pure core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from structlog.typing import FilteringBoundLogger
+
+from scheduler import __version__
+from scheduler.config import Config, TaskSpec
+from scheduler.errors import ConfigError
+
+if TYPE_CHECKING:
+    from scheduler.runner import Run
+
+# The longest the loop sleeps before re-reading the wall clock and polling the config file.
+MAX_SLEEP_S = 1.0
+DEFAULT_SHUTDOWN_GRACE_S = 25.0
+# Counting the instants missed during a long pause stops here; the event then says `count_capped`.
+MISSED_COUNT_CAP = 100_000
+# After the final SIGKILL, how long shutdown waits for the runs to be reaped.
+_REAP_WAIT_S = 5.0
+
+
+class WallClock(Protocol):
+    """Where the loop gets the time and how it waits; tests pass a fake one."""
+
+    def now(self) -> datetime:
+        """Aware UTC wall-clock time."""
+
+    async def sleep(self, seconds: float, wake: asyncio.Event) -> None:
+        """Wait `seconds`, or less if `wake` is set."""
+
+
+class SystemClock:
+    """The real wall clock and asyncio's timers."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    async def sleep(self, seconds: float, wake: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=max(seconds, 0.0))
+        except TimeoutError:
+            pass
+
+
+class StartRun(Protocol):
+    """The runner's start_run, injectable so the loop can be tested without processes."""
+
+    def __call__(
+        self,
+        task: TaskSpec,
+        *,
+        run_id: str,
+        trigger: str,
+        scheduled_for: datetime,
+        log: FilteringBoundLogger,
+        env: Mapping[str, str],
+    ) -> Awaitable[Run]: ...
+
+
+@dataclass
+class _TaskState:
+    spec: TaskSpec
+    generation: int = 0
+    last_instant: datetime | None = None  # the newest instant fired or given up on; never fired again
+    runs: list[Run] = field(default_factory=list)
+    starting: int = 0  # dispatched runs whose process is not started yet
+
+    @property
+    def busy(self) -> bool:
+        return self.starting > 0 or any(not run.done for run in self.runs)
+
+
+@dataclass(order=True)
+class _Entry:
+    due: float  # POSIX time of the fire, jitter included
+    seq: int
+    name: str = field(compare=False)
+    instant: datetime = field(compare=False)
+    generation: int = field(compare=False)
+
+
+class Clock:
+    """Fires the tasks of a Config until asked to stop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        start_run: StartRun,
+        log: FilteringBoundLogger,
+        env: Mapping[str, str],
+        clock: WallClock | None = None,
+        reload_config: Callable[[], Config] | None = None,
+        config_changed: Callable[[], bool] | None = None,
+        on_tick: Callable[[], None] | None = None,
+        shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._start_run = start_run
+        self._log = log
+        self._env = env
+        self._clock = clock or SystemClock()
+        self._reload_config = reload_config
+        self._config_changed = config_changed
+        self._on_tick = on_tick
+        self._shutdown_grace_s = shutdown_grace_s
+        self._rng = rng or random.Random()
+        self._tasks: dict[str, _TaskState] = {}
+        self._heap: list[_Entry] = []
+        self._seq = itertools.count()
+        self._runs: set[Run] = set()
+        self._pending: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stop_signals: list[str] = []
+        self._reload_requested = False
+        self._stopping = False
+
+    # Requests from signal handlers (or tests): they only record and wake the loop.
+
+    def request_stop(self, signame: str = "SIGTERM") -> None:
+        self._stop_signals.append(signame)
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    @property
+    def running_runs(self) -> set[Run]:
+        return {run for run in self._runs if not run.done}
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop, SIGHUP reloads; the handlers only record the request."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    async def run(self) -> None:
+        """Fire tasks until a stop is requested, then shut down within the grace."""
+        now = self._clock.now()
+        for spec in self.config.tasks.values():
+            self._tasks[spec.name] = state = _TaskState(spec)
+            self._schedule(state, now)
+        self._log.info(
+            "scheduler.started", tasks=len(self._tasks), config=self.config.path, version=__version__
+        )
+        last_poll = now
+        while not self._stop_signals:
+            now = self._clock.now()
+            self._dispatch_due(now)
+            if self._stop_signals:
+                break
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload("signal")
+            if abs((now - last_poll).total_seconds()) >= MAX_SLEEP_S:
+                last_poll = now
+                if self._config_changed is not None and self._config_changed():
+                    self._reload("file")
+                if self._on_tick is not None:
+                    self._on_tick()
+            delay = MAX_SLEEP_S
+            if self._heap:
+                delay = min(delay, self._heap[0].due - self._clock.now().timestamp())
+            if delay > 0:
+                await self._clock.sleep(delay, self._wake)
+            self._wake.clear()
+        await self._shutdown()
+
+    # Scheduling
+
+    def _schedule(self, state: _TaskState, now: datetime) -> None:
+        """Queue the task's next fire after `now` and after anything it already fired."""
+        spec = state.spec
+        if not spec.enabled:
+            return
+        after = now if state.last_instant is None else max(now, state.last_instant)
+        self._push(state, spec.schedule.next_fire(after).at)
+
+    def _push(self, state: _TaskState, instant: datetime) -> None:
+        jitter = self._rng.uniform(0, state.spec.jitter_s) if state.spec.jitter_s > 0 else 0.0
+        entry = _Entry(
+            instant.timestamp() + jitter, next(self._seq), state.spec.name, instant, state.generation
+        )
+        heapq.heappush(self._heap, entry)
+
+    def _dispatch_due(self, now: datetime) -> None:
+        now_ts = now.timestamp()
+        while self._heap and self._heap[0].due <= now_ts:
+            entry = heapq.heappop(self._heap)
+            state = self._tasks.get(entry.name)
+            if state is None or state.generation != entry.generation:
+                continue  # the task was removed or rescheduled by a reload
+            self._fire_due(state, entry, now)
+
+    def _fire_due(self, state: _TaskState, entry: _Entry, now: datetime) -> None:
+        """Run a due instant, or account for it as missed.
+
+        Misfire policy: every instant the task missed (suspend, overload, a forward clock step) collapses
+        into one run at the newest of them, if that one is no older than the task's grace; otherwise they
+        are all skipped. Either way the skipped ones are logged as one `task.missed` event with their
+        count, and none of them is ever run later: no storm of runs after a long pause.
+        """
+        spec = state.spec
+        first = entry.instant
+        newest, count, previous = first, 1, None
+        upcoming = spec.schedule.next_fire(first).at
+        while upcoming <= now and count < MISSED_COUNT_CAP:
+            previous, newest = newest, upcoming
+            count += 1
+            upcoming = spec.schedule.next_fire(upcoming).at
+        capped = upcoming <= now
+        if capped:
+            # Past the cap, jump straight to the first instant after now.
+            upcoming = spec.schedule.next_fire(now).at
+        late_s = now.timestamp() - (entry.due if count == 1 else newest.timestamp())
+        state.last_instant = newest if not capped else now
+        self._push(state, upcoming)
+        if late_s <= spec.grace_s and not capped:
+            if count > 1:
+                self._missed(spec.name, count - 1, first, previous or first, capped=False)
+            self._fire(state, newest, "schedule")
+        else:
+            self._missed(spec.name, count, first, newest, capped=capped)
+
+    def _missed(self, name: str, count: int, first: datetime, last: datetime, *, capped: bool) -> None:
+        extra: dict[str, Any] = {"count_capped": True} if capped else {}
+        self._log.warning("task.missed", task=name, count=count, first=_iso(first), last=_iso(last), **extra)
+
+    def _fire(self, state: _TaskState, instant: datetime, trigger: str) -> None:
+        """Start a run, subject to the task's overlap policy.
+
+        Overlap policy: `skip` logs `task.skipped` (reason `overlap`) and lets the running one finish;
+        `allow` starts another; `replace` stops the running ones as a timeout would (SIGTERM, SIGKILL
+        after kill_grace) and starts the new one at once.
+        """
+        spec = state.spec
+        if state.busy:
+            if spec.overlap == "skip":
+                self._log.info("task.skipped", task=spec.name, scheduled_for=_iso(instant), reason="overlap")
+                return
+            if spec.overlap == "replace":
+                for run in state.runs:
+                    if not run.done:
+                        run.stop("killed")
+        state.starting += 1
+        job = asyncio.create_task(self._execute(state, instant, trigger))
+        self._pending.add(job)
+        job.add_done_callback(self._pending.discard)
+
+    async def _execute(self, state: _TaskState, instant: datetime, trigger: str) -> None:
+        run_id = uuid.uuid4().hex[:12]
+        try:
+            run = await self._start_run(
+                state.spec,
+                run_id=run_id,
+                trigger=trigger,
+                scheduled_for=instant,
+                log=self._log,
+                env=self._env,
+            )
+        finally:
+            state.starting -= 1
+        state.runs.append(run)
+        self._runs.add(run)
+        if self._stopping:
+            run.stop("killed", kill_grace_s=0)
+        try:
+            await run.wait()
+        finally:
+            state.runs.remove(run)
+            self._runs.discard(run)
+
+    # Reload
+
+    def _reload(self, reason: str) -> None:
+        """Swap in a new config if it is valid; otherwise keep the old one and say why.
+
+        Reload policy: unchanged tasks keep their queued fire; changed and added tasks are scheduled from
+        now (never re-firing an instant already fired); running runs are never interrupted.
+        """
+        if self._reload_config is None:
+            return
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            self._log.error("config.invalid", error=str(exc), trigger=reason)
+            return
+        now = self._clock.now()
+        old = self._tasks
+        added = sorted(set(new.tasks) - set(old))
+        removed = sorted(set(old) - set(new.tasks))
+        changed = sorted(n for n in set(new.tasks) & set(old) if new.tasks[n] != old[n].spec)
+        for name in removed:
+            old.pop(name).generation += 1
+        for name in changed:
+            state = old[name]
+            state.spec = new.tasks[name]
+            state.generation += 1
+            self._schedule(state, now)
+        for name in added:
+            old[name] = state = _TaskState(new.tasks[name])
+            self._schedule(state, now)
+        self.config = new
+        # Entries of removed or rescheduled tasks are skipped lazily; rebuild when they dominate the heap.
+        if len(self._heap) > 2 * len(self._tasks) + 64:
+            self._heap = [e for e in self._heap if self._is_live(e)]
+            heapq.heapify(self._heap)
+        self._log.info("config.reloaded", added=added, removed=removed, changed=changed, trigger=reason)
+
+    def _is_live(self, entry: _Entry) -> bool:
+        state = self._tasks.get(entry.name)
+        return state is not None and state.generation == entry.generation
+
+    # Shutdown
+
+    async def _shutdown(self) -> None:
+        """Stop within the grace: start nothing new, SIGTERM every run, SIGKILL what is left.
+
+        Shutdown policy: the first SIGTERM or SIGINT starts it; repeated SIGTERMs (Heroku sends them to
+        every process, maybe more than once) do not cut the grace short; a second SIGINT (Ctrl-C twice)
+        does, and kills what is left at once.
+        """
+        self._stopping = True
+        first = self._stop_signals[0]
+        self._log.info("scheduler.stopping", signal=first, running=len(self.running_runs))
+        deadline = asyncio.get_running_loop().time() + self._shutdown_grace_s
+        for run in self.running_runs:
+            run.stop("killed", kill_grace_s=min(run.task.kill_grace_s, self._shutdown_grace_s))
+        seen = len(self._stop_signals)
+        while self._pending or self.running_runs:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            waiter = asyncio.ensure_future(self._wake.wait())
+            jobs: set[asyncio.Future[Any]] = {waiter, *self._pending}
+            await asyncio.wait(jobs, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            new_signals = self._stop_signals[seen:]
+            seen = len(self._stop_signals)
+            if "SIGINT" in new_signals:
+                break
+        for run in self.running_runs:
+            run.kill()
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=_REAP_WAIT_S)
+        self._log.info("scheduler.stopped")
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat()

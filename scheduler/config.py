@@ -1,0 +1,829 @@
+"""schedules.yaml text -> validated, frozen task specs. Errors carry PATH:LINE:COL.
+
+Pure: no clock, no processes; the only I/O is `load_config` reading the file. Parsing works on PyYAML's
+composed node tree rather than on loaded dicts, because only nodes know their line and column and only they
+show duplicate keys (`yaml.safe_load` silently keeps the last one). Every problem found is collected and
+raised together in one `ConfigError`, so that a user fixes them all in one pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+import zoneinfo
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal, NoReturn, get_args
+from zoneinfo import ZoneInfo
+
+import yaml
+from yaml.error import Mark
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.reader import ReaderError
+
+from scheduler import schedule as schedule_module
+from scheduler.errors import ConfigError, ScheduleError
+from scheduler.schedule import Schedule
+
+Overlap = Literal["skip", "allow", "replace"]
+
+DEFAULT_CONFIG_PATH = "schedules.yaml"
+DEFAULT_TIMEZONE = "UTC"
+DEFAULT_OVERLAP: Overlap = "skip"
+DEFAULT_GRACE_S = 300.0
+DEFAULT_JITTER_S = 0.0
+DEFAULT_KILL_GRACE_S = 10.0
+DEFAULT_SHELL = "/bin/sh"
+# Longer durations are almost certainly typos, and they would overflow datetime arithmetic in the clock.
+MAX_DURATION_S = 366 * 86400.0
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task, fully resolved: defaults applied, schedule parsed, cwd made absolute.
+
+    Two specs compare equal when a reload need not touch the task; `line` is not compared.
+    """
+
+    name: str
+    schedule: Schedule
+    command: str | tuple[str, ...]
+    timezone: str
+    timeout_s: float | None = None
+    overlap: Overlap = DEFAULT_OVERLAP
+    grace_s: float = DEFAULT_GRACE_S
+    jitter_s: float = DEFAULT_JITTER_S
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    shell: str = DEFAULT_SHELL
+    kill_grace_s: float = DEFAULT_KILL_GRACE_S
+    enabled: bool = True
+    line: int = field(default=0, compare=False)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return self.schedule.zone
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated schedules.yaml."""
+
+    path: str
+    timezone: str
+    tasks: Mapping[str, TaskSpec]
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the config file at `path`.
+
+    A file that is missing, is a directory, cannot be read or is not UTF-8 raises `ConfigError` with one
+    problem naming the path and the reason; an invalid file raises it with every problem found.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied"]) from None
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read the file: {error.strerror or error}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        byte = data[error.start]
+        raise ConfigError(
+            [f"{path}:{line}:{column}: not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8"]
+        ) from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: str, *, base_dir: str | None = None) -> Config:
+    """Validate schedules.yaml `text` into a `Config`.
+
+    `path` only names the file in messages. Relative `cwd`s are joined onto `base_dir`, by default the folder
+    of `path`, made absolute. Raises `ConfigError` listing every problem as ``PATH:LINE:COL: message``,
+    ordered by line.
+    """
+    base = Path(base_dir) if base_dir is not None else Path(path).parent
+    return _Parser(text, path, base.absolute()).parse()
+
+
+def suggest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to `word` for a "did you mean" hint, or None when nothing is close.
+
+    Case is ignored (a choice that differs only in case wins); otherwise difflib's ratio must reach 0.6.
+    """
+    by_folded: dict[str, str] = {}
+    for choice in choices:
+        by_folded.setdefault(choice.casefold(), choice)
+    folded = word.casefold()
+    if folded in by_folded:
+        return by_folded[folded]
+    matches = difflib.get_close_matches(folded, list(by_folded), n=1, cutoff=0.6)
+    return by_folded[matches[0]] if matches else None
+
+
+_DURATION_FORMS = "a duration like 90s, 10m, 1h30m or a number of seconds"
+# Units largest first: a duration names each at most once, in this order ("1h30m", not "30m1h").
+_UNITS: tuple[tuple[str, float, tuple[str, ...]], ...] = (
+    ("d", 86400.0, ("d", "day", "days")),
+    ("h", 3600.0, ("h", "hr", "hrs", "hour", "hours")),
+    ("m", 60.0, ("m", "min", "mins", "minute", "minutes")),
+    ("s", 1.0, ("s", "sec", "secs", "second", "seconds")),
+    ("ms", 0.001, ("ms", "msec", "msecs", "millisecond", "milliseconds")),
+)
+_UNIT_RANK = {alias: rank for rank, (_, _, aliases) in enumerate(_UNITS) for alias in aliases}
+_DURATION_PART = re.compile(
+    r"(\d+(?:\.\d+)?|\.\d+)\s*(" + "|".join(sorted(_UNIT_RANK, key=len, reverse=True)) + r")(?![a-z])\s*",
+    re.IGNORECASE,
+)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in a duration: "90s", "10m", "1h30m", "1h 30m", "500ms", "1d", or a number of seconds.
+
+    Units are d, h, m, s and ms (long forms like "minutes" too), each at most once, largest first. A bare
+    number (int, float or numeric string) counts seconds. Raises ValueError, naming the accepted forms, for
+    anything else, including booleans, negative and non-finite values and more than a year.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected {_DURATION_FORMS}, got {_describe(value)}")
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    elif isinstance(value, str):
+        if value.strip().startswith("-"):
+            raise ValueError(f"must not be negative, got {_describe(value)}")
+        parsed = _duration_seconds(value)
+        if parsed is None:
+            raise ValueError(f"expected {_DURATION_FORMS}, got {_describe(value)}")
+        seconds = parsed
+    else:
+        raise ValueError(f"expected {_DURATION_FORMS}, got {_describe(value)}")
+    if math.isnan(seconds):
+        raise ValueError(f"expected {_DURATION_FORMS}, got {_describe(value)}")
+    if seconds < 0:
+        raise ValueError(f"must not be negative, got {_describe(value)}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"must be at most 366d, got {_describe(value)}")
+    return seconds
+
+
+def _duration_seconds(text: str) -> float | None:
+    """The seconds in a duration string, or None when it is not one."""
+    text = text.strip()
+    if _NUMBER.fullmatch(text):
+        return float(text)
+    total, position, last_rank = 0.0, 0, -1
+    while position < len(text):
+        match = _DURATION_PART.match(text, position)
+        if match is None:
+            return None
+        rank = _UNIT_RANK[match[2].lower()]
+        if rank <= last_rank:
+            return None
+        total += float(match[1]) * _UNITS[rank][1]
+        position, last_rank = match.end(), rank
+    return total if position else None
+
+
+_TOP_KEYS = ("timezone", "defaults", "tasks")
+_TASK_KEYS = (
+    "schedule",
+    "command",
+    "timezone",
+    "timeout",
+    "overlap",
+    "grace",
+    "jitter",
+    "env",
+    "cwd",
+    "shell",
+    "kill_grace",
+    "enabled",
+)
+_REQUIRED_KEYS = ("schedule", "command")
+_DEFAULTS_KEYS = tuple(key for key in _TASK_KEYS if key not in _REQUIRED_KEYS)
+_FIELD_NAMES = {
+    "timeout": "timeout_s",
+    "grace": "grace_s",
+    "jitter": "jitter_s",
+    "kill_grace": "kill_grace_s",
+}
+_OVERLAPS: tuple[str, ...] = get_args(Overlap)
+_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_YAML_TAG = "tag:yaml.org,2002:"
+_MERGE_TAG = _YAML_TAG + "merge"
+# Tags SafeLoader can construct; any other (e.g. !!python/object) is reported, never constructed.
+_SAFE_TAGS = frozenset(tag for tag in yaml.SafeLoader.yaml_constructors if tag is not None)
+# Characters that YAML cannot start a plain value with, and that cron-style schedules often start with.
+_QUOTE_HINTS = {
+    "*": "quote schedules that start with '*', e.g. schedule: \"* * * * *\"",
+    "@": "quote schedules that start with '@', e.g. schedule: \"@daily\"",
+}
+
+
+@functools.cache
+def _zone_names() -> tuple[str, ...]:
+    """Every IANA key on this machine; slow (it lists files), so only computed for a did-you-mean."""
+    return tuple(sorted(zoneinfo.available_timezones()))
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Stands in for a list or mapping node where a scalar was expected; such nodes are never constructed."""
+
+    description: str
+
+
+_A_LIST = _Shape("a list")
+_A_MAPPING = _Shape("a mapping")
+
+
+class _Invalid(Exception):
+    """The value at hand is invalid and its problem is already recorded: go on with the next key."""
+
+
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    match = suggest(word, choices)
+    return f" (did you mean {_quote(match)}?)" if match else ""
+
+
+def _describe(value: object) -> str:
+    """A value as a message shows it: 'text', the number 5, the boolean true, null, a list."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return _quote(value)
+    if isinstance(value, _Shape):
+        return value.description
+    if isinstance(value, date):
+        return f"the date {value.isoformat()}"
+    if isinstance(value, bytes):
+        return "binary data"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict | set):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _describe_node(value: object, node: Node) -> str:
+    """`_describe`, plus a hint when YAML 1.1 turned unquoted text into something else."""
+    if not isinstance(node, ScalarNode) or node.style is not None:
+        return _describe(value)
+    raw = str(node.value)
+    if value is None and not raw:
+        return "nothing (the value is empty)"
+    hint = ""
+    if isinstance(value, bool):
+        hint = f"YAML 1.1 reads an unquoted {raw} as a boolean; quote it"
+    elif isinstance(value, int | float) and ":" in raw:
+        hint = f"YAML 1.1 reads an unquoted {raw} as a base-60 number; quote it"
+    elif isinstance(value, int | float) and raw != str(value):
+        hint = f"YAML 1.1 reads an unquoted {raw} as a number; quote it"
+    elif isinstance(value, date):
+        hint = f"YAML reads an unquoted {raw} as a date; quote it"
+    return f"{_describe(value)}: {hint}" if hint else _describe(value)
+
+
+def _tag_problem(node: Node) -> str:
+    tag = str(node.tag)
+    shown = "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
+    return f"unsupported YAML tag {shown!r}: only plain values are allowed"
+
+
+class _Parser:
+    """One parse of one file: walks the node tree, collecting problems as (line, column, message)."""
+
+    def __init__(self, text: str, path: str, base_dir: Path) -> None:
+        self.text = text
+        self.path = path
+        self.base_dir = base_dir
+        self.problems: list[tuple[int, int, str]] = []
+        self.loader: yaml.SafeLoader | None = None
+        # Nodes whose tag SafeLoader cannot construct, by id; reported in context when met, else at the end.
+        self.bad_nodes: dict[int, Node] = {}
+        self.reported_bad: set[int] = set()
+
+    # -- reporting ----------------------------------------------------------------------------------------
+
+    def report(self, at: Node | Mark, message: str) -> None:
+        mark = at.start_mark if isinstance(at, Node) else at
+        self.problems.append((mark.line + 1, mark.column + 1, message))
+
+    def fail(self, at: Node | Mark, message: str) -> NoReturn:
+        self.report(at, message)
+        raise _Invalid
+
+    def check_safe(self, node: Node, where: str) -> None:
+        """Report and raise `_Invalid` if `node` carries a tag that SafeLoader will not construct."""
+        if id(node) in self.bad_nodes:
+            self.reported_bad.add(id(node))
+            prefix = f"{where}: " if where else ""
+            self.fail(node, prefix + _tag_problem(node))
+
+    # -- the document -------------------------------------------------------------------------------------
+
+    def parse(self) -> Config:
+        try:
+            config = self._document()
+        finally:
+            if self.loader is not None:
+                self.loader.dispose()
+        for node_id, node in self.bad_nodes.items():
+            if node_id not in self.reported_bad:
+                self.report(node, _tag_problem(node))
+        if self.problems or config is None:
+            ordered = sorted(dict.fromkeys(self.problems), key=lambda problem: problem[:2])
+            raise ConfigError(
+                [f"{self.path}:{line}:{column}: {message}" for line, column, message in ordered]
+            )
+        return config
+
+    def _document(self) -> Config | None:
+        root = self._compose()
+        if root is None:
+            return None
+        self._check_tags(root)
+        try:
+            self.check_safe(root, "")
+        except _Invalid:
+            return None
+        if not isinstance(root, MappingNode):
+            self.report(
+                root, f"expected a mapping with a 'tasks' key at the top level, got {self._shape(root)}"
+            )
+            return None
+        top_zone: str | None = DEFAULT_TIMEZONE
+        defaults: dict[str, Any] = {}
+        failed_defaults: set[str] = set()
+        tasks_nodes: list[Node] = []
+        for key, key_node, value_node in self._items(root, "", "key"):
+            if key == "timezone":
+                try:
+                    top_zone = self._timezone(value_node, "timezone")
+                except _Invalid:
+                    top_zone = None
+            elif key == "defaults":
+                defaults, failed_defaults = self._defaults(value_node)
+            elif key == "tasks":
+                tasks_nodes.append(value_node)
+            else:
+                self._unknown_top_key(key, key_node, value_node)
+        if not tasks_nodes:
+            self.report(root, "missing required key 'tasks' (a mapping of task names to their settings)")
+            return None
+        # A task's zone: its own, else the defaults', else the top level's (None: that one is invalid).
+        task_zone = None if "timezone" in failed_defaults else defaults.get("timezone", top_zone)
+        # More than one only when 'tasks' is duplicated, already an error: check them all anyway.
+        tasks: dict[str, TaskSpec] | None = None
+        for tasks_node in tasks_nodes:
+            tasks = self._tasks(tasks_node, defaults, failed_defaults, task_zone)
+        if tasks is None:
+            return None
+        return Config(path=self.path, timezone=top_zone or DEFAULT_TIMEZONE, tasks=tasks)
+
+    def _compose(self) -> Node | None:
+        """The document's node tree; None (with the problem recorded) on a syntax error or an empty file."""
+        try:
+            self.loader = yaml.SafeLoader(self.text)
+            root: Node | None = self.loader.get_single_node()
+        except yaml.MarkedYAMLError as error:
+            self._syntax_error(error)
+            return None
+        except ReaderError as error:
+            line = self.text.count("\n", 0, error.position) + 1
+            column = error.position - (self.text.rfind("\n", 0, error.position) + 1) + 1
+            self.problems.append(
+                (line, column, f"YAML syntax error: character #x{error.character:04x}: {error.reason}")
+            )
+            return None
+        except yaml.YAMLError as error:
+            self.problems.append((1, 1, f"YAML syntax error: {error}"))
+            return None
+        except RecursionError:
+            self.problems.append((1, 1, "YAML syntax error: the document is nested too deeply"))
+            return None
+        if root is None or (isinstance(root, ScalarNode) and root.tag == _YAML_TAG + "null"):
+            self.problems.append((1, 1, "the file is empty; expected a mapping with a 'tasks' key"))
+            return None
+        return root
+
+    def _syntax_error(self, error: yaml.MarkedYAMLError) -> None:
+        mark = error.problem_mark or error.context_mark
+        message = f"YAML syntax error: {error.problem or error.context}"
+        if error.problem and error.context and not error.context.startswith("while"):
+            # "expected a single document in the stream, but found another document"
+            message = f"YAML syntax error: {error.context}, {error.problem}"
+        elif error.problem and error.context and error.context_mark is not None:
+            where = f"line {error.context_mark.line + 1}, column {error.context_mark.column + 1}"
+            message += f" ({error.context} at {where})"
+        for hint_mark in (error.context_mark, error.problem_mark):
+            if hint_mark is not None:
+                hint = _QUOTE_HINTS.get(self.text[hint_mark.index : hint_mark.index + 1])
+                if hint:
+                    message += f"; {hint}"
+                    break
+        if mark is None:
+            self.problems.append((1, 1, message))
+        else:
+            self.report(mark, message)
+
+    def _check_tags(self, root: Node) -> None:
+        """Find every node whose tag SafeLoader cannot construct (e.g. !!python/object), anywhere."""
+        seen: set[int] = set()
+        stack: list[tuple[Node, bool]] = [(root, False)]
+        while stack:
+            node, is_key = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.tag not in _SAFE_TAGS and not (is_key and node.tag == _MERGE_TAG):
+                self.bad_nodes[id(node)] = node
+            elif isinstance(node, SequenceNode):
+                stack.extend((item, False) for item in reversed(node.value))
+            elif isinstance(node, MappingNode):
+                for key_node, value_node in reversed(node.value):
+                    stack.extend([(value_node, False), (key_node, True)])
+
+    def _unknown_top_key(self, key: str, key_node: Node, value_node: Node) -> None:
+        hint = _did_you_mean(key, _TOP_KEYS)
+        if not hint and isinstance(value_node, MappingNode):
+            names = {str(k.value) for k, _ in value_node.value if isinstance(k, ScalarNode)}
+            if names & set(_REQUIRED_KEYS):
+                hint = " (tasks go under 'tasks:')"
+        self.report(key_node, f"unknown key {_quote(key)}{hint}")
+
+    # -- mappings -----------------------------------------------------------------------------------------
+
+    def _items(
+        self, node: MappingNode, where: str, noun: str, seen: frozenset[int] = frozenset()
+    ) -> list[tuple[str, Node, Node]]:
+        """A mapping's (key, key node, value node)s with `<<` merges applied.
+
+        A duplicate key is reported but still returned, so that its value gets checked too. As in YAML's
+        merge-key convention, the mapping's own keys win over merged ones without complaint.
+        """
+        prefix = f"{where}: " if where else ""
+        own: list[tuple[str, Node, Node]] = []
+        first_lines: dict[str, int] = {}
+        merged: dict[str, tuple[Node, Node]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                for source in self._merge_sources(value_node, where):
+                    if id(source) in seen:
+                        continue
+                    for key, source_key, source_value in self._items(source, where, noun, seen | {id(node)}):
+                        merged.setdefault(key, (source_key, source_value))
+                continue
+            try:
+                self.check_safe(key_node, where)
+            except _Invalid:
+                continue
+            if not isinstance(key_node, ScalarNode):
+                self.report(key_node, f"{prefix}expected a plain text key, got {self._shape(key_node)}")
+                continue
+            key = str(key_node.value)
+            if key in first_lines:
+                message = f"duplicate {noun} {_quote(key)} (first defined on line {first_lines[key]})"
+                self.report(key_node, prefix + message)
+            else:
+                first_lines[key] = key_node.start_mark.line + 1
+            own.append((key, key_node, value_node))
+        items = [(key, *nodes) for key, nodes in merged.items() if key not in first_lines]
+        return items + own
+
+    def _merge_sources(self, node: Node, where: str) -> list[MappingNode]:
+        """The mappings a `<<` key merges: one mapping or a list of them."""
+        prefix = f"{where}: " if where else ""
+        try:
+            self.check_safe(node, f"{prefix}<<")
+        except _Invalid:
+            return []
+        if isinstance(node, MappingNode):
+            return [node]
+        if isinstance(node, SequenceNode) and all(isinstance(item, MappingNode) for item in node.value):
+            return list(node.value)
+        self.report(node, f"{prefix}<<: expected a mapping or a list of mappings to merge")
+        return []
+
+    def _mapping(self, node: Node, where: str, expected: str) -> MappingNode:
+        self.check_safe(node, where)
+        if isinstance(node, MappingNode):
+            return node
+        self.fail(node, f"{where}: expected {expected}, got {self._shape(node)}")
+
+    # -- defaults and tasks -------------------------------------------------------------------------------
+
+    def _defaults(self, node: Node) -> tuple[dict[str, Any], set[str]]:
+        """The defaults' parsed values by TaskSpec field name, and the keys whose value was invalid."""
+        values: dict[str, Any] = {}
+        failed: set[str] = set()
+        try:
+            mapping = self._mapping(node, "defaults", "a mapping of task settings")
+        except _Invalid:
+            return values, set(_DEFAULTS_KEYS)
+        for key, key_node, value_node in self._items(mapping, "defaults", "key"):
+            if key in _REQUIRED_KEYS:
+                self.report(key_node, f"defaults: {key!r} cannot have a default; set it in each task")
+            elif key not in _DEFAULTS_KEYS:
+                self.report(
+                    key_node, f"defaults: unknown key {_quote(key)}{_did_you_mean(key, _DEFAULTS_KEYS)}"
+                )
+            else:
+                try:
+                    values[key] = self._setting(key, value_node, f"defaults: {key}")
+                except _Invalid:
+                    failed.add(key)
+        return values, failed
+
+    def _tasks(
+        self, node: Node, defaults: dict[str, Any], failed_defaults: set[str], zone: str | None
+    ) -> dict[str, TaskSpec] | None:
+        try:
+            mapping = self._mapping(
+                node, "tasks", "a mapping of task names to their settings (tasks: {} for none)"
+            )
+        except _Invalid:
+            return None
+        tasks: dict[str, TaskSpec] = {}
+        for name, key_node, value_node in self._items(mapping, "", "task"):
+            task = self._task(name, key_node, value_node, defaults, failed_defaults, zone)
+            if task is not None:
+                tasks[name] = task
+        return tasks
+
+    def _task(
+        self,
+        name: str,
+        key_node: Node,
+        node: Node,
+        defaults: dict[str, Any],
+        failed_defaults: set[str],
+        default_zone: str | None,
+    ) -> TaskSpec | None:
+        """One task's spec, or None when any of its settings (or a default it relies on) is invalid."""
+        where = f"task {_quote(name)}"
+        valid = True
+        if not _TASK_NAME.fullmatch(name):
+            self.report(
+                key_node,
+                f"{where}: invalid task name: "
+                "use letters, digits, '-', '_' and '.', starting with a letter or digit",
+            )
+            valid = False
+        try:
+            mapping = self._mapping(node, where, "a mapping of settings like schedule and command")
+        except _Invalid:
+            return None
+        values: dict[str, Any] = {}
+        value_nodes: dict[str, Node] = {}
+        suggested: set[str] = set()
+        for key, setting_key_node, value_node in self._items(mapping, where, "key"):
+            if key not in _TASK_KEYS:
+                guess = suggest(key, _TASK_KEYS)
+                hint = f" (did you mean {_quote(guess)}?)" if guess else ""
+                self.report(setting_key_node, f"{where}: unknown key {_quote(key)}{hint}")
+                suggested.add(guess or "")
+                valid = False
+                continue
+            value_nodes[key] = value_node
+            try:
+                values[key] = self._setting(key, value_node, f"{where}: {key}")
+            except _Invalid:
+                valid = False
+        for key in _REQUIRED_KEYS:
+            if key not in value_nodes:
+                # A misspelt 'comand' is reported once, as an unknown key with its suggestion.
+                if key not in suggested:
+                    self.report(key_node, f"{where}: missing required key {key!r}")
+                valid = False
+        # The schedule is checked whenever its text and zone are known, even if other settings are bad.
+        zone = values.get("timezone") if "timezone" in value_nodes else default_zone
+        if "schedule" not in values or zone is None:
+            return None
+        try:
+            schedule = schedule_module.parse(values["schedule"], name=name, zone=ZoneInfo(zone))
+        except (ScheduleError, ValueError) as error:
+            self.report(value_nodes["schedule"], f"{where}: schedule: {error}")
+            return None
+        if not valid or failed_defaults - values.keys():
+            return None
+        settings = {**defaults, **values, "env": {**defaults.get("env", {}), **values.get("env", {})}}
+        del settings["schedule"]
+        settings["timezone"] = zone
+        fields = {_FIELD_NAMES.get(key, key): value for key, value in settings.items()}
+        return TaskSpec(name=name, schedule=schedule, line=key_node.start_mark.line + 1, **fields)
+
+    def _setting(self, key: str, node: Node, where: str) -> Any:
+        """The parsed value of one task setting (schedule is returned as text: it needs the zone)."""
+        match key:
+            case "schedule":
+                return self._string(node, where, "a schedule like \"0 9 * * MON-FRI\" or 'every 10 minutes'")
+            case "command":
+                return self._command(node, where)
+            case "timezone":
+                return self._timezone(node, where)
+            case "timeout":
+                return self._duration(node, where, positive=True, allow_none=True)
+            case "grace" | "jitter":
+                return self._duration(node, where, positive=False, allow_none=False)
+            case "kill_grace":
+                return self._duration(node, where, positive=True, allow_none=False)
+            case "overlap":
+                return self._overlap(node, where)
+            case "env":
+                return self._env(node, where)
+            case "cwd":
+                return self._cwd(node, where)
+            case "shell":
+                return self._os_string(node, where, "a shell path like /bin/bash")
+            case "enabled":
+                value = self._value(node, where)
+                if isinstance(value, bool):
+                    return value
+                self.fail(node, f"{where}: expected true or false, got {_describe(value)}")
+        raise AssertionError(key)  # pragma: no cover - _TASK_KEYS and this match agree
+
+    # -- values -------------------------------------------------------------------------------------------
+
+    def _value(self, node: Node, where: str) -> object:
+        """A scalar node's Python value, or a `_Shape` for a list or mapping node."""
+        self.check_safe(node, where)
+        if isinstance(node, SequenceNode):
+            return _A_LIST
+        if isinstance(node, MappingNode):
+            return _A_MAPPING
+        assert self.loader is not None
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, OverflowError) as error:
+            # e.g. an unquoted 2024-02-30 matches YAML's date pattern but is no date.
+            prefix = f"{where}: " if where else ""
+            self.fail(node, f"{prefix}cannot read {_quote(str(node.value))} ({error}); quote it")
+
+    def _shape(self, node: Node) -> str:
+        try:
+            return _describe_node(self._value(node, ""), node)
+        except _Invalid:
+            return "an invalid value"
+
+    def _string(self, node: Node, where: str, expected: str, *, hints: bool = True) -> str:
+        value = self._value(node, where)
+        if isinstance(value, str):
+            return value
+        shown = _describe_node(value, node) if hints else _describe(value)
+        self.fail(node, f"{where}: expected {expected}, got {shown}")
+
+    def _os_string(self, node: Node, where: str, expected: str) -> str:
+        """A non-empty string that goes to the OS as a path, so has no NUL character."""
+        value = self._string(node, where, expected)
+        if not value.strip():
+            self.fail(node, f"{where}: expected {expected}, got an empty string")
+        if "\0" in value:
+            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+        return value
+
+    def _timezone(self, node: Node, where: str) -> str:
+        key = self._string(node, where, "an IANA time zone name like Europe/London")
+        try:
+            ZoneInfo(key)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            self.fail(node, f"{where}: unknown time zone {_quote(key)}{_did_you_mean(key, _zone_names())}")
+        return key
+
+    def _duration(self, node: Node, where: str, *, positive: bool, allow_none: bool) -> float | None:
+        value = self._value(node, where)
+        if allow_none and (
+            value is None
+            or value is False
+            or (isinstance(value, str) and value.strip().lower() in ("none", "off"))
+        ):
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool) and ":" in str(node.value):
+            self.fail(node, f"{where}: expected {_DURATION_FORMS}, got {_describe_node(value, node)}")
+        try:
+            seconds = parse_duration(value)
+        except ValueError as error:
+            self.fail(node, f"{where}: {error}")
+        if positive and seconds == 0:
+            hint = " (write none for no timeout)" if allow_none else ""
+            self.fail(node, f"{where}: must be more than 0{hint}")
+        return seconds
+
+    def _overlap(self, node: Node, where: str) -> str:
+        expected = "one of " + ", ".join(_OVERLAPS)
+        value = self._string(node, where, expected, hints=False)
+        if value not in _OVERLAPS:
+            self.fail(
+                node, f"{where}: expected {expected}, got {_quote(value)}{_did_you_mean(value, _OVERLAPS)}"
+            )
+        return value
+
+    def _command(self, node: Node, where: str) -> str | tuple[str, ...]:
+        """A string (run through the shell) or a non-empty list of arguments (run directly)."""
+        self.check_safe(node, where)
+        if isinstance(node, SequenceNode):
+            if not node.value:
+                self.fail(node, f"{where}: the list is empty; give the program, then its arguments")
+            args: list[str] = []
+            valid = True
+            for index, item in enumerate(node.value):
+                try:
+                    args.append(self._argument(item, f"{where}[{index}]"))
+                except _Invalid:
+                    valid = False
+            if not valid:
+                raise _Invalid
+            if not args[0].strip():
+                self.fail(node.value[0], f"{where}[0]: the program name is empty")
+            return tuple(args)
+        value = self._value(node, where)
+        if not isinstance(value, str):
+            expected = "a string (run through the shell) or a list of arguments (run directly)"
+            self.fail(node, f"{where}: expected {expected}, got {_describe_node(value, node)}")
+        if not value.strip():
+            self.fail(node, f"{where}: the command is empty")
+        if "\0" in value:
+            self.fail(node, f"{where}: the command contains a NUL character")
+        return value.strip()
+
+    def _argument(self, node: Node, where: str) -> str:
+        value = self._value(node, where)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # The text as written: an unquoted 0755 stays "0755", not YAML 1.1's octal 493.
+            return str(node.value)
+        if not isinstance(value, str):
+            self.fail(node, f"{where}: expected a string or a number, got {_describe_node(value, node)}")
+        if "\0" in value:
+            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+        return value
+
+    def _env(self, node: Node, where: str) -> dict[str, str]:
+        mapping = self._mapping(node, where, "a mapping of variable names to values")
+        env: dict[str, str] = {}
+        valid = True
+        for name, key_node, value_node in self._items(mapping, where, "variable"):
+            try:
+                if not _ENV_NAME.fullmatch(name):
+                    self.fail(
+                        key_node,
+                        f"{where}: invalid variable name {_quote(name)}: "
+                        "use letters, digits and '_', not starting with a digit",
+                    )
+                env[name] = self._env_value(value_node, f"{where}: {name}")
+            except _Invalid:
+                valid = False
+        if not valid:
+            raise _Invalid
+        return env
+
+    def _env_value(self, node: Node, where: str) -> str:
+        value = self._value(node, where)
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            # The text as written: an unquoted 0755 stays "0755", not YAML 1.1's octal 493.
+            return str(node.value)
+        if not isinstance(value, str):
+            hint = " (write '' for an empty value)" if value is None else ""
+            self.fail(
+                node,
+                f"{where}: expected a string, number or boolean, got {_describe_node(value, node)}{hint}",
+            )
+        if "\0" in value:
+            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+        return value
+
+    def _cwd(self, node: Node, where: str) -> str:
+        value = self._os_string(node, where, "a folder path")
+        if value.startswith("~"):
+            self.fail(
+                node,
+                f"{where}: {_quote(value)}: '~' is not expanded; "
+                "write an absolute path or one relative to the config file's folder",
+            )
+        folder = Path(value)
+        return str(folder if folder.is_absolute() else self.base_dir / folder)

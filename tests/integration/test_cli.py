@@ -1,0 +1,197 @@
+"""The CLI end to end: run-now exit codes, check, next, list, and errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import SCHEDULER, run_cli
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """\
+timezone: America/New_York
+defaults:
+  timeout: 10m
+tasks:
+  ok:
+    schedule: "0 9 * * MON-FRI"
+    command: echo "hello from $SCHEDULER_TASK $SCHEDULER_TRIGGER"
+  fail:
+    schedule: every 10 minutes
+    command: exit 3
+  slow:
+    schedule: "30 2 * * *"
+    command: sleep 30
+    timeout: 1s
+    kill_grace: 1s
+  suicide:
+    schedule: "@daily"
+    command: kill -9 $$
+  missing:
+    schedule: "@hourly"
+    command: [no-such-command-here]
+  notexec:
+    schedule: "@hourly"
+    command: [./not-executable]
+  utc-task:
+    schedule: daily at 01:30
+    command: "true"
+    timezone: UTC
+    enabled: false
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "schedules.yaml").write_text(CONFIG)
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    return tmp_path
+
+
+class TestRunNow:
+    @pytest.mark.parametrize(
+        ("task", "status"),
+        [("ok", 0), ("fail", 3), ("slow", 124), ("suicide", 137), ("missing", 127), ("notexec", 126)],
+    )
+    def test_exit_status(self, project: Path, task: str, status: int) -> None:
+        """run-now exits with the task's status, 124 on timeout, 128+N on signal, 127/126 for bad commands."""
+        result = run_cli("run-now", task, "--log-format", "json", cwd=project)
+        assert status == result.returncode, result.stderr
+        events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+        finished = [e for e in events if e["event"] == "task.finished"]
+        assert 1 == len(finished)
+        assert "manual" == next((e["trigger"] for e in events if e["event"] == "task.started"), "manual")
+
+    def test_output_passes_through(self, project: Path) -> None:
+        """The task's output goes to stdout untouched; the events go to stderr."""
+        result = run_cli("run-now", "ok", cwd=project)
+        assert "hello from ok manual\n" == result.stdout
+        assert "task.finished" in result.stderr
+
+    def test_unknown_task(self, project: Path) -> None:
+        """An unknown task is exit 2 with a did-you-mean and the names."""
+        result = run_cli("run-now", "fial", cwd=project)
+        assert 2 == result.returncode
+        assert "unknown task 'fial' (did you mean 'fail'?)" in result.stderr
+        assert "ok" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_sigterm_is_passed_on(self, project: Path, tmp_path: Path) -> None:
+        """SIGTERM to run-now reaches the task, which may exit as it likes."""
+        (project / "schedules.yaml").write_text(
+            "tasks:\n  t:\n    schedule: '@daily'\n"
+            "    command: trap 'echo caught; exit 5' TERM; sleep 30 & wait\n"
+        )
+        proc = subprocess.Popen(
+            [*SCHEDULER, "run-now", "t"],
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert 5 == proc.returncode, err
+        assert "caught\n" == out
+
+
+class TestCheck:
+    def test_valid(self, project: Path) -> None:
+        """check prints a one-line summary and exits 0."""
+        result = run_cli("check", cwd=project)
+        assert 0 == result.returncode
+        assert "schedules.yaml: OK, 7 tasks (6 enabled)\n" == result.stdout
+
+    def test_errors_name_the_line(self, tmp_path: Path) -> None:
+        """check exits 2 with PATH:LINE:COL errors and no traceback."""
+        path = tmp_path / "bad.yaml"
+        path.write_text("tasks:\n  a:\n    schedule: every fortnight\n    comand: x\n")
+        result = run_cli("check", "-c", str(path))
+        assert 2 == result.returncode
+        assert f"{path}:3:" in result.stderr
+        assert f"{path}:4:" in result.stderr
+        assert "did you mean 'command'" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        """A missing file is exit 2 naming its path."""
+        result = run_cli("check", "-c", str(tmp_path / "nope.yaml"))
+        assert 2 == result.returncode
+        assert str(tmp_path / "nope.yaml") in result.stderr
+
+    def test_env_var_names_the_config(self, project: Path, tmp_path: Path) -> None:
+        """SCHEDULER_CONFIG sets the config path."""
+        import os
+
+        result = run_cli(
+            "check",
+            cwd=tmp_path.parent,
+            env={**os.environ, "SCHEDULER_CONFIG": str(project / "schedules.yaml")},
+        )
+        assert 0 == result.returncode
+
+    def test_run_refuses_an_invalid_file(self, tmp_path: Path) -> None:
+        """run exits 2 at once on an invalid file."""
+        path = tmp_path / "bad.yaml"
+        path.write_text("tasks:\n  a:\n    schedule: '0 0 30 2 *'\n    command: x\n")
+        result = run_cli("run", "-c", str(path), timeout=20)
+        assert 2 == result.returncode
+        assert "never fires" in result.stderr
+
+
+class TestNext:
+    def test_json_across_dst(self, project: Path) -> None:
+        """next --json lists instants with offsets; 02:30 on spring-forward day runs at 03:00 EDT."""
+        result = run_cli("next", "slow", "-n", "2", "--from", "2026-03-07T12:00:00Z", "--json", cwd=project)
+        assert 0 == result.returncode, result.stderr
+        assert [
+            {
+                "task": "slow",
+                "schedule": "30 2 * * *",
+                "timezone": "America/New_York",
+                "next": ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"],
+            }
+        ] == json.loads(result.stdout)
+
+    def test_text_marks_dst(self, project: Path) -> None:
+        """The text form shows local and UTC times and marks a DST move."""
+        result = run_cli("next", "slow", "-n", "1", "--from", "2026-03-07T12:00:00Z", cwd=project)
+        assert "2026-03-08T07:00:00Z" in result.stdout
+        assert "02:30 did not exist" in result.stdout
+
+    def test_bad_from(self, project: Path) -> None:
+        """A bad --from is exit 2 with a message."""
+        result = run_cli("next", "--from", "yesterday", cwd=project)
+        assert 2 == result.returncode
+        assert "not an ISO 8601 instant" in result.stderr
+
+
+class TestList:
+    def test_table(self, project: Path) -> None:
+        """list shows each task with its plain-words schedule, zone, overlap and timeout."""
+        result = run_cli("list", cwd=project)
+        assert 0 == result.returncode
+        lines = result.stdout.splitlines()
+        assert lines[0].split()[:3] == ["TASK", "SCHEDULE", "MEANING"]
+        ok = next(line for line in lines if line.startswith("ok "))
+        assert "at 09:00 on Monday through Friday" in ok
+        assert "America/New_York" in ok
+        assert "10m" in ok
+        assert "disabled" in next(line for line in lines if line.startswith("utc-task"))
+
+
+class TestMisc:
+    def test_version(self) -> None:
+        """--version prints the version."""
+        from scheduler import __version__
+
+        assert f"scheduler {__version__}\n" == run_cli("--version").stdout

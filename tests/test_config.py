@@ -1,0 +1,755 @@
+"""Tests for scheduler.config: schedules.yaml -> TaskSpecs, and errors naming file, line, task and value."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from scheduler import schedule
+from scheduler.config import (
+    DEFAULT_GRACE_S,
+    DEFAULT_KILL_GRACE_S,
+    DEFAULT_SHELL,
+    Config,
+    TaskSpec,
+    load_config,
+    parse_config,
+    parse_duration,
+    suggest,
+)
+from scheduler.errors import ConfigError, ScheduleError
+
+BASE = "/srv/app"
+
+
+def parse(text: str) -> Config:
+    """Parse dedented YAML as schedules.yaml in /srv/app."""
+    return parse_config(textwrap.dedent(text), "schedules.yaml", base_dir=BASE)
+
+
+def problems(text: str) -> list[str]:
+    """The problems that parsing dedented YAML reports."""
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    return info.value.problems
+
+
+def one_task(settings: str, name: str = "a") -> TaskSpec:
+    """The spec of a single task whose settings (YAML lines at indent 0) follow schedule and command."""
+    body = textwrap.indent(textwrap.dedent(settings), "    ")
+    text = f'tasks:\n  {name}:\n    schedule: "*/10 * * * *"\n    command: run\n{body}'
+    return parse_config(text, "schedules.yaml", base_dir=BASE).tasks[name]
+
+
+def task_error(settings: str) -> str:
+    """The single problem reported for a task whose extra settings start on line 5."""
+    body = textwrap.indent(textwrap.dedent(settings), "    ")
+    text = f'tasks:\n  a:\n    schedule: "*/10 * * * *"\n    command: run\n{body}'
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "schedules.yaml", base_dir=BASE)
+    assert 1 == len(info.value.problems), info.value.problems
+    return info.value.problems[0]
+
+
+FULL = """\
+timezone: Europe/London
+defaults:
+  timeout: 15m
+  grace: 1m
+  env: {SHARED: "1", LEVEL: info}
+tasks:
+  send-digest:
+    schedule: "0 9 * * MON-FRI"
+    command: python manage.py send_digest
+  import-feed:
+    schedule: every 10 minutes
+    command: [bin/import, --since, 1h, 0755]
+    timezone: America/New_York
+    timeout: 5m
+    overlap: replace
+    grace: 5m
+    jitter: 30s
+    env: {FEED_URL: "https://example.com/feed", LEVEL: debug, RETRIES: 3, DRY: false}
+    cwd: jobs
+    shell: /bin/bash
+    kill_grace: 20s
+    enabled: false
+"""
+
+
+class TestParseConfig:
+    def test_full_file(self) -> None:
+        """Every key lands in its TaskSpec field, with defaults applied and env merged."""
+        config = parse(FULL)
+        digest, feed = config.tasks["send-digest"], config.tasks["import-feed"]
+
+        assert ["send-digest", "import-feed"] == list(config.tasks)
+        assert ("schedules.yaml", "Europe/London") == (config.path, config.timezone)
+        assert "python manage.py send_digest" == digest.command
+        assert "Europe/London" == digest.timezone
+        assert ZoneInfo("Europe/London") == digest.zone
+        assert (900.0, 60.0, 0.0) == (digest.timeout_s, digest.grace_s, digest.jitter_s)
+        assert {"SHARED": "1", "LEVEL": "info"} == digest.env
+        assert (None, DEFAULT_SHELL, DEFAULT_KILL_GRACE_S) == (digest.cwd, digest.shell, digest.kill_grace_s)
+        assert ("skip", True, 7) == (digest.overlap, digest.enabled, digest.line)
+        assert "0 9 * * MON-FRI" == digest.schedule.text
+
+        assert ("bin/import", "--since", "1h", "0755") == feed.command
+        assert "America/New_York" == feed.timezone
+        assert ZoneInfo("America/New_York") == feed.schedule.zone
+        assert (300.0, 300.0, 30.0, 20.0) == (feed.timeout_s, feed.grace_s, feed.jitter_s, feed.kill_grace_s)
+        assert "replace" == feed.overlap
+        assert {
+            "SHARED": "1",
+            "LEVEL": "debug",
+            "FEED_URL": "https://example.com/feed",
+            "RETRIES": "3",
+            "DRY": "false",
+        } == feed.env
+        assert ("/srv/app/jobs", "/bin/bash", False, 10) == (feed.cwd, feed.shell, feed.enabled, feed.line)
+
+    def test_minimal_task_defaults(self) -> None:
+        """A task with only schedule and command gets the documented defaults, in UTC."""
+        config = parse("""
+            tasks:
+              a:
+                schedule: "*/10 * * * *"
+                command: run
+        """)
+        task = config.tasks["a"]
+
+        assert "UTC" == config.timezone
+        assert "UTC" == task.timezone
+        assert (None, DEFAULT_GRACE_S, 0.0) == (task.timeout_s, task.grace_s, task.jitter_s)
+        assert ({}, None, True) == (task.env, task.cwd, task.enabled)
+
+    def test_top_level_timezone_applies(self) -> None:
+        """The top-level timezone is every task's zone unless the task or defaults set one."""
+        config = parse("""
+            timezone: Asia/Tokyo
+            tasks:
+              a: {schedule: "0 9 * * *", command: run}
+              b: {schedule: "0 9 * * *", command: run, timezone: UTC}
+        """)
+
+        assert ("Asia/Tokyo", "UTC") == (config.tasks["a"].timezone, config.tasks["b"].timezone)
+        assert ZoneInfo("Asia/Tokyo") == config.tasks["a"].schedule.zone
+
+    def test_defaults_timezone_beats_top_level(self) -> None:
+        """A timezone in defaults overrides the top-level one."""
+        config = parse("""
+            timezone: Asia/Tokyo
+            defaults: {timezone: Europe/Paris}
+            tasks:
+              a: {schedule: "0 9 * * *", command: run}
+        """)
+
+        assert ("Asia/Tokyo", "Europe/Paris") == (config.timezone, config.tasks["a"].timezone)
+
+    def test_empty_tasks(self) -> None:
+        """`tasks: {}` is a valid file with no tasks."""
+        assert {} == parse("tasks: {}\n").tasks
+
+    def test_same_text_parses_equal(self) -> None:
+        """Two parses of the same text give equal specs; `line` is not compared."""
+        shifted = "# a comment that moves every line down\n" + FULL
+
+        assert parse(FULL) == parse(FULL)
+        assert parse(FULL).tasks == parse(shifted).tasks
+        assert 8 == parse(shifted).tasks["send-digest"].line
+
+    def test_changed_setting_not_equal(self) -> None:
+        """A changed setting makes the specs differ, so a reload touches the task."""
+        assert one_task("timeout: 1m") != one_task("timeout: 2m")
+
+    def test_default_timeout_overridden_to_none(self) -> None:
+        """`timeout: null`, `none` or an unquoted `off` in a task cancel a default timeout."""
+        for value in ("null", "none", "off", "Off", "false"):
+            config = parse(f"""
+                defaults: {{timeout: 1h}}
+                tasks:
+                  a: {{schedule: "0 9 * * *", command: run, timeout: {value}}}
+            """)
+            assert None is config.tasks["a"].timeout_s, value
+
+    def test_cwd(self) -> None:
+        """A relative cwd joins the config's folder; an absolute one stays as written."""
+        assert "/srv/app/jobs/x" == one_task("cwd: jobs/x").cwd
+        assert "/srv/app" == one_task("cwd: .").cwd
+        assert "/var/tmp" == one_task("cwd: /var/tmp").cwd
+
+    def test_cwd_defaults_to_folder_of_path(self) -> None:
+        """Without base_dir, relative cwds resolve against the folder of `path`."""
+        text = 'tasks:\n  a: {schedule: "0 9 * * *", command: run, cwd: jobs}\n'
+
+        assert "/etc/clock/jobs" == parse_config(text, "/etc/clock/schedules.yaml").tasks["a"].cwd
+        assert Path("jobs").absolute() == Path(parse_config(text, "schedules.yaml").tasks["a"].cwd or "")
+
+    def test_env_value_conversions(self) -> None:
+        """Env numbers keep their written text; booleans become true/false."""
+        env = one_task("env: {A: 3, B: 1.50, C: 0755, D: yes, E: false, F: '', G: 12:30}").env
+
+        assert {"A": "3", "B": "1.50", "C": "0755", "D": "true", "E": "false", "F": "", "G": "12:30"} == env
+
+    def test_string_command_is_stripped(self) -> None:
+        """A block-scalar command loses its trailing newline."""
+        config = parse(
+            "tasks:\n  a:\n    schedule: '0 9 * * *'\n    command: |\n      echo one\n      echo two\n"
+        )
+
+        assert "echo one\necho two" == config.tasks["a"].command
+
+    def test_merge_keys(self) -> None:
+        """YAML `<<` merge keys work, and the task's own keys win over merged ones."""
+        config = parse("""
+            tasks:
+              a: &base
+                schedule: "0 9 * * *"
+                command: run
+                timeout: 5m
+              b:
+                <<: *base
+                timeout: 1m
+        """)
+
+        assert ("run", 60.0) == (config.tasks["b"].command, config.tasks["b"].timeout_s)
+
+    def test_schedule_gets_name_and_zone(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """schedule.parse receives the schedule text, the task's name and its zone."""
+        calls: list[tuple[str, str, ZoneInfo]] = []
+        real = schedule.parse
+
+        def spy(text: str, *, name: str, zone: ZoneInfo) -> schedule.Schedule:
+            calls.append((text, name, zone))
+            return real(text, name=name, zone=zone)
+
+        monkeypatch.setattr(schedule, "parse", spy)
+        parse("tasks:\n  job-1: {schedule: '0 9 * * *', command: run, timezone: Asia/Tokyo}\n")
+
+        assert [("0 9 * * *", "job-1", ZoneInfo("Asia/Tokyo"))] == calls
+
+
+class TestErrors:
+    def test_unknown_task_key(self) -> None:
+        """An unknown task key names file, line, column and task, with a did-you-mean."""
+        with pytest.raises(
+            ConfigError,
+            match=r"schedules\.yaml:5:5: task 'a': unknown key 'comand' \(did you mean 'command'\?\)",
+        ):
+            parse_config(
+                "tasks:\n  a:\n    schedule: '0 9 * * *'\n    command: run\n    comand: x\n", "schedules.yaml"
+            )
+
+    def test_misspelt_required_key_reported_once(self) -> None:
+        """A misspelt `comand` is one problem, not also "missing command"."""
+        expected = "schedules.yaml:5:5: task 'a': unknown key 'comand' (did you mean 'command'?)"
+        assert [expected] == problems("""
+            tasks:
+              a:
+                schedule: "0 9 * * *"
+                comand: run
+        """)
+
+    def test_missing_required_keys(self) -> None:
+        """A task without schedule or command says which, on the task's line."""
+        assert [
+            "schedules.yaml:3:3: task 'a': missing required key 'schedule'",
+            "schedules.yaml:3:3: task 'a': missing required key 'command'",
+        ] == problems("""
+            tasks:
+              a:
+                timeout: 5m
+        """)
+
+    def test_unknown_top_level_key(self) -> None:
+        """An unknown top-level key gets a did-you-mean."""
+        with pytest.raises(
+            ConfigError, match=r"schedules\.yaml:2:1: unknown key 'task' \(did you mean 'tasks'\?\)"
+        ):
+            parse("""
+                task: {}
+                tasks: {}
+            """)
+
+    def test_task_at_top_level(self) -> None:
+        """A task written at the top level is pointed at `tasks:`."""
+        with pytest.raises(ConfigError, match=r":2:1: unknown key 'digest' \(tasks go under 'tasks:'\)"):
+            parse("""
+                digest: {schedule: "0 9 * * *", command: run}
+                tasks: {}
+            """)
+
+    def test_unknown_defaults_key(self) -> None:
+        """An unknown defaults key gets a did-you-mean."""
+        with pytest.raises(
+            ConfigError, match=r":3:3: defaults: unknown key 'timout' \(did you mean 'timeout'\?\)"
+        ):
+            parse("""
+                defaults:
+                  timout: 5m
+                tasks: {}
+            """)
+
+    def test_defaults_cannot_hold_schedule_or_command(self) -> None:
+        """schedule and command have no defaults."""
+        with pytest.raises(ConfigError, match=r":3:3: defaults: 'command' cannot have a default"):
+            parse("""
+                defaults:
+                  command: run
+                tasks: {}
+            """)
+
+    def test_bad_default_reported_once(self) -> None:
+        """A bad value in defaults is one problem, under defaults, not one per task."""
+        assert [
+            "schedules.yaml:2:19: defaults: grace: expected a duration like 90s, 10m, 1h30m or a number of "
+            "seconds, got 'soon'"
+        ] == problems("""
+            defaults: {grace: soon}
+            tasks:
+              a: {schedule: "0 9 * * *", command: run}
+              b: {schedule: "0 9 * * *", command: run}
+        """)
+
+    def test_duplicate_task(self) -> None:
+        """A task defined twice is an error naming the first line."""
+        with pytest.raises(ConfigError, match=r":5:3: duplicate task 'a' \(first defined on line 3\)$"):
+            parse("""
+                tasks:
+                  a: {schedule: "0 9 * * *", command: run}
+                  b: {schedule: "0 9 * * *", command: run}
+                  a: {schedule: "0 10 * * *", command: run}
+            """)
+
+    def test_duplicate_key_in_task(self) -> None:
+        """A key repeated inside a task is an error."""
+        assert (
+            "schedules.yaml:6:5: task 'a': duplicate key 'timeout' (first defined on line 5)"
+            == task_error("timeout: 5m\ntimeout: 10m")
+        )
+
+    def test_duplicate_top_level_and_env_keys(self) -> None:
+        """Duplicates are found at the top level and inside env too."""
+        assert [
+            "schedules.yaml:3:1: duplicate key 'timezone' (first defined on line 2)",
+            "schedules.yaml:5:56: task 'a': env: duplicate variable 'A' (first defined on line 5)",
+        ] == problems("""
+            timezone: UTC
+            timezone: UTC
+            tasks:
+              a: {schedule: "0 9 * * *", command: run, env: {A: x, A: y}}
+        """)
+
+    def test_duplicate_task_body_still_checked(self) -> None:
+        """The second definition of a duplicated task is still validated."""
+        found = problems("""
+            tasks:
+              a: {schedule: "0 9 * * *", command: run}
+              a: {schedule: "0 9 * * *", command: run, timeout: soon}
+        """)
+
+        assert 2 == len(found)
+        assert "task 'a': timeout:" in found[1]
+
+    def test_sexagesimal_schedule(self) -> None:
+        """An unquoted 12:30 is explained as YAML 1.1's base-60 number."""
+        with pytest.raises(
+            ConfigError,
+            match=r"schedules\.yaml:3:15: task 'a': schedule: expected .*, got the number 750: "
+            r"YAML 1\.1 reads an unquoted 12:30 as a base-60 number; quote it",
+        ):
+            parse("tasks:\n  a:\n    schedule: 12:30\n    command: run\n")
+
+    def test_sexagesimal_duration(self) -> None:
+        """An unquoted 1:30 as a duration is explained, not silently read as 90 seconds."""
+        assert task_error("timeout: 1:30").endswith(
+            "task 'a': timeout: expected a duration like 90s, 10m, 1h30m or a number of seconds, "
+            "got the number 90: YAML 1.1 reads an unquoted 1:30 as a base-60 number; quote it"
+        )
+
+    def test_boolean_where_string_expected(self) -> None:
+        """An unquoted yes/on where text is expected gets a hint to quote it."""
+        assert (
+            "schedules.yaml:5:12: task 'a': shell: expected a shell path like /bin/bash, "
+            "got the boolean true: YAML 1.1 reads an unquoted on as a boolean; quote it"
+        ) == task_error("shell: on")
+
+    def test_star_schedule(self) -> None:
+        """An unquoted schedule starting with '*' is a syntax error with a quoting hint."""
+        with pytest.raises(
+            ConfigError,
+            match=r"schedules\.yaml:3:\d+: YAML syntax error: .*alias.*; "
+            r"quote schedules that start with '\*', e\.g\. schedule: \"\* \* \* \* \*\"",
+        ):
+            parse("tasks:\n  a:\n    schedule: * * * * *\n    command: run\n")
+
+    def test_star_slash_schedule(self) -> None:
+        """`*/5 ...` unquoted gets the same hint."""
+        with pytest.raises(
+            ConfigError, match=r":3:\d+: YAML syntax error: .*quote schedules that start with '\*'"
+        ):
+            parse("tasks:\n  a:\n    schedule: */5 * * * *\n    command: run\n")
+
+    def test_at_schedule(self) -> None:
+        """An unquoted @daily gets a quoting hint."""
+        with pytest.raises(ConfigError, match=r":3:15: YAML syntax error: .*'@'.*schedule: \"@daily\""):
+            parse("tasks:\n  a:\n    schedule: @daily\n    command: run\n")
+
+    def test_syntax_error_line(self) -> None:
+        """Other YAML syntax errors carry the line of the problem."""
+        with pytest.raises(
+            ConfigError, match=r"schedules\.yaml:4:2: YAML syntax error: expected ',' or '\]'"
+        ):
+            parse("tasks:\n  a: [1, 2\n\nb: 3\n")
+
+    def test_python_tag_is_rejected(self, tmp_path: Path) -> None:
+        """A !!python tag is an error on its line, and nothing runs."""
+        marker = tmp_path / "pwned"
+        text = (
+            'tasks:\n  a:\n    schedule: "0 9 * * *"\n'
+            f'    command: !!python/object/apply:os.system ["touch {marker}"]\n'
+        )
+
+        with pytest.raises(
+            ConfigError,
+            match=r"schedules\.yaml:4:14: task 'a': command: "
+            r"unsupported YAML tag '!!python/object/apply:os\.system'",
+        ):
+            parse_config(text, "schedules.yaml")
+        assert not marker.exists()
+
+    def test_python_tag_anywhere(self, tmp_path: Path) -> None:
+        """A !!python tag is rejected wherever it is, even under an unknown key or as the whole document."""
+        marker = tmp_path / "pwned"
+        for text in (
+            f'tasks: {{}}\nextra: !!python/object/apply:os.system ["touch {marker}"]\n',
+            f'!!python/object/apply:os.system ["touch {marker}"]\n',
+            f'tasks:\n  !!python/object/apply:os.system ["touch {marker}"]: x\n',
+        ):
+            with pytest.raises(ConfigError, match=r"unsupported YAML tag '!!python/object/apply:os\.system'"):
+                parse_config(text, "schedules.yaml")
+        assert not marker.exists()
+
+    def test_schedule_error_wrapped(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A ScheduleError becomes a problem at the schedule value's line and column."""
+
+        def reject(text: str, *, name: str, zone: ZoneInfo) -> schedule.Schedule:
+            raise ScheduleError(f"bad field in {text!r}")
+
+        monkeypatch.setattr(schedule, "parse", reject)
+
+        with pytest.raises(
+            ConfigError, match=r"^schedules\.yaml:4:15: task 'b': schedule: bad field in 'nope'$"
+        ):
+            parse("""
+                tasks:
+                  b:
+                    schedule: nope
+                    command: run
+            """)
+
+    def test_empty_schedule(self) -> None:
+        """schedule.parse's own error for an empty schedule is wrapped with the line."""
+        with pytest.raises(ConfigError, match=r"^schedules\.yaml:3:15: task 'a': schedule: .*empty"):
+            parse("tasks:\n  a:\n    schedule: ''\n    command: run\n")
+
+    def test_empty_file(self) -> None:
+        """An empty file (or only comments) is a clear error."""
+        for text in ("", "# nothing here\n", "---\n"):
+            with pytest.raises(ConfigError, match=r"^schedules\.yaml:1:1: the file is empty"):
+                parse(text)
+
+    def test_top_level_not_mapping(self) -> None:
+        """A top level that is not a mapping says what it got."""
+        with pytest.raises(ConfigError, match=r"^schedules\.yaml:1:1: expected a mapping .*, got a list$"):
+            parse("- a\n- b\n")
+
+    def test_missing_tasks(self) -> None:
+        """A file without `tasks` is an error."""
+        with pytest.raises(ConfigError, match=r"missing required key 'tasks'"):
+            parse("timezone: UTC\n")
+
+    def test_tasks_not_mapping(self) -> None:
+        """`tasks` as a list or left empty is an error that mentions `tasks: {}`."""
+        with pytest.raises(
+            ConfigError, match=r":1:8: tasks: expected a mapping .*tasks: \{\} for none.*, got a list"
+        ):
+            parse("tasks: [a, b]\n")
+        with pytest.raises(ConfigError, match=r"got nothing \(the value is empty\)"):
+            parse("tasks:\n")
+
+    def test_task_not_mapping(self) -> None:
+        """A task whose value is not a mapping names the task."""
+        with pytest.raises(ConfigError, match=r":2:6: task 'a': expected a mapping of settings.*, got 'run'"):
+            parse("tasks:\n  a: run\n")
+
+    def test_bad_task_name(self) -> None:
+        """Task names are letters, digits, '-', '_' and '.'."""
+        for name in ("has space", "-leading", "semi;colon", "ünï"):
+            with pytest.raises(ConfigError, match=rf":2:3: task '{name}': invalid task name"):
+                parse(f'tasks:\n  "{name}": {{schedule: "0 9 * * *", command: run}}\n')
+
+    def test_good_task_names(self) -> None:
+        """Names with digits, dots, dashes and underscores are fine."""
+        config = parse("""
+            tasks:
+              a.b-c_d9: {schedule: "0 9 * * *", command: run}
+              42: {schedule: "0 9 * * *", command: x}
+        """)
+
+        assert ["a.b-c_d9", "42"] == list(config.tasks)
+
+    def test_bad_timezone(self) -> None:
+        """An unknown zone is named, with a did-you-mean."""
+        with pytest.raises(
+            ConfigError,
+            match=r"^schedules\.yaml:1:11: timezone: unknown time zone 'Europe/Londn' "
+            r"\(did you mean 'Europe/London'\?\)$",
+        ):
+            parse("timezone: Europe/Londn\ntasks: {}\n")
+
+    def test_bad_task_timezone(self) -> None:
+        """A task's bad zone names the task; odd keys like a folder or a path are errors too."""
+        assert "schedules.yaml:5:15: task 'a': timezone: unknown time zone 'Mars/Olympus'" == task_error(
+            "timezone: Mars/Olympus"
+        )
+        for zone in ("America", "../etc/passwd", "/etc/localtime", "''"):
+            assert "unknown time zone" in task_error(f"timezone: {zone}")
+
+    @pytest.mark.parametrize(
+        ("setting", "message"),
+        [
+            (
+                "timeout: soon",
+                "timeout: expected a duration like 90s, 10m, 1h30m or a number of seconds, got 'soon'",
+            ),
+            ("timeout: 0", "timeout: must be more than 0 (write none for no timeout)"),
+            ("timeout: -5", "timeout: must not be negative, got the number -5"),
+            (
+                "timeout: yes",
+                "timeout: expected a duration like 90s, 10m, 1h30m or a number of seconds, "
+                "got the boolean true",
+            ),
+            ("kill_grace: 0s", "kill_grace: must be more than 0"),
+            ("grace: -1m", "grace: must not be negative, got '-1m'"),
+            (
+                "jitter: null",
+                "jitter: expected a duration like 90s, 10m, 1h30m or a number of seconds, got null",
+            ),
+            (
+                "overlap: skipp",
+                "overlap: expected one of skip, allow, replace, got 'skipp' (did you mean 'skip'?)",
+            ),
+            ("enabled: maybe", "enabled: expected true or false, got 'maybe'"),
+            ("env: [A, B]", "env: expected a mapping of variable names to values, got a list"),
+            (
+                "env: {1A: x}",
+                "env: invalid variable name '1A': use letters, digits and '_', not starting with a digit",
+            ),
+            (
+                "env: {A: ~}",
+                "env: A: expected a string, number or boolean, got null (write '' for an empty value)",
+            ),
+            ("env: {A: [1]}", "env: A: expected a string, number or boolean, got a list"),
+            (
+                "cwd: ~/jobs",
+                "cwd: '~/jobs': '~' is not expanded; write an absolute path or one relative to the",
+            ),
+            ("cwd: ''", "cwd: expected a folder path, got an empty string"),
+            ("shell: 5", "shell: expected a shell path like /bin/bash, got the number 5"),
+            ("timezone: 3", "timezone: expected an IANA time zone name like Europe/London, got the number 3"),
+        ],
+    )
+    def test_bad_setting(self, setting: str, message: str) -> None:
+        """Each bad setting names the task, the key, the value and the line."""
+        problem = task_error(setting)
+
+        assert problem.startswith("schedules.yaml:5:")
+        assert message in problem
+
+    @pytest.mark.parametrize(
+        ("command", "message"),
+        [
+            ("''", "command: the command is empty"),
+            ("'   '", "command: the command is empty"),
+            ("[]", "command: the list is empty; give the program, then its arguments"),
+            ("['', x]", "command[0]: the program name is empty"),
+            ("[ls, yes]", "command[1]: expected a string or a number, got the boolean true: YAML 1.1 reads"),
+            ("[ls, null]", "command[1]: expected a string or a number, got null"),
+            ("[ls, [a]]", "command[1]: expected a string or a number, got a list"),
+            ("{a: b}", "command: expected a string (run through the shell) or a list of arguments"),
+            (
+                "5",
+                "command: expected a string (run through the shell) or a list of arguments (run directly)",
+            ),
+        ],
+    )
+    def test_bad_command(self, command: str, message: str) -> None:
+        """Bad commands say what is wrong, at the command's line."""
+        with pytest.raises(ConfigError, match=r"^schedules\.yaml:4:\d+: task 'a': ") as info:
+            parse(f"tasks:\n  a:\n    schedule: '0 9 * * *'\n    command: {command}\n")
+        assert message in str(info.value)
+
+    def test_bad_date_value(self) -> None:
+        """A date-like value that is no date (2024-02-30) is a problem, not a crash."""
+        assert "task 'a': env: D: cannot read '2024-02-30'" in task_error("env: {D: 2024-02-30}")
+
+    def test_errors_collected_and_ordered(self) -> None:
+        """Every problem is reported in one ConfigError, ordered by line."""
+        found = problems("""
+            tasks:
+              b:
+                schedule: "0 9 * * *"
+                command: run
+                timeout: soon
+              a:
+                schedule: "0 9 * * *"
+                command: run
+                overlap: never
+                jitter: -1
+            timezone: Nowhere/Special
+        """)
+
+        assert [6, 10, 11, 12] == [int(problem.split(":")[1]) for problem in found]
+        assert "task 'b': timeout" in found[0]
+        assert "Nowhere/Special" in found[3]
+
+    def test_control_character(self) -> None:
+        """A control character in the text is a located syntax error, not a crash."""
+        with pytest.raises(ConfigError, match=r"^schedules\.yaml:2:4: YAML syntax error: .*#x0001"):
+            parse("tasks: {}\nx: \x01\n")
+
+    def test_several_documents(self) -> None:
+        """More than one YAML document is an error."""
+        with pytest.raises(ConfigError, match=r":2:1: YAML syntax error: expected a single document"):
+            parse("tasks: {}\n---\ntasks: {}\n")
+
+    def test_deep_nesting(self) -> None:
+        """Absurdly deep nesting is a problem, not a RecursionError."""
+        with pytest.raises(ConfigError, match=r"nested too deeply"):
+            parse("tasks: " + "[" * 600)
+
+    def test_recursive_merge(self) -> None:
+        """A mapping that merges itself does not loop forever."""
+        config = parse("tasks:\n  a: &a\n    <<: *a\n    schedule: '0 9 * * *'\n    command: run\n")
+
+        assert "run" == config.tasks["a"].command
+
+
+class TestLoadConfig:
+    def test_reads_file(self, tmp_path: Path) -> None:
+        """A file on disk parses, with cwd relative to its folder and its path in the Config."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text('tasks:\n  a: {schedule: "0 9 * * *", command: run, cwd: jobs}\n', encoding="utf-8")
+
+        config = load_config(str(path))
+
+        assert str(path) == config.path
+        assert str(tmp_path / "jobs") == config.tasks["a"].cwd
+
+    def test_errors_name_the_path(self, tmp_path: Path) -> None:
+        """Problems in a file on disk start with its path."""
+        path = tmp_path / "clock.yaml"
+        path.write_text("tasks:\n  a: {schedule: '0 9 * * *'}\n", encoding="utf-8")
+
+        with pytest.raises(ConfigError, match=rf"^{path}:2:3: task 'a': missing required key 'command'$"):
+            load_config(str(path))
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        """A missing file is one problem naming the path."""
+        path = tmp_path / "nope.yaml"
+
+        with pytest.raises(ConfigError, match=rf"^{path}: no such file$") as info:
+            load_config(str(path))
+        assert 1 == len(info.value.problems)
+
+    def test_directory(self, tmp_path: Path) -> None:
+        """A directory is reported as such."""
+        with pytest.raises(ConfigError, match=rf"^{tmp_path}: is a directory"):
+            load_config(str(tmp_path))
+
+    def test_not_utf8(self, tmp_path: Path) -> None:
+        """A file that is not UTF-8 names the path, the line and the byte."""
+        path = tmp_path / "latin1.yaml"
+        path.write_bytes("tasks: {}\n# caf\u00e9\n".encode("latin-1"))
+
+        with pytest.raises(ConfigError, match=rf"^{path}:2:6: not UTF-8 text \(byte 0xe9\)"):
+            load_config(str(path))
+
+
+class TestParseDuration:
+    @pytest.mark.parametrize(
+        ("value", "seconds"),
+        [
+            (90, 90.0),
+            (90.0, 90.0),
+            (1.5, 1.5),
+            (0, 0.0),
+            ("90", 90.0),
+            ("90s", 90.0),
+            ("10m", 600.0),
+            ("1h30m", 5400.0),
+            ("1h 30m", 5400.0),
+            ("2h", 7200.0),
+            ("1d", 86400.0),
+            ("500ms", 0.5),
+            ("1m30s", 90.0),
+            ("1.5h", 5400.0),
+            (" 5 min ", 300.0),
+            ("2 hours", 7200.0),
+            ("10 seconds", 10.0),
+            ("1H", 3600.0),
+            ("0s", 0.0),
+        ],
+    )
+    def test_accepted(self, value: object, seconds: float) -> None:
+        """Accepted forms give their number of seconds."""
+        assert seconds == parse_duration(value)
+
+    @pytest.mark.parametrize(
+        "value",
+        [True, False, None, "", "soon", "10x", "m", "1h30", "30m1h", "1m1m", "1 h 30", "1,5h", [1], {"a": 1}],
+    )
+    def test_rejected(self, value: object) -> None:
+        """Garbage, booleans and misordered units are rejected with the accepted forms."""
+        with pytest.raises(
+            ValueError, match=r"expected a duration like 90s, 10m, 1h30m or a number of seconds"
+        ):
+            parse_duration(value)
+
+    @pytest.mark.parametrize("value", [-1, -0.5, "-5m", " -1"])
+    def test_negative(self, value: object) -> None:
+        """Negative durations are rejected as such."""
+        with pytest.raises(ValueError, match=r"must not be negative"):
+            parse_duration(value)
+
+    @pytest.mark.parametrize("value", [float("inf"), float("nan"), 10**400, "367d", "9" * 400])
+    def test_too_large(self, value: object) -> None:
+        """Infinite, NaN and over-a-year durations are rejected."""
+        with pytest.raises(ValueError, match=r"must be at most 366d|expected a duration"):
+            parse_duration(value)
+
+
+class TestSuggest:
+    def test_close_match(self) -> None:
+        """A near miss suggests the closest choice."""
+        assert "command" == suggest("comand", ["schedule", "command", "cwd"])
+
+    def test_case_only(self) -> None:
+        """A choice differing only in case wins."""
+        assert "Europe/London" == suggest("europe/london", ["Europe/Lisbon", "Europe/London"])
+
+    def test_no_match(self) -> None:
+        """Nothing close gives None."""
+        assert None is suggest("xyzzy", ["schedule", "command"])
+
+    def test_empty_choices(self) -> None:
+        """No choices gives None."""
+        assert None is suggest("anything", [])
+
+    def test_accepts_any_iterable(self) -> None:
+        """Choices may be a generator, e.g. over task names."""
+        assert "send-digest" == suggest("send-digset", (name for name in ["import-feed", "send-digest"]))
