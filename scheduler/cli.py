@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import sys
 import traceback
@@ -21,6 +22,7 @@ from scheduler.errors import ConfigError, SchedulerError, UnknownTaskError
 from scheduler.watch import FileWatcher
 
 EXIT_USAGE = 2  # bad config, unknown task, bad arguments (click uses 2 as well)
+_FD_LIMIT = 65_536
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the message asks for a report instead of showing a traceback
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -107,6 +109,7 @@ def run(
     config = _load(config_path)
     log.configure(log_format, log_level)
     watcher = None if no_watch else FileWatcher(config_path)
+    _raise_fd_limit()
 
     async def main() -> None:
         runner.install_child_watcher()
@@ -124,6 +127,18 @@ def run(
         await the_clock.run()
 
     asyncio.run(main())
+
+
+def _raise_fd_limit() -> None:
+    """Each running task holds three descriptors (two pipes and a pidfd): lift the common soft limit of
+    1,024 toward the hard limit, so that a thousand concurrent runs fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, _FD_LIMIT)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass  # keep the limit we have; runs past it fail with a clear error of their own
 
 
 @cli.command("run-now")

@@ -1,0 +1,67 @@
+"""Tests for scheduler.watch: content changes are seen through renames and symlink swaps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from scheduler.watch import FileWatcher
+
+
+class TestFileWatcher:
+    def test_unchanged_file(self, tmp_path: Path) -> None:
+        """No change, no report."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text("a")
+        watcher = FileWatcher(str(path))
+        assert watcher.changed() is False
+
+    def test_edit_in_place(self, tmp_path: Path) -> None:
+        """A new content is reported once."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text("a")
+        watcher = FileWatcher(str(path))
+        path.write_text("bb")
+        assert [True, False] == [watcher.changed(), watcher.changed()]
+
+    def test_touch_without_change(self, tmp_path: Path) -> None:
+        """Rewriting the same bytes (a new mtime) is not a change."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text("a")
+        watcher = FileWatcher(str(path))
+        os.utime(path, ns=(1, 1))
+        assert watcher.changed() is False
+
+    def test_atomic_save(self, tmp_path: Path) -> None:
+        """An editor's write-then-rename is seen."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text("a")
+        watcher = FileWatcher(str(path))
+        tmp = tmp_path / ".schedules.yaml.swp"
+        tmp.write_text("b")
+        os.replace(tmp, path)
+        assert watcher.changed() is True
+
+    def test_configmap_symlink_swap(self, tmp_path: Path) -> None:
+        """A Kubernetes ConfigMap update (the ..data symlink swapped to a new folder) is seen."""
+        (tmp_path / "v1").mkdir()
+        (tmp_path / "v1" / "schedules.yaml").write_text("a")
+        (tmp_path / "..data").symlink_to("v1")
+        path = tmp_path / "schedules.yaml"
+        path.symlink_to("..data/schedules.yaml")
+        watcher = FileWatcher(str(path))
+        (tmp_path / "v2").mkdir()
+        (tmp_path / "v2" / "schedules.yaml").write_text("b")
+        (tmp_path / "..data_tmp").symlink_to("v2")
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+        assert watcher.changed() is True
+
+    def test_removed_then_restored(self, tmp_path: Path) -> None:
+        """A file that disappears is a change (the reload then reports it), and so is its return."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text("a")
+        watcher = FileWatcher(str(path))
+        path.unlink()
+        assert watcher.changed() is True
+        path.write_text("a")
+        assert watcher.changed() is True
