@@ -227,6 +227,9 @@ _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _YAML_TAG = "tag:yaml.org,2002:"
 _MERGE_TAG = _YAML_TAG + "merge"
+# libyaml parses a 10,000-task file about 10x faster than the pure-Python parser; both are safe loaders.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 # Tags SafeLoader can construct; any other (e.g. !!python/object) is reported, never constructed.
 _SAFE_TAGS = frozenset(tag for tag in yaml.SafeLoader.yaml_constructors if tag is not None)
 # Characters that YAML cannot start a plain value with, and that cron-style schedules often start with.
@@ -291,7 +294,7 @@ def _describe(value: object) -> str:
 
 def _describe_node(value: object, node: Node) -> str:
     """`_describe`, plus a hint when YAML 1.1 turned unquoted text into something else."""
-    if not isinstance(node, ScalarNode) or node.style is not None:
+    if not isinstance(node, ScalarNode) or node.style not in (None, ""):  # libyaml marks plain as ""
         return _describe(value)
     raw = str(node.value)
     if value is None and not raw:
@@ -322,7 +325,7 @@ class _Parser:
         self.path = path
         self.base_dir = base_dir
         self.problems: list[tuple[int, int, str]] = []
-        self.loader: yaml.SafeLoader | None = None
+        self.loader: yaml.SafeLoader | yaml.CSafeLoader | None = None
         # Nodes whose tag SafeLoader cannot construct, by id; reported in context when met, else at the end.
         self.bad_nodes: dict[int, Node] = {}
         self.reported_bad: set[int] = set()
@@ -408,7 +411,7 @@ class _Parser:
     def _compose(self) -> Node | None:
         """The document's node tree; None (with the problem recorded) on a syntax error or an empty file."""
         try:
-            self.loader = yaml.SafeLoader(self.text)
+            self.loader = _Loader(self.text)
             root: Node | None = self.loader.get_single_node()
         except yaml.MarkedYAMLError as error:
             self._syntax_error(error)

@@ -263,8 +263,6 @@ def parse(text: str, *, name: str, zone: ZoneInfo) -> Schedule:
         raw = ["0", *raw]
     fields = _expand(text, " ".join(raw), raw, name)
     fixed = not raw[1].startswith("*") and not raw[2].startswith("*")
-    if fields.next_match(datetime(2000, 1, 1), datetime(2000 + _HORIZON_YEARS, 1, 1)) is None:
-        raise ScheduleError(f"'{text}' never fires (no date matches it)")
     return Schedule(
         text=text, cron=cron, zone_key=zone.key, name=name, zone=zone, _fields=fields, fixed_time=fixed
     )
@@ -325,11 +323,25 @@ def _expand(text: str, cron6: str, raw: Sequence[str], name: str) -> _Fields:
     # H hashes the task's name; without H the name does not matter, so equal expressions share one expansion.
     key_name = name if "h" in cron6.lower() else ""
     try:
-        values = _expand_cached(cron6, key_name)
+        return _fields(cron6, key_name)
     except ScheduleError as exc:
         raise ScheduleError(f"'{text}': {exc}") from None
-    seconds, minutes, hours, days, months, weekdays = values
-    return _Fields(
+
+
+@functools.lru_cache(maxsize=65536)
+def _fields(cron6: str, name: str) -> _Fields:
+    """croniter's expansion as our matcher; tasks with equal expressions share one (it is immutable)."""
+    try:
+        expanded, _nth = croniter.expand(cron6, hash_id=name.encode(), second_at_beginning=True)
+    except (CroniterError, ValueError):
+        raise ScheduleError(_which_field(cron6.split(), name)) from None
+    # croniter returns minute, hour, day, month, weekday, then second.
+    order = (5, 0, 1, 2, 3, 4)
+    seconds, minutes, hours, days, months, weekdays = (
+        _values(expanded[i], field) for field, i in enumerate(order)
+    )
+    raw = cron6.split()
+    fields = _Fields(
         seconds=seconds,
         minutes=minutes,
         hours=hours,
@@ -338,18 +350,9 @@ def _expand(text: str, cron6: str, raw: Sequence[str], name: str) -> _Fields:
         weekdays=frozenset(weekdays),
         days_and=raw[3].startswith("*") or raw[5].startswith("*"),
     )
-
-
-@functools.lru_cache(maxsize=65536)
-def _expand_cached(cron6: str, name: str) -> tuple[tuple[int, ...], ...]:
-    """croniter's expansion, as sorted values per field in our order (second first)."""
-    try:
-        expanded, _nth = croniter.expand(cron6, hash_id=name.encode(), second_at_beginning=True)
-    except (CroniterError, ValueError):
-        raise ScheduleError(_which_field(cron6.split(), name)) from None
-    # croniter returns minute, hour, day, month, weekday, then second.
-    order = (5, 0, 1, 2, 3, 4)
-    return tuple(_values(expanded[i], field) for field, i in enumerate(order))
+    if fields.next_match(datetime(2000, 1, 1), datetime(2000 + _HORIZON_YEARS, 1, 1)) is None:
+        raise ScheduleError("never fires (no date matches it)")
+    return fields
 
 
 def _which_field(raw: Sequence[str], name: str) -> str:
