@@ -265,7 +265,13 @@ class Clock:
         state.starting += 1
         job = asyncio.create_task(self._execute(state, instant, trigger))
         self._pending.add(job)
-        job.add_done_callback(self._pending.discard)
+        job.add_done_callback(self._job_done)
+
+    def _job_done(self, job: asyncio.Task[None]) -> None:
+        """Forget a finished run; a bug inside it is logged as an event rather than lost."""
+        self._pending.discard(job)
+        if not job.cancelled() and (exc := job.exception()) is not None:
+            self._log.error("scheduler.error", error=f"{type(exc).__name__}: {exc}")
 
     async def _execute(self, state: _TaskState, instant: datetime, trigger: str) -> None:
         run_id = uuid.uuid4().hex[:12]

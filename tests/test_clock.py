@@ -182,6 +182,23 @@ class TestFiring:
         assert all(0 <= d < 20 for d in delays)
         assert len(set(delays)) > 1
 
+    def test_a_failing_start_is_logged_and_the_clock_goes_on(self) -> None:
+        """A bug while starting a run becomes a scheduler.error event; later fires still happen."""
+        fake = FakeClock(T0, T0 + timedelta(seconds=3, milliseconds=500))
+        start = fake.start_run
+        calls: list[int] = []
+
+        async def flaky(spec: TaskSpec, **kwargs: Any) -> FakeRun:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            return await start(spec, **kwargs)
+
+        fake.start_run = flaky  # type: ignore[method-assign]
+        logs = drive(config(task("t", "* * * * * *")), fake)
+        assert ["RuntimeError: boom"] == [e["error"] for e in events(logs, "scheduler.error")]
+        assert [T0 + timedelta(seconds=s) for s in (2, 3)] == fired(fake)
+
 
 class TestMissedFires:
     def test_suspend_collapses_into_one_run(self) -> None:
