@@ -93,7 +93,8 @@ def cli() -> None:
     default="25s",
     show_default=True,
     metavar="DURATION",
-    help="How long SIGTERM waits for running tasks before SIGKILL (fits Heroku's 30 s).",
+    help="The longest a shutdown waits for running tasks before SIGKILL; each task's kill_grace "
+    "may end its wait sooner (fits Heroku's 30 s).",
 )
 @click.option(
     "--no-watch", is_flag=True, help="Do not reload when the config file changes (SIGHUP still does)."

@@ -7,6 +7,7 @@ public contract, listed in the README.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, Literal, TextIO, cast
 
@@ -42,6 +43,36 @@ def _lists_for_logfmt(_logger: WrappedLogger, _name: str, event_dict: EventDict)
     return event_dict
 
 
+class _Writer:
+    """Writes each rendered event as one flushed line. If the reader of the stream goes away (a closed pipe),
+    logging stops quietly: the clock must keep firing tasks even when nobody reads its log."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream: TextIO | None = stream
+
+    def msg(self, message: str) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+        except (BrokenPipeError, ValueError):
+            self._detach()
+
+    def _detach(self) -> None:
+        """Point the dead stream at /dev/null, so that the interpreter's final flush does not fail either."""
+        stream, self._stream = self._stream, None
+        try:
+            if stream is not None:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    debug = info = warning = warn = error = critical = exception = msg
+
+
 def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> LogFormat:
     """Configure structlog for the whole process; returns the format actually used."""
     out = stream if stream is not None else sys.stdout
@@ -61,7 +92,7 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=lambda *_args: _Writer(out),
         cache_logger_on_first_use=False,
     )
     return chosen

@@ -64,7 +64,9 @@ _FIELD_NAMES = ("second", "minute", "hour", "day-of-month", "month", "day-of-wee
 _FIELD_RANGES = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
 # Letters allowed in a cron field: month and day names, and H.
 _FIELD_RE = re.compile(r"^[0-9A-Za-z*,/()\-]+$")
-_UNSUPPORTED_RE = re.compile(r"[#?]|(?<![A-Za-z])[LW](?![A-Za-z])", re.IGNORECASE)
+# L, W and # (last day, nearest weekday, nth weekday) and ? are Quartz extensions we do not offer; R is
+# croniter's random value, which would change on every restart.
+_UNSUPPORTED_RE = re.compile(r"[#?]|(?<![A-Za-z])[LWR](?![A-Za-z])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -317,7 +319,7 @@ def _check_divides(words: str, n: int, whole: int, unit: str) -> None:
 def _expand(text: str, cron6: str, raw: Sequence[str], name: str) -> _Fields:
     for label, part in zip(_FIELD_NAMES, raw, strict=True):
         if _UNSUPPORTED_RE.search(part):
-            raise ScheduleError(f"'{text}': {label} field '{part}': L, W, # and ? are not supported")
+            raise ScheduleError(f"'{text}': {label} field '{part}': L, W, #, ? and R are not supported")
         if not _FIELD_RE.match(part):
             raise ScheduleError(f"'{text}': bad {label} field '{part}'")
     # H hashes the task's name; without H the name does not matter, so equal expressions share one expansion.

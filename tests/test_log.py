@@ -83,3 +83,21 @@ class TestAuto:
     def test_explicit_format_wins(self) -> None:
         """An explicit format is used as given."""
         assert "json" == log.resolve_format("json", io.StringIO())
+
+
+class TestClosedStream:
+    def test_a_closed_pipe_does_not_break_logging(self) -> None:
+        """When the log's reader goes away, events are dropped and the caller carries on."""
+        import os
+
+        read_fd, write_fd = os.pipe()
+        stream = os.fdopen(write_fd, "w")
+        log.configure("json", stream=stream)
+        logger = log.get_logger()
+        logger.info("before")
+        os.close(read_fd)
+        logger.info("task.started", task="a")
+        logger.info("task.finished", task="a")
+        stream.write("x")
+        stream.flush()  # the dead pipe now points at /dev/null: no BrokenPipeError at exit either
+        stream.close()
