@@ -178,9 +178,11 @@ class Clock:
                     self._reload("file")
                 if self._on_tick is not None:
                     self._on_tick()
-            delay = MAX_SLEEP_S
+            current = self._clock.now()
+            # Wake for the next fire, or for the next poll of the config file, whichever is first.
+            delay = MAX_SLEEP_S - abs((current - last_poll).total_seconds())
             if self._heap:
-                delay = min(delay, self._heap[0].due - self._clock.now().timestamp())
+                delay = min(delay, self._heap[0].due - current.timestamp())
             if delay > 0:
                 await self._clock.sleep(delay, self._wake)
             self._wake.clear()
