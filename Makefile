@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= schedules.example.yaml
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit bench clean
 
 $(BIN)/scheduler: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ run: $(BIN)/scheduler
 	$(BIN)/scheduler run --config $(CONFIG) --log-format console
 
 lint: $(BIN)/scheduler
-	$(BIN)/ruff check scheduler tests
-	$(BIN)/ruff format --check scheduler tests
+	$(BIN)/ruff check scheduler tests bench
+	$(BIN)/ruff format --check scheduler tests bench
 
 typecheck: $(BIN)/scheduler
 	$(BIN)/mypy
@@ -26,6 +26,11 @@ unit: $(BIN)/scheduler
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# Side by side with APScheduler 3 and a C floor; prints a table, writes bench/results/. Needs cc.
+bench: $(BIN)/scheduler
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -118,7 +118,7 @@ def run(
             config,
             start_run=runner.start_run,
             log=log.get_logger(),
-            env=os.environ,
+            env=dict(os.environ),  # a snapshot: os.environ decodes every variable on each read
             reload_config=lambda: load_config(config_path),
             config_changed=watcher.changed if watcher is not None else None,
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,

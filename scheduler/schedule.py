@@ -33,8 +33,13 @@ _ZERO = timedelta(0)
 # How far ahead a schedule must fire at least once to be valid: the Gregorian calendar repeats every
 # 400 years, so a cron expression that finds no match in 400 years never fires.
 _HORIZON_YEARS = 400
-# Offsets are sampled this often to find a zone's transitions; real transitions are weeks apart.
-_SAMPLE_STEP = timedelta(hours=6)
+# Offsets are sampled this often to find a zone's transitions (then bisected to the second); real
+# transitions are weeks apart, never two within this step.
+_SAMPLE_STEP = timedelta(hours=12)
+# Zones that never change their offset: no transitions to look for.
+_FIXED_ZONES = frozenset(
+    {"UTC", "Etc/UTC", "Etc/UCT", "Etc/Universal", "Etc/Zulu", "UCT", "Universal", "Zulu", "GMT", "Etc/GMT"}
+)
 
 ACCEPTED_FORMS = (
     "cron with 5 fields 'MIN HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK' (e.g. '0 9 * * MON-FRI'), "
@@ -143,6 +148,8 @@ class _Fields:
 @functools.lru_cache(maxsize=4096)
 def _transitions(zone: ZoneInfo, year: int) -> tuple[tuple[datetime, ...], tuple[timedelta, ...]]:
     """The instants (naive UTC) in `year` at which `zone`'s UTC offset changes, and each new offset."""
+    if zone.key in _FIXED_ZONES:
+        return (), ()
     start = datetime(year, 1, 1)
     end = datetime(year + 1, 1, 1)
     at: list[datetime] = []
