@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -371,3 +372,71 @@ def _field(text: str, value: int, size: int) -> bool:
         if lo <= value <= hi and (value - lo) % int(step or 1) == 0:
             return True
     return False
+
+
+class TestOwnExpansion:
+    """Plain fields are read by our own parser for speed; croniter must agree on every form."""
+
+    @staticmethod
+    def _random_field(rng: random.Random, index: int) -> str:
+        lo, hi = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 7)][index]
+        names = {4: ["jan", "FEB", "Mar", "apr", "dec"], 5: ["sun", "MON", "Fri", "sat"]}.get(index, [])
+
+        def value() -> str:
+            if names and rng.random() < 0.3:
+                return rng.choice(names)
+            return str(rng.randint(lo, hi))
+
+        items = []
+        for _ in range(rng.randint(1, 3)):
+            kind = rng.randrange(6)
+            if kind == 0:
+                items.append("*")
+            elif kind == 1:
+                items.append(f"*/{rng.randint(1, hi)}")
+            elif kind == 2:
+                items.append(value())
+            elif kind == 3:
+                a, b = sorted(rng.sample(range(lo, hi + 1), 2))
+                items.append(f"{a}-{b}")
+            elif kind == 4:
+                a, b = sorted(rng.sample(range(lo, hi + 1), 2))
+                items.append(f"{a}-{b}/{rng.randint(1, hi)}")
+            else:
+                items.append(f"{rng.randint(lo, hi)}/{rng.randint(1, hi)}")
+        return ",".join(items)
+
+    def test_random_fields_agree_with_croniter(self) -> None:
+        """2,000 random plain fields expand to the same values as croniter's."""
+        from scheduler.schedule import _croniter_masks, _plain_field
+
+        rng = random.Random(42)
+        read = 0
+        for _ in range(2000):
+            index = rng.randrange(6)
+            part = self._random_field(rng, index)
+            probe = ["*"] * 6
+            probe[index] = part
+            ours = _plain_field(part, index)
+            if ours is None:
+                continue  # left to croniter, e.g. a day-of-week range that wraps past Saturday
+            read += 1
+            theirs = _croniter_masks(" ".join(probe), "")[index]
+            assert theirs == ours, f"field {index}: {part}"
+        assert read > 1900
+
+    @pytest.mark.parametrize(
+        "expr",
+        ["0 0 * * 7", "0 0 * * 5-7", "0 0 * * FRI-7", "59/20 * * * *", "0 */5 * * *", "0 0 1-31/10 * *"],
+    )
+    def test_edge_forms_agree_with_croniter(self, expr: str) -> None:
+        """Sunday as 7, ranges ending on 7, {start}/{step} and stepped ranges agree with croniter."""
+        from scheduler.schedule import _croniter_masks, _plain_field
+
+        raw = ["0", *expr.split()]
+        assert _croniter_masks(" ".join(raw), "") == tuple(_plain_field(p, i) for i, p in enumerate(raw))
+
+    def test_wrapping_weekday_range_goes_to_croniter(self) -> None:
+        """SAT-SUN is left to croniter, which reads it as Saturday and Sunday."""
+        got = fires("0 0 * * SAT-SUN", utc(2026, 1, 1), 2)  # Jan 3 2026 is a Saturday
+        assert ["2026-01-03T00:00:00+00:00", "2026-01-04T00:00:00+00:00"] == got
