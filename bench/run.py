@@ -283,7 +283,9 @@ def reload(bench: Bench, count: int) -> dict[str, float]:
             for i, (name, s) in enumerate(tasks.items())
         }
         config.write_text(_yaml(changed, [str(bench.probe), str(out)]))
-        time.sleep(1.0 - time.time() % 1 + 0.3)  # mid-second, away from the tick
+        time.sleep(
+            1.0 - time.time() % 1 + 0.7
+        )  # 0.3 s before a tick, so that the tick falls inside the reload
         seen = len(proc.lines)
         sent = time.time_ns()
         proc.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]

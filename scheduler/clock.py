@@ -14,12 +14,13 @@ import heapq
 import itertools
 import random
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
@@ -30,6 +31,8 @@ from scheduler.errors import ConfigError
 if TYPE_CHECKING:
     from scheduler.runner import Run
 
+_T = TypeVar("_T")
+
 # The longest the loop sleeps before re-reading the wall clock and polling the config file.
 MAX_SLEEP_S = 1.0
 # The last stretch before a fire is slept with a blocking, nanosecond-precise sleep.
@@ -37,6 +40,8 @@ PRECISE_SLEEP_S = 0.002
 DEFAULT_SHUTDOWN_GRACE_S = 25.0
 # Counting the instants missed during a long pause stops here; the event then says `count_capped`.
 MISSED_COUNT_CAP = 100_000
+# While the config is parsed in a thread, the loop thread waits at most this long for the GIL.
+_SWITCH_INTERVAL_S = 0.001
 # After the final SIGKILL, how long shutdown waits for the runs to be reaped.
 _REAP_WAIT_S = 5.0
 
@@ -125,6 +130,7 @@ class Clock:
         on_tick: Callable[[], None] | None = None,
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
         rng: random.Random | None = None,
+        run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
     ) -> None:
         self.config = config
         self._start_run = start_run
@@ -136,6 +142,8 @@ class Clock:
         self._on_tick = on_tick
         self._shutdown_grace_s = shutdown_grace_s
         self._rng = rng or random.Random()
+        self._run_blocking = run_blocking or _run_in_thread
+        self._refresh_job: asyncio.Task[None] | None = None
         self._tasks: dict[str, _TaskState] = {}
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
@@ -183,13 +191,13 @@ class Clock:
             await self._dispatch_due(now)
             if self._stop_signals:
                 break
-            if self._reload_requested:
+            if self._reload_requested and self._refresh_job is None:
                 self._reload_requested = False
-                self._reload("signal")
+                self._start_refresh("signal")
             if abs((now - last_poll).total_seconds()) >= MAX_SLEEP_S:
                 last_poll = now
-                if self._config_changed is not None and self._config_changed():
-                    self._reload("file")
+                if self._config_changed is not None and self._refresh_job is None:
+                    self._start_refresh("file")
                 if self._on_tick is not None:
                     self._on_tick()
             current = self._clock.now()
@@ -318,41 +326,67 @@ class Clock:
 
     # Reload
 
-    def _reload(self, reason: str) -> None:
-        """Swap in a new config if it is valid; otherwise keep the old one and say why.
+    def _start_refresh(self, trigger: str) -> None:
+        job = asyncio.create_task(self._refresh(trigger))
+        self._refresh_job = job
+        job.add_done_callback(self._refresh_done)
+
+    def _refresh_done(self, job: asyncio.Task[None]) -> None:
+        self._refresh_job = None
+        if not job.cancelled() and (exc := job.exception()) is not None:
+            self._log.error("scheduler.error", error=f"{type(exc).__name__}: {exc}")
+
+    async def _refresh(self, trigger: str) -> None:
+        """Reload the config if asked to (SIGHUP) or if the file's content changed.
+
+        Reading, parsing and comparing run off the loop (in a thread), so that fires stay on time while a
+        large file is reloaded; only the changes are applied on the loop.
+        """
+        if self._reload_config is None:
+            return
+        if trigger == "file" and not (
+            self._config_changed and await self._run_blocking(self._config_changed)
+        ):
+            return
+        current = {name: state.spec for name, state in self._tasks.items()}
+        reload_config = self._reload_config
+        try:
+            new, diff = await self._run_blocking(lambda: _diff(current, reload_config()))
+        except ConfigError as exc:
+            self._log.error("config.invalid", error=str(exc), trigger=trigger)
+            return
+        if self._stop_signals:
+            return
+        self._apply(new, diff, trigger)
+        await self._run_blocking(_trim_memory)
+
+    def _apply(self, new: Config, diff: _Diff, trigger: str) -> None:
+        """Swap in a new, valid config.
 
         Reload policy: unchanged tasks keep their queued fire; changed and added tasks are scheduled from
         now (never re-firing an instant already fired); running runs are never interrupted.
         """
-        if self._reload_config is None:
-            return
-        try:
-            new = self._reload_config()
-        except ConfigError as exc:
-            self._log.error("config.invalid", error=str(exc), trigger=reason)
-            return
         now = self._clock.now()
-        old = self._tasks
-        added = sorted(set(new.tasks) - set(old))
-        removed = sorted(set(old) - set(new.tasks))
-        changed = sorted(n for n in set(new.tasks) & set(old) if new.tasks[n] != old[n].spec)
-        for name in removed:
-            old.pop(name).generation += 1
-        for name in changed:
-            state = old[name]
+        tasks = self._tasks
+        for name in diff.removed:
+            tasks.pop(name).generation += 1
+        for name in diff.changed:
+            state = tasks[name]
             state.spec = new.tasks[name]
             state.generation += 1
             self._schedule(state, now)
-        for name in added:
-            old[name] = state = _TaskState(new.tasks[name])
+        for name in diff.added:
+            tasks[name] = state = _TaskState(new.tasks[name])
             self._schedule(state, now)
         self.config = new
         # Entries of removed or rescheduled tasks are skipped lazily; rebuild when they dominate the heap.
-        if len(self._heap) > 2 * len(self._tasks) + 64:
+        if len(self._heap) > 2 * len(tasks) + 64:
             self._heap = [e for e in self._heap if self._is_live(e)]
             heapq.heapify(self._heap)
-        _settle_memory()
-        self._log.info("config.reloaded", added=added, removed=removed, changed=changed, trigger=reason)
+        gc.freeze()
+        self._log.info(
+            "config.reloaded", added=diff.added, removed=diff.removed, changed=diff.changed, trigger=trigger
+        )
 
     def _is_live(self, entry: _Entry) -> bool:
         state = self._tasks.get(entry.name)
@@ -368,6 +402,8 @@ class Clock:
         does, and kills what is left at once.
         """
         self._stopping = True
+        if self._refresh_job is not None:
+            self._refresh_job.cancel()  # a reload still parsing in its thread is dropped
         first = self._stop_signals[0]
         self._log.info("scheduler.stopping", signal=first, running=len(self.running_runs))
         deadline = asyncio.get_running_loop().time() + self._shutdown_grace_s
@@ -394,14 +430,45 @@ class Clock:
         self._log.info("scheduler.stopped")
 
 
+@dataclass(frozen=True, slots=True)
+class _Diff:
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+def _diff(current: Mapping[str, TaskSpec], new: Config) -> tuple[Config, _Diff]:
+    """What a reload changes: names added, removed, and changed (any setting differs)."""
+    added = sorted(set(new.tasks) - set(current))
+    removed = sorted(set(current) - set(new.tasks))
+    changed = sorted(n for n in set(new.tasks) & set(current) if new.tasks[n] != current[n])
+    return new, _Diff(added, removed, changed)
+
+
+async def _run_in_thread(func: Callable[[], _T]) -> _T:
+    """Run blocking work (reading and parsing the config) in a thread. While it runs, the interpreter
+    switches threads every millisecond instead of every five, so the loop gets the GIL back promptly
+    when a fire is due."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, _SWITCH_INTERVAL_S))
+    try:
+        return await asyncio.to_thread(func)
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def _trim_memory() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 def _settle_memory() -> None:
     """After a (re)load: move the config's long-lived objects out of the cycle collector's sight (with
     100,000 tasks a full collection would otherwise stall the loop, and every fire, for tens of ms), and
     hand the memory the YAML parse used back to the system (glibc keeps freed memory otherwise)."""
     gc.collect()
     gc.freeze()
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    _trim_memory()
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

@@ -119,11 +119,17 @@ class FakeClock:
         return run
 
 
+async def inline(func: Callable[[], Any]) -> Any:
+    """Run the clock's blocking work (config reloads) at once, so fake time decides when it lands."""
+    return func()
+
+
 def drive(
     cfg: Config,
     fake: FakeClock,
     *,
     reload_config: Callable[[], Config] | None = None,
+    config_changed: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the clock on the fake until `fake.until`; return the logged events."""
 
@@ -135,8 +141,10 @@ def drive(
             env={},
             clock=fake,
             reload_config=reload_config,
+            config_changed=config_changed,
             rng=random.Random(7),
             shutdown_grace_s=5,
+            run_blocking=inline,
         )
         fake.clock = clock
         await clock.run()
@@ -316,6 +324,21 @@ class TestReload:
         (invalid,) = events(logs, "config.invalid")
         assert "unknown key 'comand'" in invalid["error"]
         assert 4 == len(fired(fake, "a"))
+
+    def test_file_change_reloads(self) -> None:
+        """A changed file is reloaded on the next poll, with trigger=file; an unchanged one is not."""
+        changes = iter([False, False, True])
+        new = config(task("a", "*/2 * * * * *"))
+        fake = FakeClock(T0, T0 + timedelta(seconds=6, milliseconds=500))
+        logs = drive(
+            config(task("a", "* * * * * *")),
+            fake,
+            reload_config=lambda: new,
+            config_changed=lambda: next(changes, False),
+        )
+        (reloaded,) = events(logs, "config.reloaded")
+        assert ("file", ["a"]) == (reloaded["trigger"], reloaded["changed"])
+        assert [T0 + timedelta(seconds=s) for s in (1, 2, 3, 4, 6)] == fired(fake, "a")
 
     def test_unchanged_task_keeps_its_fire(self) -> None:
         """Reloading an identical file changes nothing and keeps jittered fire times."""
