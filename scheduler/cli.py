@@ -19,6 +19,7 @@ import click
 from scheduler import __version__, clock, log, runner
 from scheduler.config import DEFAULT_CONFIG_PATH, Config, TaskSpec, load_config, parse_duration, suggest
 from scheduler.errors import ConfigError, SchedulerError, UnknownTaskError
+from scheduler.loader import load_config_isolated
 from scheduler.watch import FileWatcher
 
 EXIT_USAGE = 2  # bad config, unknown task, bad arguments (click uses 2 as well)
@@ -60,9 +61,9 @@ def _log_options(func: F) -> F:
     )(func)
 
 
-def _load(config_path: str) -> Config:
+def _load(config_path: str, loader: Callable[[str], Config] = load_config) -> Config:
     try:
-        return load_config(config_path)
+        return loader(config_path)
     except ConfigError as exc:
         _fail(exc)
 
@@ -107,7 +108,7 @@ def run(
         grace_s = parse_duration(shutdown_grace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shutdown-grace") from None
-    config = _load(config_path)
+    config = _load(config_path, load_config_isolated)
     log.configure(log_format, log_level)
     watcher = None if no_watch else FileWatcher(config_path)
     _raise_fd_limit()
@@ -119,7 +120,7 @@ def run(
             start_run=runner.start_run,
             log=log.get_logger(),
             env=dict(os.environ),  # a snapshot: os.environ decodes every variable on each read
-            reload_config=lambda: load_config(config_path),
+            reload_config=lambda: load_config_isolated(config_path),
             config_changed=watcher.changed if watcher is not None else None,
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,
             shutdown_grace_s=grace_s,

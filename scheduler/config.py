@@ -28,6 +28,7 @@ from yaml.reader import ReaderError
 
 from scheduler import schedule as schedule_module
 from scheduler.errors import ConfigError, ScheduleError
+from scheduler.frozen import pickle_by_fields
 from scheduler.schedule import Schedule
 
 Overlap = Literal["skip", "allow", "replace"]
@@ -43,6 +44,7 @@ DEFAULT_SHELL = "/bin/sh"
 MAX_DURATION_S = 366 * 86400.0
 
 
+@pickle_by_fields
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One task, fully resolved: defaults applied, schedule parsed, cwd made absolute.
@@ -70,6 +72,7 @@ class TaskSpec:
         return self.schedule.zone
 
 
+@pickle_by_fields
 @dataclass(frozen=True, slots=True)
 class Config:
     """A whole validated schedules.yaml."""

@@ -28,10 +28,14 @@ from zoneinfo import ZoneInfo
 from croniter import CroniterError, croniter
 
 from scheduler.errors import ScheduleError
+from scheduler.frozen import pickle_by_fields
 
 _SECOND = timedelta(seconds=1)
 _ALL_WEEKDAYS = 0b1111111
+_ALL_DAYS = ((1 << 32) - 1) & ~1  # bits 1-31
 _FAR_FUTURE = datetime(9999, 1, 1)
+_Y2K = datetime(2000, 1, 1)
+_MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # the most each month can have
 _DAY = timedelta(days=1)
 _ZERO = timedelta(0)
 # How far ahead a schedule must fire at least once to be valid: the Gregorian calendar repeats every
@@ -73,6 +77,7 @@ _FIELD_NAMES = ("second", "minute", "hour", "day-of-month", "month", "day-of-wee
 _FIELD_RANGES = ((0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
 # Letters allowed in a cron field: month and day names, and H.
 _FIELD_RE = re.compile(r"^[0-9A-Za-z*,/()\-]+$")
+_EXPRESSION_RE = re.compile(r"^[0-9A-Za-z*,/()\- ]+$")
 # L, W and # (last day, nearest weekday, nth weekday) and ? are Quartz extensions we do not offer; R is
 # croniter's random value, which would change on every restart.
 _HASH_RE = re.compile(r"(?<![A-Za-z])H", re.IGNORECASE)
@@ -87,6 +92,7 @@ class Fire:
     note: str | None = None
 
 
+@pickle_by_fields
 @dataclass(frozen=True, slots=True)
 class _Fields:
     """The values a cron expression allows, one bitmask per field (bit v set: value v allowed)."""
@@ -214,6 +220,7 @@ def _segment(zone: ZoneInfo, t: datetime) -> tuple[timedelta, datetime, timedelt
     return off, datetime(t.year + 1, 1, 1), off
 
 
+@pickle_by_fields
 @dataclass(frozen=True, slots=True)
 class Schedule:
     """A parsed schedule in one zone. Equal schedules fire at the same instants."""
@@ -352,11 +359,12 @@ def _check_divides(words: str, n: int, whole: int, unit: str) -> None:
 
 
 def _expand(text: str, cron6: str, raw: Sequence[str], name: str) -> _Fields:
-    for label, part in zip(_FIELD_NAMES, raw, strict=True):
-        if _UNSUPPORTED_RE.search(part):
-            raise ScheduleError(f"'{text}': {label} field '{part}': L, W, #, ? and R are not supported")
-        if not _FIELD_RE.match(part):
-            raise ScheduleError(f"'{text}': bad {label} field '{part}'")
+    if _UNSUPPORTED_RE.search(cron6) or not _EXPRESSION_RE.match(cron6):
+        for label, part in zip(_FIELD_NAMES, raw, strict=True):
+            if _UNSUPPORTED_RE.search(part):
+                raise ScheduleError(f"'{text}': {label} field '{part}': L, W, #, ? and R are not supported")
+            if not _FIELD_RE.match(part):
+                raise ScheduleError(f"'{text}': bad {label} field '{part}'")
     # H hashes the task's name; without H the name does not matter, so equal expressions share one expansion.
     key_name = name if _HASH_RE.search(cron6) else ""
     try:
@@ -379,9 +387,21 @@ def _fields(cron6: str, name: str) -> _Fields:
         masks = list(_croniter_masks(cron6, name))
     seconds, minutes, hours, days, months, weekdays = (int(m or 0) for m in masks)
     fields = _Fields(seconds, minutes, hours, days, months, weekdays, raw[3][0] == "*" or raw[5][0] == "*")
-    if fields.next_match(datetime(2000, 1, 1), datetime(2000 + _HORIZON_YEARS, 1, 1)) is None:
+    if (
+        not _surely_fires(fields)
+        and fields.next_match(_Y2K, _Y2K.replace(year=2000 + _HORIZON_YEARS)) is None
+    ):
         raise ScheduleError("never fires (no date matches it)")
     return fields
+
+
+def _surely_fires(f: _Fields) -> bool:
+    """Whether some date matches, decided without a search in the common cases."""
+    if not f.days_and or f.days == _ALL_DAYS:
+        return True  # a weekday alone can match, and every weekday comes round in every month
+    if f.weekdays == _ALL_WEEKDAYS:  # the day of the month alone decides: it must exist (Feb 29 counts)
+        return any(f.months >> m & 1 and f.days & ((1 << (_MONTH_DAYS[m] + 1)) - 1) for m in range(1, 13))
+    return False  # both day fields restricted and both required: search
 
 
 _NAMES = {
@@ -390,6 +410,7 @@ _NAMES = {
 }
 
 
+@functools.lru_cache(maxsize=16384)
 def _plain_field(part: str, index: int) -> int | None:
     """A field without H as a bitmask, or None to leave it to croniter (which also words the errors)."""
     lo, hi = _FIELD_RANGES[index]

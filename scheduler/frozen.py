@@ -1,0 +1,27 @@
+"""Fast pickling for the frozen dataclasses that make up a Config.
+
+The clock receives its config pickled from the process that parsed it (see loader.py). dataclasses'
+generic pickling of frozen slotted classes calls dataclasses.fields() for every object, which made a
+100,000-task config take 4 s to pickle and unpickle; pickling by constructor arguments takes a tenth.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+_C = TypeVar("_C", bound=type)
+
+
+def pickle_by_fields(cls: _C) -> _C:
+    """Class decorator for a `@dataclass(frozen=True, slots=True)` whose __init__ takes every field in
+    order: pickle it as `cls(*fields)`."""
+    names: tuple[str, ...] = cls.__dict__["__slots__"]
+    getter: Callable[[Any], Any] = operator.attrgetter(*names)
+
+    def __reduce__(self: Any) -> tuple[type, tuple[Any, ...]]:
+        return (cls, getter(self))
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign,assignment]
+    return cls
