@@ -1,8 +1,9 @@
 """PURE: schedule text -> fire instants, with Debian cron's DST rules.
 
 A schedule is cron (5 fields, or 6 with seconds first), an ``@alias`` or a Heroku-style phrase; all three
-become one cron expression, which croniter expands (names, ranges, lists, steps and ``H``). The search for
-the next fire is ours, because croniter alone fires a repeated local time twice and we follow Debian cron:
+become one cron expression. Plain fields (numbers, names, ranges, lists, steps) are read here, checked
+against croniter by the tests; ``H`` and anything unusual go to croniter. The search for the next fire is
+ours, because croniter alone fires a repeated local time twice and we follow Debian cron:
 
 * A *fixed-time* task (neither its minute nor its hour field starts with ``*``) runs once per matching
   local time: a local time skipped by a spring-forward runs right after the jump; a local time that
@@ -24,8 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
-
-from croniter import CroniterError, croniter
 
 from scheduler.errors import ScheduleError
 from scheduler.frozen import pickle_by_fields
@@ -444,6 +443,8 @@ def _field_value(text: str, index: int) -> int | None:
 
 
 def _croniter_masks(cron6: str, name: str) -> tuple[int, ...]:
+    from croniter import CroniterError, croniter  # imported on first need: most files never need it
+
     try:
         expanded, _nth = croniter.expand(cron6, hash_id=name.encode(), second_at_beginning=True)
     except (CroniterError, ValueError):
@@ -461,6 +462,8 @@ def _croniter_masks(cron6: str, name: str) -> tuple[int, ...]:
 
 def _which_field(raw: Sequence[str], name: str) -> str:
     """Name the field croniter rejected, by expanding each field alone."""
+    from croniter import CroniterError, croniter
+
     for index, part in enumerate(raw):
         probe = ["*"] * 6
         probe[index] = part
@@ -488,12 +491,6 @@ def _values(items: Sequence[object], index: int) -> tuple[int, ...]:
     if bad:
         raise ScheduleError(f"{_FIELD_NAMES[index]} value {bad[0]} is out of range {lo}-{hi}")
     return tuple(values)
-
-
-def _croniter_message(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    message = lines[-1] if lines else type(exc).__name__
-    return message.removeprefix("ValueError: ").removeprefix("CroniterBadCronError: ")
 
 
 # Plain-words description, for `scheduler list`.
