@@ -121,7 +121,7 @@ def run(
             log=log.get_logger(),
             env=dict(os.environ),  # a snapshot: os.environ decodes every variable on each read
             reload_config=lambda: load_config_isolated(config_path),
-            config_changed=watcher.changed if watcher is not None else None,
+            watcher=watcher,
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,
             shutdown_grace_s=grace_s,
         )

@@ -77,6 +77,16 @@ class SystemClock:
             pass
 
 
+class ConfigWatcher(Protocol):
+    """Tells the loop when the config file changed (watch.FileWatcher)."""
+
+    def touched(self) -> bool:
+        """Cheap enough for the loop: may the file have changed?"""
+
+    def changed(self) -> bool:
+        """Run off the loop: has the content really changed?"""
+
+
 class StartRun(Protocol):
     """The runner's start_run, injectable so the loop can be tested without processes."""
 
@@ -126,7 +136,7 @@ class Clock:
         env: Mapping[str, str],
         clock: WallClock | None = None,
         reload_config: Callable[[], Config] | None = None,
-        config_changed: Callable[[], bool] | None = None,
+        watcher: ConfigWatcher | None = None,
         on_tick: Callable[[], None] | None = None,
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
         rng: random.Random | None = None,
@@ -138,7 +148,7 @@ class Clock:
         self._env = env
         self._clock = clock or SystemClock()
         self._reload_config = reload_config
-        self._config_changed = config_changed
+        self._watcher = watcher
         self._on_tick = on_tick
         self._shutdown_grace_s = shutdown_grace_s
         self._rng = rng or random.Random()
@@ -196,7 +206,7 @@ class Clock:
                 self._start_refresh("signal")
             if abs((now - last_poll).total_seconds()) >= MAX_SLEEP_S:
                 last_poll = now
-                if self._config_changed is not None and self._refresh_job is None:
+                if self._watcher is not None and self._refresh_job is None and self._watcher.touched():
                     self._start_refresh("file")
                 if self._on_tick is not None:
                     self._on_tick()
@@ -344,9 +354,7 @@ class Clock:
         """
         if self._reload_config is None:
             return
-        if trigger == "file" and not (
-            self._config_changed and await self._run_blocking(self._config_changed)
-        ):
+        if trigger == "file" and not (self._watcher and await self._run_blocking(self._watcher.changed)):
             return
         current = {name: state.spec for name, state in self._tasks.items()}
         reload_config = self._reload_config

@@ -34,12 +34,16 @@ class FileWatcher:
         except OSError:
             return None
 
-    def changed(self) -> bool:
-        """True once per change of the file's content (a file that disappears counts as a change)."""
+    def touched(self) -> bool:
+        """Cheap (one stat): True when the file may have changed since the last look."""
         key = self._stat_key()
         if key == self._stat:
             return False
         self._stat = key
+        return True
+
+    def changed(self) -> bool:
+        """Reads the file: True once per change of its content (a file that disappears counts)."""
         digest = self._read_digest()
         if digest == self._digest:
             return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,6 +60,19 @@ class FakeRun:
     def kill(self) -> None:
         self.killed = True
         self.finished.set()
+
+
+class FakeWatcher:
+    """A config file whose content changes when `changes` says so; every poll looks at it."""
+
+    def __init__(self, changes: Iterator[bool]) -> None:
+        self.changes = changes
+
+    def touched(self) -> bool:
+        return True
+
+    def changed(self) -> bool:
+        return next(self.changes, False)
 
 
 class FakeClock:
@@ -129,7 +142,7 @@ def drive(
     fake: FakeClock,
     *,
     reload_config: Callable[[], Config] | None = None,
-    config_changed: Callable[[], bool] | None = None,
+    watcher: Any = None,
 ) -> list[dict[str, Any]]:
     """Run the clock on the fake until `fake.until`; return the logged events."""
 
@@ -141,7 +154,7 @@ def drive(
             env={},
             clock=fake,
             reload_config=reload_config,
-            config_changed=config_changed,
+            watcher=watcher,
             rng=random.Random(7),
             shutdown_grace_s=5,
             run_blocking=inline,
@@ -334,7 +347,7 @@ class TestReload:
             config(task("a", "* * * * * *")),
             fake,
             reload_config=lambda: new,
-            config_changed=lambda: next(changes, False),
+            watcher=FakeWatcher(changes),
         )
         (reloaded,) = events(logs, "config.reloaded")
         assert ("file", ["a"]) == (reloaded["trigger"], reloaded["changed"])
