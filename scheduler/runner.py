@@ -2,6 +2,10 @@
 
 Every child starts a session of its own, so its process group holds the whole tree it starts: signals go to
 that group with os.killpg, and ProcessLookupError means the group is already gone. Every child is reaped.
+
+start_run spawns before its first await, with os.posix_spawn (a vfork in glibc), or with subprocess.Popen
+for a task with a cwd, which posix_spawn cannot set. The loop then watches a pidfd for the exit and reads
+the pipes itself: one supervising task per run, and no thread, transport or task per pipe.
 """
 
 from __future__ import annotations
@@ -10,15 +14,17 @@ import asyncio
 import errno
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from signal import SIGKILL, SIGTERM, Signals
-from typing import Literal, cast
+from typing import Any, Literal
 
 from structlog.typing import FilteringBoundLogger
 
@@ -27,12 +33,18 @@ from scheduler.config import TaskSpec
 RunStatus = Literal["succeeded", "failed", "timed_out", "killed"]
 
 _MAX_LINE_BYTES = 8 * 1024  # a longer output line is cut here and logged with truncated=True
-_PAUSE_READING_BYTES = 64 * 1024  # stop reading a pipe while this much output waits to be logged
-_YIELD_EVERY_LINES = 32  # a pump lets the loop run other runs' timers after this many lines
+_YIELD_EVERY_LINES = 32  # a pipe lets the loop run other runs' timers after this many lines
 _DRAIN_TIMEOUT_S = 1.0  # after the child exits, how long its pipes may stay open
 _EXIT_TIMED_OUT = 124  # as timeout(1)
 _EXIT_CANNOT_EXECUTE = 126  # as a POSIX shell
 _EXIT_NOT_FOUND = 127  # as a POSIX shell
+_READ_BYTES = 64 * 1024  # one read of a pipe: logged before the pipe is read again, so memory stays bounded
+# What subprocess.Popen resets to the default in the child: Python ignores SIGPIPE and SIGXFSZ.
+_RESTORE_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, n))
+
+_pidfd_works = hasattr(os, "pidfd_open")  # until the kernel says otherwise
+_posix_spawn_works = hasattr(os, "posix_spawn")
+_sealed_in_pid: int | None = None  # the process whose descriptors _use_posix_spawn made close-on-exec
 
 
 @dataclass(frozen=True)
@@ -82,11 +94,17 @@ class Run:
         self.trigger = trigger
         self.scheduled_for = scheduled_for
         self.pid: int | None = None
-        self._log = log.bind(task=task.name, run_id=run_id)
+        self._log = log  # bound to the task and run id once the child is on its way
         self._loop = asyncio.get_running_loop()
         self._result: asyncio.Future[RunResult] = self._loop.create_future()
         self._supervisor: asyncio.Task[None] | None = None
-        self._leader_gone = asyncio.Event()
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._pidfd: int | None = None
+        self._pipes: list[_Pipe] = []
+        self._open_pipes = 0
+        self._pipes_closed: asyncio.Future[None] = self._loop.create_future()
+        self._leader_gone = False
+        self._leader_exit: asyncio.Future[None] = self._loop.create_future()
         self._returncode = 0
         self._exited_at = 0.0
         self._stopped_as: RunStatus | None = None
@@ -115,7 +133,7 @@ class Run:
         """
         if self.done:
             return
-        if self._leader_gone.is_set():
+        if self._leader_gone:
             self.kill()
             return
         if self._stopped_as is None:
@@ -134,7 +152,7 @@ class Run:
         """SIGKILL the run's process group now; the status stays the one stop() chose, else "killed"."""
         if self.done:
             return
-        if self._stopped_as is None and not self._leader_gone.is_set():
+        if self._stopped_as is None and not self._leader_gone:
             self._stopped_as = "killed"
         _cancel(self._kill_timer)
         self._killed = True
@@ -150,7 +168,9 @@ class Run:
         except ProcessLookupError:
             pass  # the whole group has exited already
 
-    async def _start(self, env: Mapping[str, str], capture_output: bool) -> None:
+    def _start(self, env: Mapping[str, str], capture_output: bool) -> None:
+        """Spawn the child before anything else (logging, timers, the supervisor), and without awaiting:
+        the latency from the fire to the task's exec is what a clock is judged by."""
         task = self.task
         argv = [task.shell, "-c", task.command] if isinstance(task.command, str) else list(task.command)
         scheduled_for = _iso_utc(self.scheduled_for)
@@ -162,41 +182,105 @@ class Run:
             "SCHEDULER_SCHEDULED_FOR": scheduled_for,
             "SCHEDULER_TRIGGER": self.trigger,
         }
-        output = subprocess.PIPE if capture_output else None
-        protocol = _ChildProtocol(capture_output, on_exit=self._leader_exited)
         started = time.monotonic()
         try:
-            transport, _ = await self._loop.subprocess_exec(
-                lambda: protocol,
-                argv[0],
-                *argv[1:],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-                cwd=task.cwd,
-                env=child_env,
-                start_new_session=True,
-            )
+            pid, outputs = self._spawn(argv, child_env, capture_output)
         except (OSError, ValueError, IndexError) as exc:
             message, status = _start_failure(exc, task, argv)
             duration_s = _elapsed(started, time.monotonic())
+            self._log = self._log.bind(task=task.name, run_id=self.run_id)
             self._finish(RunResult("failed", None, None, duration_s, message, _not_started_status=status))
             return
-        self.pid = transport.get_pid()
-        self._log.info("task.started", trigger=self.trigger, scheduled_for=scheduled_for, pid=self.pid)
-        if task.timeout_s is not None and not self._leader_gone.is_set():
+        self.pid = pid
+        self._log = self._log.bind(task=task.name, run_id=self.run_id)
+        self._pipes = [_Pipe(self, fd, stream) for stream, fd in outputs]
+        self._open_pipes = len(self._pipes)
+        if not self._pipes:
+            self._pipes_closed.set_result(None)
+        self._watch_exit(pid)
+        self._log.info("task.started", trigger=self.trigger, scheduled_for=scheduled_for, pid=pid)
+        if task.timeout_s is not None and not self._leader_gone:
             self._timeout_timer = self._loop.call_later(task.timeout_s, self.stop, "timed_out")
-        self._supervisor = self._loop.create_task(self._supervise(transport, protocol, started))
+        self._supervisor = self._loop.create_task(self._supervise(started))
 
-    def _leader_exited(self, returncode: int) -> None:
+    def _spawn(
+        self, argv: list[str], env: dict[str, str], capture_output: bool
+    ) -> tuple[int, list[tuple[str, int]]]:
+        """Start the child with stdin from /dev/null and, with capture_output, stdout and stderr on pipes;
+        returns its pid and the read ends of the pipes, by stream."""
+        write_ends: list[int] = []
+        outputs: list[tuple[str, int]] = []
+        try:
+            if capture_output:
+                for stream in ("stdout", "stderr"):
+                    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                    outputs.append((stream, read_end))
+                    write_ends.append(write_end)
+            if self.task.cwd is None and _use_posix_spawn():
+                pid = _posix_spawn(argv, env, write_ends)
+            else:
+                self._popen = _popen(argv, env, self.task.cwd, write_ends)
+                pid = self._popen.pid
+            # The child is between vfork and the task's first instruction (the dynamic loader, say), and
+            # usually on this CPU: let it get there before the loop does its bookkeeping.
+            os.sched_yield()
+        except BaseException:
+            for _, read_end in outputs:
+                os.close(read_end)
+            raise
+        finally:
+            for write_end in write_ends:
+                os.close(write_end)
+        return pid, outputs
+
+    def _watch_exit(self, pid: int) -> None:
+        """Learn of the leader's exit through a pidfd on the loop; without pidfds (an old kernel, or no fd
+        left), through a thread that waits for it, as asyncio itself would."""
+        global _pidfd_works
+        if _pidfd_works:
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSYS, errno.EPERM):  # no pidfds here (EMFILE: just this once)
+                    _pidfd_works = False
+            else:
+                self._loop.add_reader(self._pidfd, self._reap)
+                return
+        threading.Thread(target=_wait_in_thread, args=(self._loop, pid, self._exited), daemon=True).start()
+
+    def _reap(self) -> None:
+        """The pidfd says the leader has exited: reap it (at once, as it is a zombie now)."""
+        assert self.pid is not None
+        self._close_pidfd()
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            returncode = 255  # reaped by someone else: its status is lost, as asyncio says
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+        self._exited(returncode)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _exited(self, returncode: int) -> None:
+        if self._popen is not None:
+            self._popen.returncode = returncode  # reaped here: Popen must not wait for it again
         self._returncode = returncode
         self._exited_at = time.monotonic()
         _cancel(self._timeout_timer)
-        self._leader_gone.set()
+        self._leader_gone = True
+        _resolve(self._leader_exit)
 
-    async def _supervise(
-        self, transport: asyncio.SubprocessTransport, protocol: _ChildProtocol, started: float
-    ) -> None:
+    def _pipe_closed(self) -> None:
+        self._open_pipes -= 1
+        if self._open_pipes == 0:
+            _resolve(self._pipes_closed)
+
+    async def _supervise(self, started: float) -> None:
         """Wait for the child's exit and the end of its output, then finish the run.
 
         The run is over when the child has exited and its pipes are at EOF, but a background process that
@@ -204,22 +288,22 @@ class Run:
         stopped run, the leftovers of the group (say the worker under `sh -c`) keep the rest of the grace
         period, which ends early when they close the pipes; then the group is SIGKILLed.
         """
-        pumps = [self._loop.create_task(self._pump(protocol, fd)) for fd in protocol.outputs]
         try:
-            await self._leader_gone.wait()
+            await self._leader_exit
             if self._kill_at is not None and not self._killed:
-                await _wait_for(protocol.pipes_closed, self._kill_at - self._loop.time())
+                await _wait_for(self._pipes_closed, self._kill_at - self._loop.time())
                 self.kill()
-            await _wait_for(protocol.pipes_closed, _DRAIN_TIMEOUT_S)
-            transport.close()
-            await asyncio.gather(*pumps)
+            await _wait_for(self._pipes_closed, _DRAIN_TIMEOUT_S)
+            for pipe in self._pipes:
+                pipe.close()  # what was read is still logged, and the last line without a newline
+            await self._pipes_closed
         except BaseException as exc:
             # Cancelled with the loop, say, before anyone stopped the run: take the group down rather than
             # leave it running untracked.
             self.kill()
-            transport.close()
-            for pump in pumps:
-                pump.cancel()
+            self._close_pidfd()
+            for pipe in self._pipes:
+                pipe.abort()
             if isinstance(exc, Exception):
                 self._result.set_exception(exc)
             else:
@@ -234,22 +318,6 @@ class Run:
                 _elapsed(started, self._exited_at),
             )
         )
-
-    async def _pump(self, protocol: _ChildProtocol, fd: int) -> None:
-        """Log one pipe's output as task.output events, a line each; yield to the loop every few dozen
-        lines so that a flood from one task cannot delay other runs' timers."""
-        output = protocol.outputs[fd]
-        lines = _LineSplitter()
-        logged = 0
-        while (chunk := await output.chunks.get()) is not None:
-            for line, truncated in lines.feed(chunk):
-                self._log_line(output.stream, line, truncated)
-                logged += 1
-                if logged % _YIELD_EVERY_LINES == 0:
-                    await asyncio.sleep(0)
-            protocol.consumed(fd, len(chunk))
-        for line, truncated in lines.close():
-            self._log_line(output.stream, line, truncated)
 
     def _log_line(self, stream: str, line: bytes, truncated: bool) -> None:
         text = line.decode("utf-8", errors="replace")
@@ -299,13 +367,14 @@ async def start_run(
     A task with timeout_s is stopped as "timed_out" that many seconds after the spawn.
     """
     run = Run(task, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for, log=log)
-    await run._start(env, capture_output)
+    run._start(env, capture_output)
     return run
 
 
 def install_child_watcher() -> None:
     """On Python 3.11 with a pidfd-capable kernel, make asyncio reap children through pidfds on the event
-    loop instead of with one thread per child, so that 1,000 concurrent runs cost no threads.
+    loop instead of with one thread per child, so that 1,000 concurrent children cost no threads. Runs do
+    not need it (they watch pidfds of their own); asyncio's subprocesses do.
 
     Call it from a coroutine on the main thread's loop before the first start_run. asyncio keeps the
     watcher in its (process-wide) policy and re-attaches it to each new main-thread loop. On Python 3.12+
@@ -332,7 +401,7 @@ def reap_orphans() -> None:
     """Reap the zombies of orphaned grandchildren, which the kernel hands to the scheduler when it runs as
     PID 1 (a container without an init) or as a subreaper; the clock calls it about once a second.
 
-    Only zombies from another session are reaped: a run's leader leads a session of its own and asyncio
+    Only zombies from another session are reaped: a run's leader leads a session of its own and its Run
     reaps it, and a child in the scheduler's own session belongs to whoever spawned it. So an orphan that
     started a session of its own stays a zombie: telling it from a run's leader would take global state.
     """
@@ -359,63 +428,87 @@ def reap_orphans() -> None:
             pass  # reaped meanwhile
 
 
-class _Output:
-    """Chunks that one pipe delivered and its pump has not logged yet; None marks EOF."""
+class _Pipe:
+    """One output pipe of a run, read on the loop and logged line by line.
 
-    def __init__(self, stream: str) -> None:
+    A chunk that was read is logged before the pipe is read again, so memory stays bounded whatever the
+    child writes; after _YIELD_EVERY_LINES lines the rest of the chunk waits for the next loop iteration, so
+    that a flood from one task cannot delay other runs' timers.
+    """
+
+    def __init__(self, run: Run, fd: int, stream: str) -> None:
+        self._run = run
+        self._loop = run._loop
+        self._fd: int | None = fd
         self.stream = stream
-        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.pending_bytes = 0
-        self.paused = False
+        self._splitter = _LineSplitter()
+        self._lines: Iterator[tuple[bytes, bool]] | None = None  # what is left of the chunk being logged
+        self._later: asyncio.Handle | None = None
+        os.set_blocking(fd, False)
+        self._loop.add_reader(fd, self._read)
+        self._reading = True
 
+    def close(self) -> None:
+        """Stop reading (at EOF, or when the drain time is over); what was read is still logged, and then
+        the last line if it had no newline."""
+        if self._fd is None:
+            return
+        self._pause()
+        os.close(self._fd)
+        self._fd = None
+        if self._lines is None:
+            self._flush()
 
-class _ChildProtocol(asyncio.SubprocessProtocol):
-    """Collects one child's output and exit for its Run. A pipe stops being read while its output waits to
-    be logged, so memory stays bounded whatever the child writes."""
+    def abort(self) -> None:
+        """Stop reading and logging at once."""
+        self._lines = None
+        _cancel(self._later)
+        if self._fd is not None:
+            self._pause()
+            os.close(self._fd)
+            self._fd = None
 
-    def __init__(self, capture_output: bool, *, on_exit: Callable[[int], None]) -> None:
-        self.outputs = {1: _Output("stdout"), 2: _Output("stderr")} if capture_output else {}
-        self.pipes_closed = asyncio.Event()
-        if not self.outputs:
-            self.pipes_closed.set()
-        self._open_pipes = len(self.outputs)
-        self._on_exit = on_exit
-        self._transport: asyncio.SubprocessTransport | None = None
+    def _read(self) -> None:
+        assert self._fd is not None
+        try:
+            data = os.read(self._fd, _READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # EIO and the like: as good as EOF
+        if not data:
+            self.close()
+            return
+        self._lines = self._splitter.feed(data)
+        self._log_lines()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.SubprocessTransport, transport)
+    def _log_lines(self) -> None:
+        self._later = None
+        if self._lines is None:
+            return  # aborted meanwhile
+        for logged, (line, truncated) in enumerate(self._lines, 1):
+            self._run._log_line(self.stream, line, truncated)
+            if logged == _YIELD_EVERY_LINES:
+                self._pause()
+                self._later = self._loop.call_soon(self._log_lines)
+                return
+        self._lines = None
+        if self._fd is None:
+            self._flush()
+        elif not self._reading:
+            self._loop.add_reader(self._fd, self._read)
+            self._reading = True
 
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        output = self.outputs[fd]
-        output.chunks.put_nowait(data)
-        output.pending_bytes += len(data)
-        if output.pending_bytes > _PAUSE_READING_BYTES and not output.paused:
-            output.paused = True
-            self._pipe(fd).pause_reading()
+    def _flush(self) -> None:
+        for line, truncated in self._splitter.close():
+            self._run._log_line(self.stream, line, truncated)
+        self._run._pipe_closed()
 
-    def consumed(self, fd: int, size: int) -> None:
-        """The pump has logged `size` bytes of pipe `fd`: read again once the backlog is small."""
-        output = self.outputs[fd]
-        output.pending_bytes -= size
-        if output.paused and output.pending_bytes <= _PAUSE_READING_BYTES // 2:
-            output.paused = False
-            self._pipe(fd).resume_reading()
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        self.outputs[fd].chunks.put_nowait(None)
-        self._open_pipes -= 1
-        if self._open_pipes == 0:
-            self.pipes_closed.set()
-
-    def process_exited(self) -> None:
-        assert self._transport is not None
-        returncode = self._transport.get_returncode()
-        assert returncode is not None
-        self._on_exit(returncode)
-
-    def _pipe(self, fd: int) -> asyncio.ReadTransport:
-        assert self._transport is not None
-        return cast(asyncio.ReadTransport, self._transport.get_pipe_transport(fd))
+    def _pause(self) -> None:
+        if self._reading:
+            assert self._fd is not None
+            self._loop.remove_reader(self._fd)
+            self._reading = False
 
 
 class _LineSplitter:
@@ -518,14 +611,100 @@ def _elapsed(start: float, end: float) -> float:
     return round(end - start, 3)
 
 
-def _cancel(handle: asyncio.TimerHandle | None) -> None:
+def _cancel(handle: asyncio.Handle | None) -> None:
     if handle is not None:
         handle.cancel()
 
 
-async def _wait_for(event: asyncio.Event, timeout_s: float) -> None:
-    """Wait until `event` is set or `timeout_s` has passed, whichever comes first."""
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a cancelled waiter has let go of it
+        future.set_result(None)
+
+
+async def _wait_for(future: asyncio.Future[None], timeout_s: float) -> None:
+    """Wait until `future` is done or `timeout_s` has passed, whichever comes first; never cancels it."""
+    if not future.done() and timeout_s > 0:
+        await asyncio.wait((future,), timeout=timeout_s)
+
+
+def _use_posix_spawn() -> bool:
+    """posix_spawn, unlike Popen, closes no descriptor in the child: it relies on every descriptor of the
+    daemon being close-on-exec, as Python opens them (PEP 446). Once per process, those it inherited
+    without the flag get it; without /proc to list them, every run goes through Popen."""
+    global _posix_spawn_works, _sealed_in_pid
+    if _posix_spawn_works and _sealed_in_pid != os.getpid():
+        try:
+            names = os.listdir("/proc/self/fd")
+        except OSError:
+            _posix_spawn_works = False
+            return False
+        for name in names:
+            if int(name) > 2:
+                try:
+                    os.set_inheritable(int(name), False)
+                except OSError:
+                    pass  # the listing's own descriptor, closed by now
+        _sealed_in_pid = os.getpid()
+    return _posix_spawn_works
+
+
+def _posix_spawn(argv: list[str], env: dict[str, str], write_ends: list[int]) -> int:
+    """Spawn argv in a new session, stdin from /dev/null and, when given, stdout and stderr on the write
+    ends. A bare program name is looked up in the child's PATH, and fails as Popen's lookup would."""
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    for target, write_end in enumerate(write_ends, 1):
+        actions.append((os.POSIX_SPAWN_DUP2, write_end, target))
+    program = argv[0]
+    if "/" in program:
+        return os.posix_spawn(
+            program, argv, env, file_actions=actions, setsid=True, setsigdef=_RESTORE_SIGNALS
+        )
+    first_error: OSError | None = None
+    for directory in os.get_exec_path(env):
+        candidate = os.path.join(directory, program)
+        try:
+            os.stat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # exec would say the same: save a spawn
+        except OSError:
+            pass  # let exec say what is wrong
+        try:
+            return os.posix_spawn(
+                candidate, argv, env, file_actions=actions, setsid=True, setsigdef=_RESTORE_SIGNALS
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            first_error = first_error or exc  # as execvpe: the first error other than "not there" wins
+    if first_error is not None:
+        raise first_error
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
+def _popen(
+    argv: list[str], env: dict[str, str], cwd: str | None, write_ends: list[int]
+) -> subprocess.Popen[bytes]:
+    """Spawn as _posix_spawn does, in `cwd`; the run reaps the child itself."""
+    stdout, stderr = write_ends if write_ends else (None, None)
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _wait_in_thread(loop: asyncio.AbstractEventLoop, pid: int, exited: Callable[[int], None]) -> None:
+    """Without a pidfd: block a thread in waitpid, then hand the exit code to the loop."""
     try:
-        await asyncio.wait_for(event.wait(), max(timeout_s, 0.0))
-    except TimeoutError:
-        pass
+        _, status = os.waitpid(pid, 0)
+        returncode = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        returncode = 255
+    try:
+        loop.call_soon_threadsafe(exited, returncode)
+    except RuntimeError:
+        pass  # the loop is closed

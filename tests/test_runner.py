@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import structlog
 
-from scheduler import schedule
+from scheduler import runner, schedule
 from scheduler.config import TaskSpec
 from scheduler.runner import Run, RunResult, _LineSplitter, install_child_watcher, reap_orphans, start_run
 
@@ -115,6 +115,18 @@ def _rss_kib() -> int:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
+@pytest.fixture(params=["posix_spawn", "popen", "waiter_thread"])
+def spawner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each way to start a child (posix_spawn, or Popen as for a task with a cwd) and to learn of its exit
+    (a pidfd on the loop, or a thread when the kernel has no pidfds)."""
+    if request.param == "popen":
+        monkeypatch.setattr(runner, "_posix_spawn_works", False)
+    elif request.param == "waiter_thread":
+        monkeypatch.setattr(runner, "_pidfd_works", False)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("spawner")
 class TestStartRun:
     def test_success_sees_environment(self) -> None:
         """The child sees env, task.env and the SCHEDULER_* variables; started and finished are logged."""
@@ -311,7 +323,24 @@ class TestStartRun:
         assert elapsed < 2.0
         assert result.duration_s < 1.0
 
+    def test_last_line_logged_when_pipes_are_closed_on_the_child(self) -> None:
+        """A last line without newline is logged when the drain time is over, as it would be at EOF."""
+        rec = _Recorder()
 
+        async def scenario() -> RunResult:
+            run = await _start(_task("sleep 30 & printf partial"), rec)
+            assert run.pid is not None
+            try:
+                return await run.wait()
+            finally:
+                _kill_group(run.pid)
+
+        result = _run(scenario())
+
+        assert ("succeeded", ["partial"]) == (result.status, rec.lines())
+
+
+@pytest.mark.usefixtures("spawner")
 class TestOutput:
     def test_streams_tagged(self) -> None:
         """Each line is one task.output event tagged with its stream."""
@@ -439,6 +468,7 @@ class TestLineSplitter:
         assert whole == split([data[i : i + 1] for i in range(len(data))])
 
 
+@pytest.mark.usefixtures("spawner")
 class TestStop:
     def test_timeout_kills_grandchildren(self, tmp_path: Path) -> None:
         """On timeout the whole group gets SIGTERM, grandchildren included, and the run is "timed_out"."""
@@ -584,6 +614,33 @@ class TestStop:
         assert ("succeeded", True) == (second.status, done)
         assert 1 == len(rec.named("task.finished"))
 
+    def test_loop_shutdown_kills_the_group(self, tmp_path: Path) -> None:
+        """A run still going when its loop shuts down has its whole group SIGKILLed, not left untracked."""
+        pid_file = tmp_path / "background.pid"
+        rec = _Recorder()
+
+        async def scenario() -> int:
+            run = await _start(_task(f"sleep 30 & echo $! > {pid_file}; echo ready; sleep 30"), rec)
+            await _until(lambda: "ready" in rec.lines())
+            assert run.pid is not None
+            return run.pid
+
+        pid = _run(scenario())
+        background = int(pid_file.read_text())
+        try:
+            deadline = time.monotonic() + 5.0
+            while not (_is_dead(pid) and _is_dead(background)) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            dead = (_is_dead(pid), _is_dead(background))
+        finally:
+            _kill_group(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass  # reaped by the run's waiter thread
+
+        assert (True, True) == dead
+
     def test_failed_start_is_done(self) -> None:
         """A run that could not start is done at once and ignores stop()."""
         rec = _Recorder()
@@ -596,6 +653,214 @@ class TestStop:
         done, pid, result = _run(scenario())
 
         assert (True, None, "failed") == (done, pid, result.status)
+
+
+def _open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+# Prints the descriptors the child has open besides 0, 1 and 2.
+_LIST_FDS = (
+    "import os\n"
+    "names = os.listdir('/proc/self/fd')\n"
+    "print(sorted(fd for fd in map(int, names) if fd > 2 and os.path.exists(f'/proc/self/fd/{fd}')))\n"
+)
+
+
+@pytest.mark.usefixtures("spawner")
+class TestSpawn:
+    def test_program_looked_up_in_task_path(self, tmp_path: Path) -> None:
+        """A bare program name is looked up in the child's PATH (task.env's), not in the daemon's."""
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        program = bin_dir / "hello-4f2a"
+        program.write_text("#!/bin/sh\necho hello from $0\n")
+        program.chmod(0o755)
+        rec = _Recorder()
+
+        result = _run(_execute(_task(("hello-4f2a",), env={"PATH": f"{tmp_path / 'none'}:{bin_dir}"}), rec))
+
+        assert "succeeded" == result.status
+        assert [f"hello from {program}"] == rec.lines()
+
+    def test_lookup_passes_over_a_program_that_cannot_run(self, tmp_path: Path) -> None:
+        """A program without the execute bit early in PATH is passed over for an executable one later."""
+        first, second = tmp_path / "a", tmp_path / "b"
+        for directory, mode in ((first, 0o644), (second, 0o755)):
+            directory.mkdir()
+            (directory / "prog").write_text(f"#!/bin/sh\necho {directory.name}\n")
+            (directory / "prog").chmod(mode)
+        rec = _Recorder()
+
+        result = _run(_execute(_task(("prog",), env={"PATH": f"{first}:{second}"}), rec))
+
+        assert ("succeeded", ["b"]) == (result.status, rec.lines())
+
+    def test_lookup_reports_a_program_that_cannot_run(self, tmp_path: Path) -> None:
+        """When the only program found has no execute bit, the run fails with 126, as a shell would."""
+        (tmp_path / "prog").write_text("#!/bin/sh\necho hi\n")
+        rec = _Recorder()
+
+        result = _run(_execute(_task(("prog",), env={"PATH": str(tmp_path)}), rec))
+
+        assert ("command not executable: prog (Permission denied)", 126) == (
+            result.error,
+            result.shell_exit_status,
+        )
+
+    def test_lookup_not_found(self, tmp_path: Path) -> None:
+        """A bare program name found nowhere in PATH fails with 127."""
+        rec = _Recorder()
+
+        result = _run(_execute(_task(("prog-4f2a",), env={"PATH": str(tmp_path)}), rec))
+
+        assert ("command not found: prog-4f2a", 127) == (result.error, result.shell_exit_status)
+
+    def test_exec_format_error(self, tmp_path: Path) -> None:
+        """An executable file that is neither a binary nor a script fails with 126 and the reason."""
+        program = tmp_path / "garbage"
+        program.write_bytes(b"\x00\x01\x02\x03 not a program\n")
+        program.chmod(0o755)
+        rec = _Recorder()
+
+        result = _run(_execute(_task((str(program),)), rec))
+
+        assert (f"command not executable: {program} (Exec format error)", 126) == (
+            result.error,
+            result.shell_exit_status,
+        )
+
+    def test_shell_not_found(self) -> None:
+        """A str command whose shell does not exist fails with 127, naming the shell."""
+        rec = _Recorder()
+
+        result = _run(_execute(_task("echo hi", shell="/nonexistent/sh"), rec))
+
+        assert ("shell not found: /nonexistent/sh", 127) == (result.error, result.shell_exit_status)
+        assert [] == rec.named("task.started")
+
+    def test_signal_dispositions_as_popen(self) -> None:
+        """The child blocks and ignores the signals a child of subprocess.Popen would: Python's ignored
+        SIGPIPE and SIGXFSZ are back to the default. (glibc's posix_spawn leaves its two internal signals,
+        32 and 33, ignored; glibc takes them back in any program that uses them.)"""
+        command = ("grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status")
+        expected = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
+        rec = _Recorder()
+
+        _run(_execute(_task(command), rec))
+
+        glibc_internal = (1 << 31) | (1 << 32)
+        masks = [
+            (name, int(value, 16) & ~glibc_internal) for name, value in (s.split(":\t") for s in rec.lines())
+        ]
+        # The test's own process may have inherited those two ignored (make does this): compare without them.
+        expected_masks = [
+            (name, int(value, 16) & ~glibc_internal) for name, value in (s.split(":\t") for s in expected)
+        ]
+        assert expected_masks == masks
+        assert 0 == dict(masks)["SigIgn"] & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1))
+
+    def test_no_descriptor_of_the_daemon_leaks_into_children(self) -> None:
+        """A child gets stdin, stdout and stderr only: not the pipes or pidfd of another run, nor any other
+        descriptor of the daemon."""
+        rec = _Recorder()
+
+        async def scenario() -> RunResult:
+            other = await _start(_task("sleep 5"), rec, run_id="other")
+            try:
+                return await _execute(_task((sys.executable, "-c", _LIST_FDS)), rec)
+            finally:
+                other.kill()
+                await other.wait()
+
+        result = _run(scenario())
+
+        assert ("succeeded", ["[]"]) == (result.status, rec.lines())
+
+    def test_no_descriptor_left_open(self, tmp_path: Path) -> None:
+        """Runs of every kind (output, failure to start, timeout, stop, a background process holding the
+        pipes, no capture) leave the daemon with the descriptors it had."""
+        rec = _Recorder()
+        tasks = [
+            _task("echo out; echo err >&2"),
+            _task("pwd", cwd=str(tmp_path)),
+            _task(("/nonexistent/x",)),
+            _task("echo hi", cwd=str(tmp_path / "missing")),
+            _task("sleep 5", timeout_s=0.05, kill_grace_s=0.1),
+            _task("sleep 30 & echo started"),
+            _task("seq 1 1000"),
+        ]
+
+        async def scenario() -> list[RunResult]:
+            results = [await _execute(task, rec) for task in tasks]
+            results.append(await _execute(_task("true"), rec, capture_output=False))
+            stopped = await _start(_task("echo ready; sleep 5"), rec)
+            await _until(lambda: "ready" in rec.lines())
+            stopped.stop(kill_grace_s=0.1)
+            results.append(await stopped.wait())
+            return results
+
+        before = _open_fds()
+        try:
+            results = _run(scenario())
+        finally:
+            for event in rec.named("task.started"):
+                _kill_group(event["pid"])
+
+        assert before == _open_fds()
+        assert ["succeeded", "succeeded", "failed", "failed", "timed_out", "succeeded"] == [
+            r.status for r in results[:6]
+        ]
+
+
+# Runs in a child Python given an inheritable descriptor, as a daemon may inherit one from whoever started it.
+_INHERITED_SCRIPT = """
+import asyncio, os, sys
+from datetime import UTC, datetime
+import structlog
+from scheduler import runner, schedule
+from scheduler.config import TaskSpec
+from zoneinfo import ZoneInfo
+
+inherited = int(sys.argv[1])
+assert os.get_inheritable(inherited)
+task = TaskSpec(
+    name="t",
+    schedule=schedule.parse("* * * * *", name="t", zone=ZoneInfo("UTC")),
+    command=(sys.executable, "-c", sys.argv[2]),
+    timezone="UTC",
+)
+
+async def main():
+    run = await runner.start_run(
+        task, run_id="r", trigger="schedule", scheduled_for=datetime.now(UTC),
+        log=structlog.wrap_logger(structlog.ReturnLogger()),
+        env=dict(os.environ), capture_output=False,
+    )
+    return await run.wait()
+
+print(asyncio.run(main()).status, flush=True)
+"""
+
+
+class TestInheritedDescriptors:
+    def test_not_passed_on(self) -> None:
+        """A descriptor the daemon inherited without close-on-exec does not reach the tasks."""
+        read_end, write_end = os.pipe()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _INHERITED_SCRIPT, str(write_end), _LIST_FDS],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+                pass_fds=(write_end,),
+            )
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+
+        assert ("[]\nsucceeded\n", "") == (done.stdout, done.stderr)
 
 
 class TestRunResult:
