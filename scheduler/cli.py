@@ -171,7 +171,7 @@ async def _run_now(spec: TaskSpec) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         loop.add_signal_handler(sig, forward, sig)
-    run = await runner.start_run(
+    run = runner.start_run(
         spec,
         run_id=uuid.uuid4().hex[:12],
         trigger="manual",

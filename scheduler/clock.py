@@ -40,6 +40,8 @@ PRECISE_SLEEP_S = 0.002
 DEFAULT_SHUTDOWN_GRACE_S = 25.0
 # Counting the instants missed during a long pause stops here; the event then says `count_capped`.
 MISSED_COUNT_CAP = 100_000
+# When many tasks are due at once, the loop serves the running runs' I/O after this many starts.
+_YIELD_EVERY_FIRES = 8
 # While the config is parsed in a thread, the loop thread waits at most this long for the GIL.
 _SWITCH_INTERVAL_S = 0.001
 # After the final SIGKILL, how long shutdown waits for the runs to be reaped.
@@ -99,7 +101,7 @@ class StartRun(Protocol):
         scheduled_for: datetime,
         log: FilteringBoundLogger,
         env: Mapping[str, str],
-    ) -> Awaitable[Run]: ...
+    ) -> Run: ...
 
 
 @dataclass(slots=True)
@@ -108,11 +110,10 @@ class _TaskState:
     generation: int = 0
     last_instant: datetime | None = None  # the newest instant fired or given up on; never fired again
     runs: list[Run] = field(default_factory=list)
-    starting: int = 0  # dispatched runs whose process is not started yet
 
     @property
     def busy(self) -> bool:
-        return self.starting > 0 or any(not run.done for run in self.runs)
+        return any(not run.done for run in self.runs)
 
 
 @dataclass(order=True, slots=True)
@@ -239,15 +240,16 @@ class Clock:
 
     async def _dispatch_due(self, now: datetime) -> None:
         now_ts = now.timestamp()
+        fired = 0
         while self._heap and self._heap[0].due <= now_ts and not self._stop_signals:
             entry = heapq.heappop(self._heap)
             state = self._tasks.get(entry.name)
             if state is None or state.generation != entry.generation:
                 continue  # the task was removed or rescheduled by a reload
             if self._fire_due(state, entry, now):
-                # Let the new run spawn its process before the next due task is looked at: with many
-                # tasks due at once, the first starts without waiting for all the others to be queued.
-                await asyncio.sleep(0)
+                fired += 1
+                if fired % _YIELD_EVERY_FIRES == 0:
+                    await asyncio.sleep(0)  # with many tasks due at once, let the runs' I/O flow too
 
     def _fire_due(self, state: _TaskState, entry: _Entry, now: datetime) -> bool:
         """Run a due instant, or account for it as missed.
@@ -299,8 +301,21 @@ class Clock:
                 for run in state.runs:
                     if not run.done:
                         run.stop("killed")
-        state.starting += 1
-        job = asyncio.create_task(self._execute(state, instant, trigger))
+        try:
+            run = self._start_run(
+                spec,
+                run_id=uuid.uuid4().hex[:12],
+                trigger=trigger,
+                scheduled_for=instant,
+                log=self._log,
+                env=self._env,
+            )
+        except Exception as exc:  # a bug: the runner turns every failure to start into a failed run
+            self._log.error("scheduler.error", task=spec.name, error=f"{type(exc).__name__}: {exc}")
+            return False
+        state.runs.append(run)
+        self._runs.add(run)
+        job = asyncio.create_task(self._forget_when_done(state, run))
         self._pending.add(job)
         job.add_done_callback(self._job_done)
         return True
@@ -311,23 +326,7 @@ class Clock:
         if not job.cancelled() and (exc := job.exception()) is not None:
             self._log.error("scheduler.error", error=f"{type(exc).__name__}: {exc}")
 
-    async def _execute(self, state: _TaskState, instant: datetime, trigger: str) -> None:
-        run_id = uuid.uuid4().hex[:12]
-        try:
-            run = await self._start_run(
-                state.spec,
-                run_id=run_id,
-                trigger=trigger,
-                scheduled_for=instant,
-                log=self._log,
-                env=self._env,
-            )
-        finally:
-            state.starting -= 1
-        state.runs.append(run)
-        self._runs.add(run)
-        if self._stopping:
-            run.stop("killed", kill_grace_s=0)
+    async def _forget_when_done(self, state: _TaskState, run: Run) -> None:
         try:
             await run.wait()
         finally:

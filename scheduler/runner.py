@@ -3,7 +3,7 @@
 Every child starts a session of its own, so its process group holds the whole tree it starts: signals go to
 that group with os.killpg, and ProcessLookupError means the group is already gone. Every child is reaped.
 
-start_run spawns before its first await, with os.posix_spawn (a vfork in glibc), or with subprocess.Popen
+start_run spawns at once, on the calling loop, with os.posix_spawn (a vfork in glibc), or with subprocess.Popen
 for a task with a cwd, which posix_spawn cannot set. The loop then watches a pidfd for the exit and reads
 the pipes itself: one supervising task per run, and no thread, transport or task per pipe.
 """
@@ -347,7 +347,7 @@ class Run:
             self._result.set_result(result)
 
 
-async def start_run(
+def start_run(
     task: TaskSpec,
     *,
     run_id: str,
@@ -357,8 +357,9 @@ async def start_run(
     env: Mapping[str, str],
     capture_output: bool = True,
 ) -> Run:
-    """Spawn `task` now and return its Run; a command that cannot start gives a run already finished as
-    "failed" with `error` set (and no task.started), never an exception.
+    """Spawn `task` now, before returning its Run (call it on the running loop); a command that cannot
+    start gives a run already finished as "failed" with `error` set (and no task.started), never an
+    exception.
 
     A str command runs as `[task.shell, "-c", command]`, a tuple as argv, in task.cwd, in a new session,
     with stdin from /dev/null and the environment `env` + task.env + SCHEDULER_TASK, SCHEDULER_RUN_ID,

@@ -115,7 +115,7 @@ class FakeClock:
 
         return action
 
-    async def start_run(
+    def start_run(
         self,
         spec: TaskSpec,
         *,
@@ -209,11 +209,11 @@ class TestFiring:
         start = fake.start_run
         calls: list[int] = []
 
-        async def flaky(spec: TaskSpec, **kwargs: Any) -> FakeRun:
+        def flaky(spec: TaskSpec, **kwargs: Any) -> FakeRun:
             calls.append(1)
             if len(calls) == 1:
                 raise RuntimeError("boom")
-            return await start(spec, **kwargs)
+            return start(spec, **kwargs)
 
         fake.start_run = flaky  # type: ignore[method-assign]
         logs = drive(config(task("t", "* * * * * *")), fake)

@@ -76,7 +76,7 @@ async def _start(task: TaskSpec, rec: _Recorder, **overrides: Any) -> Run:
         "env": dict(os.environ),
     }
     kwargs.update(overrides)
-    return await start_run(task, **kwargs)
+    return start_run(task, **kwargs)
 
 
 async def _execute(task: TaskSpec, rec: _Recorder, **overrides: Any) -> RunResult:
@@ -832,7 +832,7 @@ task = TaskSpec(
 )
 
 async def main():
-    run = await runner.start_run(
+    run = runner.start_run(
         task, run_id="r", trigger="schedule", scheduled_for=datetime.now(UTC),
         log=structlog.wrap_logger(structlog.ReturnLogger()),
         env=dict(os.environ), capture_output=False,
