@@ -61,9 +61,9 @@ def _log_options(func: F) -> F:
     )(func)
 
 
-def _load(config_path: str, loader: Callable[[str], Config] = load_config) -> Config:
+def _load(config_path: str) -> Config:
     try:
-        return loader(config_path)
+        return load_config(config_path)
     except ConfigError as exc:
         _fail(exc)
 
@@ -108,7 +108,7 @@ def run(
         grace_s = parse_duration(shutdown_grace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shutdown-grace") from None
-    config = _load(config_path, load_config_isolated)
+    config = _load(config_path)
     log.configure(log_format, log_level)
     watcher = None if no_watch else FileWatcher(config_path)
     _raise_fd_limit()

@@ -607,8 +607,16 @@ class _Parser:
         except _Invalid:
             return None
         tasks: dict[str, TaskSpec] = {}
-        for name, key_node, value_node in self._items(mapping, "", "task"):
+        items: list[tuple[str, Node, Node] | None] = list(self._items(mapping, "", "task"))
+        # Let each task's nodes go once it is built, so that the specs reuse their memory: the parse's
+        # peak (the whole node tree plus all the specs) would otherwise stay as the clock's footprint.
+        mapping.value = []
+        for index, item in enumerate(items):
+            assert item is not None
+            items[index] = None
+            name, key_node, value_node = item
             task = self._task(name, key_node, value_node, defaults, failed_defaults, zone)
+            del item, key_node, value_node
             if task is not None:
                 tasks[name] = task
         return tasks
@@ -716,7 +724,10 @@ class _Parser:
             return _A_MAPPING
         assert self.loader is not None
         try:
-            return self.loader.construct_object(node, deep=True)
+            value = self.loader.construct_object(node, deep=True)
+            # The loader memoizes by node, which would keep every node alive to the end of the parse.
+            self.loader.constructed_objects.pop(node, None)
+            return value
         except (yaml.YAMLError, ValueError, OverflowError) as error:
             # e.g. an unquoted 2024-02-30 matches YAML's date pattern but is no date.
             prefix = f"{where}: " if where else ""

@@ -1,11 +1,12 @@
-"""Load the config for the long-running clock in a forked child process.
+"""Load the config for a reload in a forked child process.
 
-Parsing YAML builds a tree of small objects several times the size of the result (about 2.7 KB a task,
-280 MB for 100,000 tasks). In the clock's own process that peak would stay as resident memory for good,
-since the allocator cannot hand back arenas that a few long-lived objects still share. So the clock forks:
-the child reads and validates the file and sends the finished `Config` back through a pipe, pickled; the
-parent only unpickles it, into compact memory. A crash or a runaway file in the child cannot take the
-clock down with it. One-shot commands (`check`, `next`, ...) parse in-process: they exit right away.
+A reload's parse would otherwise run on the clock's own interpreter: it would hold the GIL against the
+event loop for as long as it takes (fires late by up to that much), and leave its peak memory behind (the
+YAML node tree is several times the size of the result, and the allocator keeps arenas that a few
+long-lived objects still pin). So the clock forks: the child reads and validates the file and sends the
+finished `Config` back through a pipe, pickled; the clock only unpickles it. A crash or a runaway file in
+the child cannot take the clock down with it. The first load, before the clock starts, is in-process: it
+is faster, and config.py lets each task's nodes go as soon as the task is built.
 """
 
 from __future__ import annotations
