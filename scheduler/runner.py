@@ -4,8 +4,9 @@ Every child starts a session of its own, so its process group holds the whole tr
 that group with os.killpg, and ProcessLookupError means the group is already gone. Every child is reaped.
 
 start_run spawns at once, on the calling loop, with os.posix_spawn (a vfork in glibc), or with
-subprocess.Popen for a task with a cwd, which posix_spawn cannot set. The loop then watches a pidfd for the exit and reads
-the pipes itself: one supervising task per run, and no thread, transport or task per pipe.
+subprocess.Popen for a task with a cwd, which posix_spawn cannot set. The loop then watches a pidfd for
+the exit and reads the pipes itself: one supervising task per run, and no thread, transport or task per
+pipe.
 """
 
 from __future__ import annotations
