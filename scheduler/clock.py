@@ -41,7 +41,7 @@ DEFAULT_SHUTDOWN_GRACE_S = 25.0
 # Counting the instants missed during a long pause stops here; the event then says `count_capped`.
 MISSED_COUNT_CAP = 100_000
 # When many tasks are due at once, the loop serves the running runs' I/O after this many starts.
-_YIELD_EVERY_FIRES = 8
+_YIELD_EVERY_FIRES = 16
 # While the config is parsed in a thread, the loop thread waits at most this long for the GIL.
 _SWITCH_INTERVAL_S = 0.001
 # After the final SIGKILL, how long shutdown waits for the runs to be reaped.
@@ -142,6 +142,7 @@ class Clock:
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
         rng: random.Random | None = None,
         run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
+        after_starts: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self._start_run = start_run
@@ -154,6 +155,7 @@ class Clock:
         self._shutdown_grace_s = shutdown_grace_s
         self._rng = rng or random.Random()
         self._run_blocking = run_blocking or _run_in_thread
+        self._after_starts = after_starts
         self._refresh_job: asyncio.Task[None] | None = None
         self._tasks: dict[str, _TaskState] = {}
         self._heap: list[_Entry] = []
@@ -250,6 +252,8 @@ class Clock:
                 fired += 1
                 if fired % _YIELD_EVERY_FIRES == 0:
                     await asyncio.sleep(0)  # with many tasks due at once, let the runs' I/O flow too
+        if fired and self._after_starts is not None:
+            self._after_starts()
 
     def _fire_due(self, state: _TaskState, entry: _Entry, now: datetime) -> bool:
         """Run a due instant, or account for it as missed.

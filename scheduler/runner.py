@@ -222,9 +222,6 @@ class Run:
             else:
                 self._popen = _popen(argv, env, self.task.cwd, write_ends)
                 pid = self._popen.pid
-            # The child is between vfork and the task's first instruction (the dynamic loader, say), and
-            # usually on this CPU: let it get there before the loop does its bookkeeping.
-            os.sched_yield()
         except BaseException:
             for _, read_end in outputs:
                 os.close(read_end)
@@ -371,6 +368,14 @@ def start_run(
     run = Run(task, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for, log=log)
     run._start(env, capture_output)
     return run
+
+
+def let_children_run() -> None:
+    """Give up the CPU once the due runs are spawned: a new child sits between vfork and the task's first
+    instruction (in the dynamic loader, say), usually on this CPU, and would otherwise wait behind the
+    loop's bookkeeping. Called once per batch rather than per spawn, so that a burst of due runs is
+    spawned without pausing for each child in turn."""
+    os.sched_yield()
 
 
 def install_child_watcher() -> None:
