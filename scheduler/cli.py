@@ -118,7 +118,6 @@ def run(
         the_clock = clock.Clock(
             config,
             start_run=runner.start_run,
-            after_starts=runner.let_children_run,
             log=log.get_logger(),
             env=dict(os.environ),  # a snapshot: os.environ decodes every variable on each read
             reload_config=lambda: load_config_isolated(config_path),

@@ -101,6 +101,7 @@ class StartRun(Protocol):
         scheduled_for: datetime,
         log: FilteringBoundLogger,
         env: Mapping[str, str],
+        yield_cpu: bool,
     ) -> Run: ...
 
 
@@ -142,7 +143,6 @@ class Clock:
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
         rng: random.Random | None = None,
         run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
-        after_starts: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self._start_run = start_run
@@ -155,7 +155,7 @@ class Clock:
         self._shutdown_grace_s = shutdown_grace_s
         self._rng = rng or random.Random()
         self._run_blocking = run_blocking or _run_in_thread
-        self._after_starts = after_starts
+        self._dispatch_ts = 0.0
         self._refresh_job: asyncio.Task[None] | None = None
         self._tasks: dict[str, _TaskState] = {}
         self._heap: list[_Entry] = []
@@ -241,7 +241,7 @@ class Clock:
         heapq.heappush(self._heap, entry)
 
     async def _dispatch_due(self, now: datetime) -> None:
-        now_ts = now.timestamp()
+        now_ts = self._dispatch_ts = now.timestamp()
         fired = 0
         while self._heap and self._heap[0].due <= now_ts and not self._stop_signals:
             entry = heapq.heappop(self._heap)
@@ -252,8 +252,9 @@ class Clock:
                 fired += 1
                 if fired % _YIELD_EVERY_FIRES == 0:
                     await asyncio.sleep(0)  # with many tasks due at once, let the runs' I/O flow too
-        if fired and self._after_starts is not None:
-            self._after_starts()
+
+    def _more_due(self) -> bool:
+        return bool(self._heap) and self._heap[0].due <= self._dispatch_ts
 
     def _fire_due(self, state: _TaskState, entry: _Entry, now: datetime) -> bool:
         """Run a due instant, or account for it as missed.
@@ -313,6 +314,8 @@ class Clock:
                 scheduled_for=instant,
                 log=self._log,
                 env=self._env,
+                # The last of a burst of due runs lets the new children run; the others don't wait.
+                yield_cpu=not self._more_due(),
             )
         except Exception as exc:  # a bug: the runner turns every failure to start into a failed run
             self._log.error("scheduler.error", task=spec.name, error=f"{type(exc).__name__}: {exc}")

@@ -169,7 +169,7 @@ class Run:
         except ProcessLookupError:
             pass  # the whole group has exited already
 
-    def _start(self, env: Mapping[str, str], capture_output: bool) -> None:
+    def _start(self, env: Mapping[str, str], capture_output: bool, yield_cpu: bool) -> None:
         """Spawn the child before anything else (logging, timers, the supervisor), and without awaiting:
         the latency from the fire to the task's exec is what a clock is judged by."""
         task = self.task
@@ -186,6 +186,10 @@ class Run:
         started = time.monotonic()
         try:
             pid, outputs = self._spawn(argv, child_env, capture_output)
+            if yield_cpu:
+                # The child is between vfork and the task's first instruction (in the dynamic loader,
+                # say), usually on this CPU: let it get there before the loop does its bookkeeping.
+                os.sched_yield()
         except (OSError, ValueError, IndexError) as exc:
             message, status = _start_failure(exc, task, argv)
             duration_s = _elapsed(started, time.monotonic())
@@ -354,6 +358,7 @@ def start_run(
     log: FilteringBoundLogger,
     env: Mapping[str, str],
     capture_output: bool = True,
+    yield_cpu: bool = True,
 ) -> Run:
     """Spawn `task` now, before returning its Run (call it on the running loop); a command that cannot
     start gives a run already finished as "failed" with `error` set (and no task.started), never an
@@ -363,19 +368,13 @@ def start_run(
     with stdin from /dev/null and the environment `env` + task.env + SCHEDULER_TASK, SCHEDULER_RUN_ID,
     SCHEDULER_SCHEDULED_FOR (aware `scheduled_for` in UTC, ISO 8601) and SCHEDULER_TRIGGER. With
     capture_output, stdout and stderr are logged line by line; without it they are the daemon's own.
-    A task with timeout_s is stopped as "timed_out" that many seconds after the spawn.
+    A task with timeout_s is stopped as "timed_out" that many seconds after the spawn. With yield_cpu,
+    the daemon gives up the CPU right after the spawn, so that the child gets to run first; a caller
+    starting a burst of runs passes False for all but the last, so as not to pause for each child.
     """
     run = Run(task, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for, log=log)
-    run._start(env, capture_output)
+    run._start(env, capture_output, yield_cpu)
     return run
-
-
-def let_children_run() -> None:
-    """Give up the CPU once the due runs are spawned: a new child sits between vfork and the task's first
-    instruction (in the dynamic loader, say), usually on this CPU, and would otherwise wait behind the
-    loop's bookkeeping. Called once per batch rather than per spawn, so that a burst of due runs is
-    spawned without pausing for each child in turn."""
-    os.sched_yield()
 
 
 def install_child_watcher() -> None:

@@ -84,6 +84,7 @@ class FakeClock:
         self.actions: list[tuple[datetime, Callable[[], None]]] = []
         self.runs: list[FakeRun] = []
         self.durations: dict[str, float | None] = {}
+        self.yields: list[bool] = []
         self.clock: Clock | None = None
 
     def now(self) -> datetime:
@@ -124,7 +125,9 @@ class FakeClock:
         scheduled_for: datetime,
         log: Any,
         env: Mapping[str, str],
+        yield_cpu: bool,
     ) -> FakeRun:
+        self.yields.append(yield_cpu)
         duration = self.durations.get(spec.name, 0.5)
         ends = None if duration is None else self.t + timedelta(seconds=duration)
         run = FakeRun(spec, scheduled_for, trigger, self.t, ends)
@@ -186,6 +189,12 @@ class TestFiring:
             e["event"] for e in logs if e["event"].startswith("scheduler.")
         ]
         assert 1 == events(logs, "scheduler.started")[0]["tasks"]
+
+    def test_only_the_last_of_a_burst_yields_the_cpu(self) -> None:
+        """Runs due together start back to back; the last one lets the new children run."""
+        fake = FakeClock(T0, T0 + timedelta(seconds=1, milliseconds=500))
+        drive(config(*(task(f"t{i}", "* * * * * *") for i in range(3))), fake)
+        assert [False, False, True] == fake.yields
 
     def test_disabled_task_never_fires(self) -> None:
         """enabled: false keeps a task out of the schedule."""
