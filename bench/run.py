@@ -89,6 +89,16 @@ class Proc:
         return self.proc.pid
 
     def cpu_s(self) -> float:
+        """CPU time used so far by all threads: from schedstat (nanoseconds) where the kernel has it,
+        else from stat (clock ticks of 10 ms, too coarse for an idle process)."""
+        try:
+            total = 0
+            for thread in os.listdir(f"/proc/{self.pid}/task"):
+                with open(f"/proc/{self.pid}/task/{thread}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            return total / 1e9
+        except (OSError, ValueError, IndexError):
+            pass
         with open(f"/proc/{self.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK

@@ -41,7 +41,7 @@ DEFAULT_SHUTDOWN_GRACE_S = 25.0
 # Counting the instants missed during a long pause stops here; the event then says `count_capped`.
 MISSED_COUNT_CAP = 100_000
 # When many tasks are due at once, the loop serves the running runs' I/O after this many starts.
-_YIELD_EVERY_FIRES = 16
+_YIELD_EVERY_FIRES = 128
 # While the config is parsed in a thread, the loop thread waits at most this long for the GIL.
 _SWITCH_INTERVAL_S = 0.001
 # After the final SIGKILL, how long shutdown waits for the runs to be reaped.
