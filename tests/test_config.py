@@ -753,3 +753,21 @@ class TestSuggest:
     def test_accepts_any_iterable(self) -> None:
         """Choices may be a generator, e.g. over task names."""
         assert "send-digest" == suggest("send-digset", (name for name in ["import-feed", "send-digest"]))
+
+
+class TestGarbage:
+    def test_parsing_leaves_no_reference_cycles(self) -> None:
+        """The clock freezes the loaded config without a collection first: a parse must create no cycles."""
+        import gc
+
+        text = "timezone: Europe/London\ntasks:\n" + "".join(
+            f"  t{i}:\n    schedule: '*/5 * * * *'\n    command: [echo, '{i}']\n    env: {{A: '1'}}\n"
+            for i in range(50)
+        )
+        gc.collect()
+        gc.disable()
+        try:
+            parse_config(text, "schedules.yaml")
+            assert 0 == gc.collect()
+        finally:
+            gc.enable()
