@@ -259,8 +259,9 @@ def _burst_summary(starts: list[int], at: int, count: int) -> dict[str, float]:
     return {"first": (starts[0] - base) / 1e6, "last": (starts[-1] - base) / 1e6, "started": len(starts)}
 
 
-def idle(bench: Bench, count: int, idle_s: float) -> dict[str, dict[str, float]]:
-    """`count` tasks none due soon: seconds to ready, CPU ms over `idle_s` idle seconds, resident MB."""
+def idle(bench: Bench, count: int, idle_s: float, ready_runs: int = 1) -> dict[str, dict[str, float]]:
+    """`count` tasks none due soon: seconds to ready (the median of `ready_runs` starts: on a shared VM
+    single starts vary by a quarter), CPU ms over `idle_s` idle seconds, resident MB."""
     results: dict[str, dict[str, float]] = {}
     rng = random.Random(count)
     month = datetime.now(UTC).month
@@ -272,17 +273,24 @@ def idle(bench: Bench, count: int, idle_s: float) -> dict[str, dict[str, float]]
         "apscheduler": bench.aps("idle", str(count), str(count)),
         "ours": bench.ours(tasks),
     }.items():
+        needle = "ready" if name == "apscheduler" else "scheduler.started"
+        readies: list[float] = []
+        for _ in range(ready_runs - 1):
+            with running(again := Proc(proc.argv, proc.cwd)):
+                at = again.wait_line(needle, 300)
+                readies.append((at - again.started_ns) / 1e9 if at is not None else math.nan)
         with running(proc):
-            ready = proc.wait_line("ready" if name == "apscheduler" else "scheduler.started", 300)
+            ready = proc.wait_line(needle, 300)
             if ready is None:
                 results[name] = {"ready_s": math.nan, "idle_cpu_ms": math.nan, "rss_mb": math.nan}
                 continue
+            readies.append((ready - proc.started_ns) / 1e9)
             time.sleep(1)
             cpu0 = proc.cpu_s()
             time.sleep(idle_s)
             cpu1 = proc.cpu_s()
             results[name] = {
-                "ready_s": (ready - proc.started_ns) / 1e9,
+                "ready_s": statistics.median(readies),
                 "idle_cpu_ms": (cpu1 - cpu0) * 1000 * 10 / idle_s,
                 "rss_mb": proc.rss_mb(),
             }
@@ -432,7 +440,7 @@ def main() -> None:
         b1000 = burst(bench, 100 if quick else 1000, repeats=1 if quick else 3)
         idle_s = 2.0 if quick else 10.0
         step("10,000 idle tasks")
-        i10k = idle(bench, 1000 if quick else 10_000, idle_s)
+        i10k = idle(bench, 1000 if quick else 10_000, idle_s, ready_runs=1 if quick else 5)
         step("100,000 idle tasks")
         i100k = idle(bench, 2000 if quick else 100_000, idle_s)
         step("per-second task among 100,000 tasks")
@@ -492,11 +500,14 @@ def main() -> None:
                 "",
             ),
         ]
-    for label, i in (("10,000", i10k), ("100,000", i100k)):
+    for label, i, runs in (("10,000", i10k, 5), ("100,000", i100k, 1)):
         if quick:
             label += " (quick: fewer)"
+        ready_label = f"{label} tasks: ready" + (
+            f" (median of {runs} starts)" if runs > 1 and not quick else ""
+        )
         rows += [
-            (f"{label} tasks: ready", None, i["apscheduler"]["ready_s"], i["ours"]["ready_s"], " s"),
+            (ready_label, None, i["apscheduler"]["ready_s"], i["ours"]["ready_s"], " s"),
             (
                 f"{label} tasks: CPU per 10 idle s",
                 None,

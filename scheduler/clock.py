@@ -157,6 +157,7 @@ class Clock:
         self._rng = rng or random.Random()
         self._run_blocking = run_blocking or _run_in_thread
         self._dispatch_ts = 0.0
+        self._batch_fired = 0
         self._refresh_job: asyncio.Task[None] | None = None
         self._tasks: dict[str, _TaskState] = {}
         self._heap: list[_Entry] = []
@@ -243,19 +244,23 @@ class Clock:
 
     async def _dispatch_due(self, now: datetime) -> None:
         now_ts = self._dispatch_ts = now.timestamp()
-        fired = 0
+        self._batch_fired = 0
         while self._heap and self._heap[0].due <= now_ts and not self._stop_signals:
             entry = heapq.heappop(self._heap)
             state = self._tasks.get(entry.name)
             if state is None or state.generation != entry.generation:
                 continue  # the task was removed or rescheduled by a reload
             if self._fire_due(state, entry, now):
-                fired += 1
-                if fired % _YIELD_EVERY_FIRES == 0:
+                self._batch_fired += 1
+                if self._batch_fired % _YIELD_EVERY_FIRES == 0:
                     await asyncio.sleep(0)  # with many tasks due at once, let the runs' I/O flow too
 
-    def _more_due(self) -> bool:
-        return bool(self._heap) and self._heap[0].due <= self._dispatch_ts
+    def _yield_after_start(self) -> bool:
+        """Whether the run about to start should give its child the CPU at once: the first of a batch of
+        due runs (so that it starts on time) and the last (so that they all get going); not those in
+        between, so that a burst is spawned without pausing for each child."""
+        more_due = bool(self._heap) and self._heap[0].due <= self._dispatch_ts
+        return self._batch_fired == 0 or not more_due
 
     def _fire_due(self, state: _TaskState, entry: _Entry, now: datetime) -> bool:
         """Run a due instant, or account for it as missed.
@@ -315,8 +320,7 @@ class Clock:
                 scheduled_for=instant,
                 log=self._log,
                 env=self._env,
-                # The last of a burst of due runs lets the new children run; the others don't wait.
-                yield_cpu=not self._more_due(),
+                yield_cpu=self._yield_after_start(),
             )
         except Exception as exc:  # a bug: the runner turns every failure to start into a failed run
             self._log.error("scheduler.error", task=spec.name, error=f"{type(exc).__name__}: {exc}")
