@@ -114,7 +114,6 @@ def run(
     _raise_fd_limit()
 
     async def main() -> None:
-        runner.install_child_watcher()
         the_clock = clock.Clock(
             config,
             start_run=runner.start_run,
@@ -159,7 +158,6 @@ def run_now(task: str, config_path: str, log_format: log.LogFormat, log_level: s
 
 
 async def _run_now(spec: TaskSpec) -> int:
-    runner.install_child_watcher()
     loop = asyncio.get_running_loop()
     started: list[runner.Run] = []
     received: list[int] = []

@@ -17,7 +17,6 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -375,32 +374,6 @@ def start_run(
     run = Run(task, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for, log=log)
     run._start(env, capture_output, yield_cpu)
     return run
-
-
-def install_child_watcher() -> None:
-    """On Python 3.11 with a pidfd-capable kernel, make asyncio reap children through pidfds on the event
-    loop instead of with one thread per child, so that 1,000 concurrent children cost no threads. Runs do
-    not need it (they watch pidfds of their own); asyncio's subprocesses do.
-
-    Call it from a coroutine on the main thread's loop before the first start_run. asyncio keeps the
-    watcher in its (process-wide) policy and re-attaches it to each new main-thread loop. On Python 3.12+
-    it does nothing, since asyncio already watches pidfds there.
-    """
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:
-        return  # a kernel older than 5.3: keep asyncio's threaded watcher
-    loop = asyncio.get_running_loop()
-    watcher = asyncio.get_child_watcher()
-    if isinstance(watcher, asyncio.PidfdChildWatcher):
-        if not watcher.is_active():
-            watcher.attach_loop(loop)
-        return
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(loop)
-    asyncio.set_child_watcher(watcher)
 
 
 def reap_orphans() -> None:

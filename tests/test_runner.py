@@ -21,7 +21,7 @@ import structlog
 
 from scheduler import runner, schedule
 from scheduler.config import TaskSpec
-from scheduler.runner import Run, RunResult, _LineSplitter, install_child_watcher, reap_orphans, start_run
+from scheduler.runner import Run, RunResult, _LineSplitter, reap_orphans, start_run
 
 T = TypeVar("T")
 
@@ -884,28 +884,18 @@ class TestRunResult:
         assert expected == result.shell_exit_status
 
 
-class TestInstallChildWatcher:
-    @pytest.mark.skipif(
-        sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"),
-        reason="pidfd child watcher only needed on Python 3.11 with pidfd support",
-    )
+class TestThreads:
     def test_no_thread_per_child(self) -> None:
-        """With the pidfd watcher installed, concurrent children cost no threads."""
-        previous = asyncio.get_child_watcher()
+        """Concurrent runs cost no threads: exits are watched through pidfds on the loop."""
         rec = _Recorder()
 
         async def scenario() -> tuple[int, list[RunResult]]:
-            install_child_watcher()
-            install_child_watcher()
             runs = [await _start(_task("sleep 0.3"), rec, run_id=f"r{i}") for i in range(20)]
             threads = threading.active_count()
             return threads, [await run.wait() for run in runs]
 
         before = threading.active_count()
-        try:
-            during, results = _run(scenario())
-        finally:
-            asyncio.set_child_watcher(previous)
+        during, results = _run(scenario())
 
         assert before == during
         assert ["succeeded"] * 20 == [r.status for r in results]
