@@ -19,6 +19,7 @@ import warnings
 
 from scheduler.config import Config, load_config
 from scheduler.errors import ConfigError
+from scheduler.frozen import without_cycle_collection
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -48,13 +49,8 @@ def load_config_isolated(path: str) -> Config:
         code = os.waitstatus_to_exitcode(status)
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         raise ConfigError([f"{path}: the process that reads the file {how}"])
-    was_enabled = gc.isenabled()
-    gc.disable()  # unpickling creates many objects and no cycles: see config.parse_config
-    try:
+    with without_cycle_collection():
         kind, payload = pickle.loads(data)
-    finally:
-        if was_enabled:
-            gc.enable()
     if kind == "error":
         raise ConfigError(payload)
     return payload  # type: ignore[no-any-return]
