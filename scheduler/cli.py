@@ -159,17 +159,15 @@ def run_now(task: str, config_path: str, log_format: log.LogFormat, log_level: s
 
 async def _run_now(spec: TaskSpec) -> int:
     loop = asyncio.get_running_loop()
-    started: list[runner.Run] = []
-    received: list[int] = []
 
     def forward(signum: int) -> None:
-        received.append(signum)
-        for run in started:
-            run.signal_group(signum)
+        started.signal_group(signum)
 
+    # Installed before the spawn, so that no signal is lost; asyncio calls handlers from the loop, which
+    # runs only once start_run (synchronous) has returned and `started` is bound.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         loop.add_signal_handler(sig, forward, sig)
-    run = runner.start_run(
+    started = runner.start_run(
         spec,
         run_id=uuid.uuid4().hex[:12],
         trigger="manual",
@@ -178,10 +176,7 @@ async def _run_now(spec: TaskSpec) -> int:
         env=os.environ,
         capture_output=False,
     )
-    started.append(run)
-    for signum in received:  # a signal that came while the process was starting
-        run.signal_group(signum)
-    result = await run.wait()
+    result = await started.wait()
     return result.shell_exit_status
 
 

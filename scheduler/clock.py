@@ -62,8 +62,8 @@ class SystemClock:
     """The real wall clock and asyncio's timers, with a precise last stretch.
 
     asyncio's timers wake up to a millisecond late (epoll counts in milliseconds), so the loop sleeps to
-    within PRECISE_SLEEP_S of the fire and finishes with a blocking nanosleep: fires start within tens of
-    microseconds of their instant, at the cost of holding the loop for at most that long.
+    within PRECISE_SLEEP_S of the fire and finishes with a blocking nanosleep: it wakes about 0.1 ms
+    after the instant, at the cost of holding the loop for at most PRECISE_SLEEP_S.
     """
 
     def now(self) -> datetime:
@@ -167,7 +167,6 @@ class Clock:
         self._wake = asyncio.Event()
         self._stop_signals: list[str] = []
         self._reload_requested = False
-        self._stopping = False
 
     # Requests from signal handlers (or tests): they only record and wake the loop.
 
@@ -333,8 +332,11 @@ class Clock:
         return True
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
-        """Forget a finished run; a bug inside it is logged as an event rather than lost."""
+        """Forget a finished run's job; a bug inside it is logged as an event rather than lost."""
         self._pending.discard(job)
+        self._log_bug(job)
+
+    def _log_bug(self, job: asyncio.Task[None]) -> None:
         if not job.cancelled() and (exc := job.exception()) is not None:
             self._log.error("scheduler.error", error=f"{type(exc).__name__}: {exc}")
 
@@ -354,14 +356,14 @@ class Clock:
 
     def _refresh_done(self, job: asyncio.Task[None]) -> None:
         self._refresh_job = None
-        if not job.cancelled() and (exc := job.exception()) is not None:
-            self._log.error("scheduler.error", error=f"{type(exc).__name__}: {exc}")
+        self._log_bug(job)
 
     async def _refresh(self, trigger: str) -> None:
         """Reload the config if asked to (SIGHUP) or if the file's content changed.
 
-        Reading, parsing and comparing run off the loop (in a thread), so that fires stay on time while a
-        large file is reloaded; only the changes are applied on the loop.
+        Reading, parsing and comparing run off the loop (through run_blocking, a thread; `scheduler run`
+        parses in a forked child too), so that fires stay on time while a large file is reloaded; only
+        the changes are applied on the loop.
         """
         if self._reload_config is None:
             return
@@ -420,7 +422,6 @@ class Clock:
         every process, maybe more than once) do not cut the grace short; a second SIGINT (Ctrl-C twice)
         does, and kills what is left at once.
         """
-        self._stopping = True
         if self._refresh_job is not None:
             self._refresh_job.cancel()  # a reload still parsing in its thread is dropped
         first = self._stop_signals[0]
@@ -482,7 +483,8 @@ def _trim_memory() -> None:
 
 
 def _settle_memory() -> None:
-    """After a (re)load: move the config's long-lived objects out of the cycle collector's sight (with
+    """After the first load (a reload does the same in two steps, freezing on the loop and trimming off
+    it): move the config's long-lived objects out of the cycle collector's sight (with
     100,000 tasks a full collection would otherwise stall the loop, and every fire, for tens of ms), and
     hand the memory the YAML parse used back to the system (glibc keeps freed memory otherwise)."""
     gc.freeze()  # the parse leaves no cyclic garbage (config.py builds none): no collection needed first
