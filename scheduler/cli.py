@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import resource
 import signal
 import sys
@@ -18,11 +19,14 @@ import click
 
 from scheduler import __version__, clock, log, runner
 from scheduler.config import DEFAULT_CONFIG_PATH, Config, TaskSpec, load_config, parse_duration, suggest
-from scheduler.errors import ConfigError, SchedulerError, UnknownTaskError
+from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
 from scheduler.loader import load_config_isolated
+from scheduler.recorder import Recorder, clock_identity
+from scheduler.store import RunRecord, Store, open_store
 from scheduler.watch import FileWatcher
 
 EXIT_USAGE = 2  # bad config, unknown task, bad arguments (click uses 2 as well)
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the store named cannot be reached
 _FD_LIMIT = 65_536
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the message asks for a report instead of showing a traceback
 
@@ -59,6 +63,47 @@ def _log_options(func: F) -> F:
         show_default=True,
         help="auto is console on a terminal, logfmt otherwise (also SCHEDULER_LOG_FORMAT).",
     )(func)
+
+
+def _store_option(func: F) -> F:
+    return click.option(
+        "--store",
+        "store_url",
+        envvar="SCHEDULER_STORE_URL",
+        metavar="URL",
+        help="The run-history store, overriding the file's `store:` (also SCHEDULER_STORE_URL): "
+        "sqlite:///PATH or postgresql://...",
+    )(func)
+
+
+_SQLITE_RELATIVE = "sqlite:///"
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _open_store(config: Config, store_url: str | None) -> Store | None:
+    """The store named by --store (or SCHEDULER_STORE_URL), else by the file's `store:`, with ${VAR}s
+    filled in from the environment; None when neither names one."""
+    if store_url:
+        where = "--store"
+        url = store_url
+    elif config.store:
+        where = f"{config.path}:{config.store_line}: store" if config.store_line else f"{config.path}: store"
+        url = config.store
+    else:
+        return None
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        value = os.environ.get(name)
+        if not value:
+            raise ConfigError([f"{where}: environment variable {name} is not set"])
+        return value
+
+    url = _ENV_REFERENCE.sub(fill, url)
+    if not store_url and url.startswith(_SQLITE_RELATIVE) and not url.startswith(_SQLITE_RELATIVE + "/"):
+        # A relative SQLite path in the file is relative to the file's folder, as a task's cwd is.
+        url = _SQLITE_RELATIVE + os.path.join(os.path.dirname(os.path.abspath(config.path)), url[10:])
+    return open_store(url, keep_runs=config.keep_runs)
 
 
 def _load(config_path: str) -> Config:
@@ -100,29 +145,52 @@ def cli() -> None:
 @click.option(
     "--no-watch", is_flag=True, help="Do not reload when the config file changes (SIGHUP still does)."
 )
+@_store_option
 def run(
-    config_path: str, log_format: log.LogFormat, log_level: str, shutdown_grace: str, no_watch: bool
+    config_path: str,
+    log_format: log.LogFormat,
+    log_level: str,
+    shutdown_grace: str,
+    no_watch: bool,
+    store_url: str | None,
 ) -> None:
-    """Run the clock: fire every task on its schedule until SIGTERM or SIGINT."""
+    """Run the clock: fire every task on its schedule until SIGTERM or SIGINT.
+
+    With a store, every run is recorded and each scheduled instant is claimed before it runs, so that
+    several clocks sharing a PostgreSQL store run it once.
+    """
     try:
         grace_s = parse_duration(shutdown_grace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shutdown-grace") from None
     config = _load(config_path)
+    store = _open_store(config, store_url)
+    if store is not None:
+        store.lock_single_clock()  # SQLite: refuse a second clock on the same file
     log.configure(log_format, log_level)
+    logger = log.get_logger()
+    if store is None:
+        needing = sorted(n for n, t in config.tasks.items() if t.catch_up or t.require_store)
+        if needing:
+            logger.warning("store.missing", tasks=needing, detail="catch_up and require_store need a store")
     watcher = None if no_watch else FileWatcher(config_path)
     _raise_fd_limit()
 
     async def main() -> None:
+        recorder = None
+        if store is not None:
+            recorder = Recorder(store, log=logger)
+            logger.info("store.opened", kind=store.kind, claimed_by=recorder.claimed_by)
         the_clock = clock.Clock(
             config,
             start_run=runner.start_run,
-            log=log.get_logger(),
+            log=logger,
             env=dict(os.environ),  # a snapshot: os.environ decodes every variable on each read
             reload_config=lambda: load_config_isolated(config_path),
             watcher=watcher,
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,
             shutdown_grace_s=grace_s,
+            recorder=recorder,
         )
         the_clock.install_signal_handlers()
         await the_clock.run()
@@ -146,18 +214,64 @@ def _raise_fd_limit() -> None:
 @click.argument("task")
 @_config_option
 @_log_options
-def run_now(task: str, config_path: str, log_format: log.LogFormat, log_level: str) -> None:
+@_store_option
+def run_now(
+    task: str, config_path: str, log_format: log.LogFormat, log_level: str, store_url: str | None
+) -> None:
     """Run TASK once, now, in the foreground; exit with its status.
 
     The task's output passes straight through; the scheduler's own events go to stderr. SIGINT and SIGTERM
     are passed on to the task. Exit status: the task's; 124 on timeout; 128+N when killed by signal N.
+    With a store, the run is recorded with trigger manual (a store that cannot be reached is logged as
+    store.unavailable and does not stop the run).
     """
-    spec = _task(_load(config_path), task)
+    config = _load(config_path)
+    spec = _task(config, task)
+    store = _open_store(config, store_url)
     log.configure(log_format, log_level, stream=sys.stderr)
-    sys.exit(asyncio.run(_run_now(spec)))
+    logger = log.get_logger()
+    run_id = uuid.uuid4().hex[:12]
+    record = RunRecord(
+        task=spec.name,
+        scheduled_for=datetime.now(UTC),
+        trigger="manual",
+        run_id=run_id,
+        claimed_by=clock_identity(),
+        started_at=datetime.now(UTC),
+    )
+    if store is not None:
+        store = _store_call(store, logger, lambda s: s.record(record))
+    result = asyncio.run(_run_now(spec, run_id, record.scheduled_for))
+    if store is not None:
+        _store_call(
+            store,
+            logger,
+            lambda s: s.finish(
+                run_id,
+                finished_at=datetime.now(UTC),
+                status=result.status,
+                exit_code=result.exit_code,
+                signal=result.signal,
+                duration_s=result.duration_s,
+                output=result.error if spec.store_output else None,
+            ),
+        )
+        store.close()
+    sys.exit(result.shell_exit_status)
 
 
-async def _run_now(spec: TaskSpec) -> int:
+def _store_call(store: Store, logger: Any, call: Callable[[Store], object]) -> Store | None:
+    """Make one write for run-now; an unreachable store is logged and the store let go of (None)."""
+    try:
+        call(store)
+    except StoreError as exc:
+        logger.warning("store.unavailable", store=store.display_url, error=str(exc))
+        store.close()
+        return None
+    return store
+
+
+async def _run_now(spec: TaskSpec, run_id: str, scheduled_for: datetime) -> runner.RunResult:
     loop = asyncio.get_running_loop()
 
     def forward(signum: int) -> None:
@@ -169,15 +283,14 @@ async def _run_now(spec: TaskSpec) -> int:
         loop.add_signal_handler(sig, forward, sig)
     started = runner.start_run(
         spec,
-        run_id=uuid.uuid4().hex[:12],
+        run_id=run_id,
         trigger="manual",
-        scheduled_for=datetime.now(UTC),
+        scheduled_for=scheduled_for,
         log=log.get_logger(),
         env=os.environ,
         capture_output=False,
     )
-    result = await started.wait()
-    return result.shell_exit_status
+    return await started.wait()
 
 
 @cli.command("next")
@@ -230,11 +343,16 @@ def _parse_instant(text: str) -> datetime:
 
 @cli.command("list")
 @_config_option
-def list_(config_path: str) -> None:
-    """Show a table of the tasks: schedule in plain words, zone, next fire, overlap and timeout."""
+@_store_option
+def list_(config_path: str, store_url: str | None) -> None:
+    """Show a table of the tasks: schedule in plain words, zone, next fire, overlap and timeout; with a
+    store, also each task's last run and its status."""
     config = _load(config_path)
     now = datetime.now(UTC)
-    rows = [("TASK", "SCHEDULE", "MEANING", "ZONE", "NEXT FIRE", "OVERLAP", "TIMEOUT")]
+    last = _last_runs(config, store_url)
+    rows: list[tuple[str, ...]] = [("TASK", "SCHEDULE", "MEANING", "ZONE", "NEXT FIRE", "OVERLAP", "TIMEOUT")]
+    if last is not None:
+        rows[0] += ("LAST RUN", "LAST STATUS")
     for spec in config.tasks.values():
         if spec.enabled:
             nxt = spec.schedule.next_fire(now).at.astimezone(spec.zone)
@@ -253,8 +371,97 @@ def list_(config_path: str) -> None:
                 timeout,
             )
         )
+        if last is not None:
+            record = last.get(spec.name)
+            rows[-1] += (_local_time(record.started_at), record.status) if record else ("never", "-")
     for line in _table(rows):
         click.echo(line)
+
+
+def _last_runs(config: Config, store_url: str | None) -> dict[str, RunRecord] | None:
+    """Each task's newest run, or None without a store; an unreachable store is a warning, not a failure."""
+    store = _open_store(config, store_url)
+    if store is None:
+        return None
+    try:
+        return store.last_runs()
+    except StoreError as exc:
+        click.echo(f"warning: no last runs: {exc}", err=True)
+        return None
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("task", required=False)
+@_config_option
+@_store_option
+@click.option(
+    "-n", "limit", default=20, show_default=True, type=click.IntRange(1, 100_000), help="How many runs."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--output", "with_output", is_flag=True, help="Show each run's output tail.")
+def history(
+    task: str | None, config_path: str, store_url: str | None, limit: int, as_json: bool, with_output: bool
+) -> None:
+    """Show the newest runs first (of TASK, or of every task), from the store.
+
+    Columns: start (local time), task, trigger, status, exit code or signal, duration, the instant it was
+    scheduled for (UTC) and the clock that ran it. Exit status 69 when the store cannot be reached.
+    """
+    config = _load(config_path)
+    store = _open_store(config, store_url)
+    if store is None:
+        raise click.UsageError(
+            f"no store: add a line such as `store: sqlite:///.scheduler/state.db` to {config.path}, "
+            "or pass --store URL"
+        )
+    try:
+        records = store.history(task, limit)
+    except StoreError as exc:
+        click.echo(f"scheduler: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    finally:
+        store.close()
+    if task is not None and not records and task not in config.tasks:
+        _task(config, task)  # an unknown name with no history: say so, with a suggestion
+    if as_json:
+        click.echo(json.dumps([r.to_json(output=with_output) for r in records], indent=2))
+        return
+    if not records:
+        click.echo(f"no runs recorded{f' of {task}' if task else ''} in {store.display_url}")
+        return
+    rows = [("STARTED", "TASK", "TRIGGER", "STATUS", "EXIT", "DURATION", "SCHEDULED FOR (UTC)", "CLOCK")]
+    for r in records:
+        ended = r.signal or ("" if r.exit_code is None else str(r.exit_code))
+        duration = "" if r.duration_s is None else _run_duration(r.duration_s)
+        rows.append(
+            (
+                _local_time(r.started_at),
+                r.task,
+                r.trigger,
+                r.status,
+                ended,
+                duration,
+                f"{r.scheduled_for:%Y-%m-%d %H:%M:%S}",
+                r.claimed_by,
+            )
+        )
+    lines = _table(rows)
+    click.echo(lines[0])
+    for line, r in zip(lines[1:], records, strict=True):
+        click.echo(line)
+        if with_output and r.output:
+            for out in r.output.splitlines():
+                click.echo(f"    | {out}")
+
+
+def _run_duration(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 60 else format_duration(round(seconds))
+
+
+def _local_time(at: datetime) -> str:
+    return f"{at.astimezone():%Y-%m-%d %H:%M:%S}"
 
 
 @cli.command()

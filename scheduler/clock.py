@@ -17,9 +17,9 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from structlog.typing import FilteringBoundLogger
@@ -27,8 +27,11 @@ from structlog.typing import FilteringBoundLogger
 from scheduler import __version__
 from scheduler.config import Config, TaskSpec
 from scheduler.errors import ConfigError
+from scheduler.schedule import Schedule
+from scheduler.store import RunRecord
 
 if TYPE_CHECKING:
+    from scheduler.recorder import Recorder
     from scheduler.runner import Run
 
 _T = TypeVar("_T")
@@ -144,6 +147,7 @@ class Clock:
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
         rng: random.Random | None = None,
         run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.config = config
         self._start_run = start_run
@@ -156,6 +160,9 @@ class Clock:
         self._shutdown_grace_s = shutdown_grace_s
         self._rng = rng or random.Random()
         self._run_blocking = run_blocking or _run_in_thread
+        self._recorder = recorder
+        self._to_claim: list[tuple[_TaskState, datetime]] = []
+        self._recorded: set[str] = set()  # run ids of the runs whose end goes to the store
         self._dispatch_ts = 0.0
         self._batch_fired = 0
         self._refresh_job: asyncio.Task[None] | None = None
@@ -191,6 +198,7 @@ class Clock:
 
     async def run(self) -> None:
         """Fire tasks until a stop is requested, then shut down within the grace."""
+        claimed = await self._recorder.start() if self._recorder is not None else None
         now = self._clock.now()
         for spec in self.config.tasks.values():
             self._tasks[spec.name] = state = _TaskState(spec)
@@ -199,6 +207,8 @@ class Clock:
         self._log.info(
             "scheduler.started", tasks=len(self._tasks), config=self.config.path, version=__version__
         )
+        if claimed is not None:
+            self._catch_up(claimed, now)
         last_poll = now
         while not self._stop_signals:
             now = self._clock.now()
@@ -253,6 +263,9 @@ class Clock:
                 self._batch_fired += 1
                 if self._batch_fired % _YIELD_EVERY_FIRES == 0:
                     await asyncio.sleep(0)  # with many tasks due at once, let the runs' I/O flow too
+        if self._to_claim:
+            batch, self._to_claim = self._to_claim, []
+            self._track(self._claim_and_fire(batch, "schedule"))
 
     def _yield_after_start(self) -> bool:
         """Whether the run about to start should give its child the CPU at once: the first of a batch of
@@ -287,6 +300,9 @@ class Clock:
         if late_s <= spec.grace_s and not capped:
             if count > 1:
                 self._missed(spec.name, count - 1, first, previous or first, capped=False)
+            if self._recorder is not None:
+                self._to_claim.append((state, newest))  # claimed together at the end of the batch
+                return False
             return self._fire(state, newest, "schedule")
         self._missed(spec.name, count, first, newest, capped=capped)
         return False
@@ -295,17 +311,110 @@ class Clock:
         extra: dict[str, Any] = {"count_capped": True} if capped else {}
         self._log.warning("task.missed", task=name, count=count, first=_iso(first), last=_iso(last), **extra)
 
-    def _fire(self, state: _TaskState, instant: datetime, trigger: str) -> bool:
+    def _catch_up(self, claimed: Mapping[str, datetime], now: datetime) -> None:
+        """Catch-up policy (a task with catch_up: true, like systemd's Persistent=true): when the newest
+        instant any clock claimed for the task is followed by instants before now, none of which any clock
+        ran, the task runs once, now, for the newest of them, with trigger catch_up. A task the store has
+        never seen is not caught up. The claim is on that instant, so two clocks starting together catch
+        up once."""
+        due: list[tuple[_TaskState, datetime]] = []
+        for name, last in claimed.items():
+            state = self._tasks.get(name)
+            if state is None or not state.spec.catch_up or not state.spec.enabled:
+                continue
+            missed = newest_missed(state.spec.schedule, last, now)
+            if missed is not None:
+                state.last_instant = max(missed, state.last_instant or missed)
+                due.append((state, missed))
+        if due:
+            self._track(self._claim_and_fire(due, "catch_up"))
+
+    async def _claim_and_fire(self, due: list[tuple[_TaskState, datetime]], trigger: str) -> None:
+        """Claim the instants in the store, together, and run those this clock won.
+
+        Store policy: an instant another clock claimed is skipped here (task.skipped, reason
+        claimed_elsewhere, at debug level). When the store is unavailable or does not answer within the
+        claim timeout, a task with require_store is skipped (reason store_unavailable) and any other runs
+        best-effort: at most once is then not guaranteed, as without a store; its run is recorded when the
+        store is back.
+        """
+        assert self._recorder is not None
+        now = self._clock.now()
+        records = [
+            RunRecord(
+                task=state.spec.name,
+                scheduled_for=instant,
+                trigger=trigger,
+                run_id=_new_run_id(),
+                claimed_by=self._recorder.claimed_by,
+                started_at=now,
+            )
+            for state, instant in due
+        ]
+        won = await self._recorder.claim(records)
+        self._dispatch_ts = self._clock.now().timestamp()
+        self._batch_fired = 0
+        answers: Sequence[bool | None] = won if won is not None else [None] * len(due)
+        for (state, instant), record, ours in zip(due, records, answers, strict=True):
+            if ours is False:
+                self._log.debug(
+                    "task.skipped", task=record.task, scheduled_for=_iso(instant), reason="claimed_elsewhere"
+                )
+                continue
+            if self._stop_signals or self._tasks.get(record.task) is not state:
+                # Stopping, or the task was removed by a reload while the claim was out.
+                if ours:
+                    self._end_unrun(record.run_id)
+                continue
+            if ours is None:
+                if state.spec.require_store:
+                    self._log.warning(
+                        "task.skipped",
+                        task=record.task,
+                        scheduled_for=_iso(instant),
+                        reason="store_unavailable",
+                    )
+                    continue
+                self._recorder.started_unclaimed(record)
+            self._recorded.add(record.run_id)
+            if self._fire(state, instant, trigger, run_id=record.run_id):
+                self._batch_fired += 1
+                if self._batch_fired % _YIELD_EVERY_FIRES == 0:
+                    await asyncio.sleep(0)
+
+    def _end_unrun(self, run_id: str) -> None:
+        """A claimed instant that was not run after all (overlap, shutdown): say so in the store."""
+        self._recorded.discard(run_id)
+        if self._recorder is not None:
+            self._recorder.finished(
+                run_id,
+                finished_at=self._clock.now(),
+                status="skipped",
+                exit_code=None,
+                signal=None,
+                duration_s=None,
+                output=None,
+            )
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.create_task(coro)
+        self._pending.add(job)
+        job.add_done_callback(self._job_done)
+
+    def _fire(self, state: _TaskState, instant: datetime, trigger: str, run_id: str | None = None) -> bool:
         """Start a run, subject to the task's overlap policy.
 
         Overlap policy: `skip` logs `task.skipped` (reason `overlap`) and lets the running one finish;
         `allow` starts another; `replace` stops the running ones as a timeout would (SIGTERM, SIGKILL
-        after kill_grace) and starts the new one at once.
+        after kill_grace) and starts the new one at once. With several clocks, the policy holds within
+        each clock: a run on another clock does not count.
         """
         spec = state.spec
         if state.busy:
             if spec.overlap == "skip":
                 self._log.info("task.skipped", task=spec.name, scheduled_for=_iso(instant), reason="overlap")
+                if run_id is not None:
+                    self._end_unrun(run_id)
                 return False
             if spec.overlap == "replace":
                 for run in state.runs:
@@ -314,7 +423,7 @@ class Clock:
         try:
             run = self._start_run(
                 spec,
-                run_id=uuid.uuid4().hex[:12],
+                run_id=run_id or _new_run_id(),
                 trigger=trigger,
                 scheduled_for=instant,
                 log=self._log,
@@ -323,12 +432,12 @@ class Clock:
             )
         except Exception as exc:  # a bug: the runner turns every failure to start into a failed run
             self._log.error("scheduler.error", task=spec.name, error=f"{type(exc).__name__}: {exc}")
+            if run_id is not None:
+                self._end_unrun(run_id)
             return False
         state.runs.append(run)
         self._runs.add(run)
-        job = asyncio.create_task(self._forget_when_done(state, run))
-        self._pending.add(job)
-        job.add_done_callback(self._job_done)
+        self._track(self._forget_when_done(state, run))
         return True
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
@@ -342,10 +451,22 @@ class Clock:
 
     async def _forget_when_done(self, state: _TaskState, run: Run) -> None:
         try:
-            await run.wait()
+            result = await run.wait()
         finally:
             state.runs.remove(run)
             self._runs.discard(run)
+        if self._recorder is not None and run.run_id in self._recorded:
+            self._recorded.discard(run.run_id)
+            output = (run.output_tail or result.error) if run.task.store_output else None
+            self._recorder.finished(
+                run.run_id,
+                finished_at=self._clock.now(),
+                status=result.status,
+                exit_code=result.exit_code,
+                signal=result.signal,
+                duration_s=result.duration_s,
+                output=output,
+            )
 
     # Reload
 
@@ -447,6 +568,8 @@ class Clock:
             run.kill()
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=_REAP_WAIT_S)
+        if self._recorder is not None:
+            await self._recorder.close()
         self._log.info("scheduler.stopped")
 
 
@@ -505,3 +628,26 @@ _malloc_trim = _load_malloc_trim()
 
 def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat()
+
+
+def _new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def newest_missed(schedule: Schedule, last: datetime, now: datetime) -> datetime | None:
+    """The newest instant of `schedule` after `last` and no later than `now`, or None if there is none.
+
+    The search starts a second before now and looks twice as far back each time, so a clock that was down
+    for a year costs a few dozen next_fire calls, not one per missed instant."""
+    if schedule.next_fire(last).at > now:
+        return None
+    back = 1.0
+    while True:
+        start = max(last, now - timedelta(seconds=back))
+        found = schedule.next_fire(start).at
+        if found <= now:
+            break
+        back *= 2
+    while (following := schedule.next_fire(found).at) <= now:
+        found = following
+    return found

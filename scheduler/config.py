@@ -39,6 +39,8 @@ DEFAULT_GRACE_S = 300.0
 DEFAULT_JITTER_S = 0.0
 DEFAULT_KILL_GRACE_S = 10.0
 DEFAULT_SHELL = "/bin/sh"
+DEFAULT_KEEP_RUNS = 200
+MAX_KEEP_RUNS = 1_000_000
 # Longer durations are almost certainly typos, and they would overflow datetime arithmetic in the clock.
 MAX_DURATION_S = 366 * 86400.0
 
@@ -64,6 +66,11 @@ class TaskSpec:
     shell: str = DEFAULT_SHELL
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
     enabled: bool = True
+    # The run-history store's settings. They are valid without a top-level `store`: the command line may
+    # give one, so only the CLI can tell whether a task that relies on a store has none.
+    catch_up: bool = False  # at start, run once if the store shows a fire missed while no clock ran
+    require_store: bool = False  # skip fires while the store is unreachable, rather than risk a double run
+    store_output: bool = True  # keep each run's output tail in the store
     line: int = field(default=0, compare=False)
 
     @property
@@ -74,11 +81,19 @@ class TaskSpec:
 @pickle_by_fields
 @dataclass(frozen=True, slots=True)
 class Config:
-    """A whole validated schedules.yaml."""
+    """A whole validated schedules.yaml.
+
+    `store` is the run-history store's URL exactly as written: `${NAME}` references are left for the caller
+    to expand (this module never reads the environment). `store_line` is its line, so that a caller can name
+    the place when a variable is unset; like `TaskSpec.line`, it is not compared.
+    """
 
     path: str
     timezone: str
     tasks: Mapping[str, TaskSpec]
+    store: str | None = None
+    store_line: int | None = field(default=None, compare=False)
+    keep_runs: int = DEFAULT_KEEP_RUNS
 
 
 def load_config(path: str) -> Config:
@@ -203,7 +218,7 @@ def _duration_seconds(text: str) -> float | None:
     return total if position else None
 
 
-_TOP_KEYS = ("timezone", "defaults", "tasks")
+_TOP_KEYS = ("timezone", "store", "keep_runs", "defaults", "tasks")
 _TASK_KEYS = (
     "schedule",
     "command",
@@ -217,6 +232,9 @@ _TASK_KEYS = (
     "shell",
     "kill_grace",
     "enabled",
+    "catch_up",
+    "require_store",
+    "store_output",
 )
 _REQUIRED_KEYS = ("schedule", "command")
 _DEFAULTS_KEYS = tuple(key for key in _TASK_KEYS if key not in _REQUIRED_KEYS)
@@ -229,6 +247,14 @@ _FIELD_NAMES = {
 _OVERLAPS: tuple[str, ...] = get_args(Overlap)
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STORE_SCHEMES = ("sqlite://", "postgresql://", "postgres://")
+_STORE_FORMS = (
+    "a store URL starting with sqlite://, postgresql:// or postgres://, "
+    "or an environment variable reference like ${DATABASE_URL}"
+)
+_KEEP_RUNS_FORM = f"a whole number of runs to keep per task, from 1 to {MAX_KEEP_RUNS}"
+# The decimal spellings of an int; YAML 1.1 also reads 010 (octal 8), 0x10, 0b10 and 1:30 (base 60) as ints.
+_DECIMAL = re.compile(r"\+?(?:0|[1-9][0-9_]*)")
 _YAML_TAG = "tag:yaml.org,2002:"
 _MERGE_TAG = _YAML_TAG + "merge"
 # libyaml parses a 10,000-task file about 10x faster than the pure-Python parser; both are safe loaders.
@@ -292,6 +318,11 @@ def _quote(text: str) -> str:
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     match = suggest(word, choices)
     return f" (did you mean {_quote(match)}?)" if match else ""
+
+
+def _top_only_hint(key: str) -> str:
+    """For a top-level setting written in a task or in defaults."""
+    return f" ({key!r} is a top-level setting, not a task's)" if key in ("store", "keep_runs") else ""
 
 
 def _describe(value: object) -> str:
@@ -408,12 +439,25 @@ class _Parser:
         defaults: dict[str, Any] = {}
         failed_defaults: set[str] = set()
         tasks_nodes: list[Node] = []
+        store: str | None = None
+        store_line: int | None = None
+        keep_runs = DEFAULT_KEEP_RUNS
         for key, key_node, value_node in self._items(root, "", "key"):
             if key == "timezone":
                 try:
                     top_zone = self._timezone(value_node, "timezone")
                 except _Invalid:
                     top_zone = None
+            elif key == "store":
+                try:
+                    store, store_line = self._store(value_node, "store"), value_node.start_mark.line + 1
+                except _Invalid:
+                    pass
+            elif key == "keep_runs":
+                try:
+                    keep_runs = self._keep_runs(value_node, "keep_runs")
+                except _Invalid:
+                    pass
             elif key == "defaults":
                 defaults, failed_defaults = self._defaults(value_node)
             elif key == "tasks":
@@ -431,7 +475,14 @@ class _Parser:
             tasks = self._tasks(tasks_node, defaults, failed_defaults, task_zone)
         if tasks is None:
             return None
-        return Config(path=self.path, timezone=top_zone or DEFAULT_TIMEZONE, tasks=tasks)
+        return Config(
+            path=self.path,
+            timezone=top_zone or DEFAULT_TIMEZONE,
+            tasks=tasks,
+            store=store,
+            store_line=store_line,
+            keep_runs=keep_runs,
+        )
 
     def _compose(self) -> Node | None:
         """The document's node tree; None (with the problem recorded) on a syntax error or an empty file."""
@@ -500,6 +551,8 @@ class _Parser:
 
     def _unknown_top_key(self, key: str, key_node: Node, value_node: Node) -> None:
         hint = _did_you_mean(key, _TOP_KEYS)
+        if not hint and key in _DEFAULTS_KEYS:
+            hint = " (a task setting: set it in a task, or under 'defaults:' for every task)"
         if not hint and isinstance(value_node, MappingNode):
             names = {str(k.value) for k, _ in value_node.value if isinstance(k, ScalarNode)}
             if names & set(_REQUIRED_KEYS):
@@ -579,9 +632,8 @@ class _Parser:
             if key in _REQUIRED_KEYS:
                 self.report(key_node, f"defaults: {key!r} cannot have a default; set it in each task")
             elif key not in _DEFAULTS_KEYS:
-                self.report(
-                    key_node, f"defaults: unknown key {_quote(key)}{_did_you_mean(key, _DEFAULTS_KEYS)}"
-                )
+                hint = _did_you_mean(key, _DEFAULTS_KEYS) or _top_only_hint(key)
+                self.report(key_node, f"defaults: unknown key {_quote(key)}{hint}")
             else:
                 try:
                     values[key] = self._setting(key, value_node, f"defaults: {key}")
@@ -642,7 +694,7 @@ class _Parser:
         for key, setting_key_node, value_node in self._items(mapping, where, "key"):
             if key not in _TASK_KEYS:
                 guess = suggest(key, _TASK_KEYS)
-                hint = f" (did you mean {_quote(guess)}?)" if guess else ""
+                hint = f" (did you mean {_quote(guess)}?)" if guess else _top_only_hint(key)
                 self.report(setting_key_node, f"{where}: unknown key {_quote(key)}{hint}")
                 suggested.add(guess or "")
                 valid = False
@@ -698,7 +750,7 @@ class _Parser:
                 return self._cwd(node, where)
             case "shell":
                 return self._os_string(node, where, "a shell path like /bin/bash")
-            case "enabled":
+            case "enabled" | "catch_up" | "require_store" | "store_output":
                 value = self._value(node, where)
                 if isinstance(value, bool):
                     return value
@@ -745,6 +797,59 @@ class _Parser:
             self.fail(node, f"{where}: expected {expected}, got an empty string")
         if "\0" in value:
             self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+        return value
+
+    def _store(self, node: Node, where: str) -> str:
+        """The store URL as written; `${NAME}` references are checked for form, never expanded."""
+        value = self._string(node, where, _STORE_FORMS)
+        if not value.strip():
+            self.fail(node, f"{where}: expected {_STORE_FORMS}, got an empty string")
+        if "\0" in value:
+            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+        if "${" in value:
+            self._check_references(value, node, where)
+        elif not value.startswith(_STORE_SCHEMES):
+            hint = ""
+            if value.startswith("$") and _ENV_NAME.fullmatch(value[1:]):
+                hint = f" (did you mean {_quote('${' + value[1:] + '}')}?)"
+            self.fail(node, f"{where}: expected {_STORE_FORMS}, got {_quote(value)}{hint}")
+        return value
+
+    def _check_references(self, value: str, node: Node, where: str) -> None:
+        """Each `${` in `value` must open a `${NAME}` reference: no defaults, no nesting, no escapes."""
+        start = value.find("${")
+        while start != -1:
+            end = value.find("}", start + 2)
+            if end == -1:
+                self.fail(node, f"{where}: unclosed '${{' in {_quote(value)}; write ${{NAME}}")
+            if not _ENV_NAME.fullmatch(value[start + 2 : end]):
+                reference = _quote(value[start : end + 1])
+                self.fail(
+                    node,
+                    f"{where}: invalid variable reference {reference} in {_quote(value)}: "
+                    "write ${NAME}, with letters, digits and '_', not starting with a digit",
+                )
+            start = value.find("${", end + 1)
+
+    def _keep_runs(self, node: Node, where: str) -> int:
+        value = self._value(node, where)
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            hint = " (write it without quotes)"
+            self.fail(node, f"{where}: expected {_KEEP_RUNS_FORM}, got {_quote(value)}{hint}")
+        if not isinstance(value, int) or isinstance(value, bool):
+            # No quoting hint for an unquoted yes: quoted, it is no number either.
+            shown = _describe_node(value, node) if value is None else _describe(value)
+            self.fail(node, f"{where}: expected {_KEEP_RUNS_FORM}, got {shown}")
+        raw = str(node.value).strip()
+        if not _DECIMAL.fullmatch(raw.lstrip("-")):
+            # A quoting hint would not help here: say how YAML 1.1 read it and ask for decimal digits.
+            self.fail(
+                node,
+                f"{where}: expected {_KEEP_RUNS_FORM}, got {raw}, which YAML 1.1 reads as the number "
+                f"{value}; write it in decimal digits",
+            )
+        if not 1 <= value <= MAX_KEEP_RUNS:
+            self.fail(node, f"{where}: expected {_KEEP_RUNS_FORM}, got {_describe(value)}")
         return value
 
     def _timezone(self, node: Node, where: str) -> str:

@@ -36,3 +36,10 @@ class UnknownTaskError(SchedulerError):
         hint = f" (did you mean '{suggestion}'?)" if suggestion else ""
         names = ", ".join(self.known) if self.known else "none"
         super().__init__(f"unknown task '{name}'{hint}; tasks: {names}")
+
+
+class StoreError(SchedulerError):
+    """The run-history database is unreachable, unreadable or refused a write, or its URL is wrong.
+
+    The message names the store by its redacted URL (store.redact), so it is safe to log: never a password.
+    """

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ _EXIT_TIMED_OUT = 124  # as timeout(1)
 _EXIT_CANNOT_EXECUTE = 126  # as a POSIX shell
 _EXIT_NOT_FOUND = 127  # as a POSIX shell
 _READ_BYTES = 64 * 1024  # one read of a pipe: logged before the pipe is read again, so memory stays bounded
+OUTPUT_TAIL_BYTES = 4 * 1024  # Run.output_tail keeps at least the last this many bytes of logged output
 # What subprocess.Popen resets to the default in the child: Python ignores SIGPIPE and SIGXFSZ.
 _RESTORE_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, n))
 
@@ -112,6 +114,14 @@ class Run:
         self._kill_timer: asyncio.TimerHandle | None = None
         self._timeout_timer: asyncio.TimerHandle | None = None
         self._killed = False
+        self._tail: deque[bytes] = deque()
+        self._tail_bytes = 0
+
+    @property
+    def output_tail(self) -> str:
+        """The last OUTPUT_TAIL_BYTES (or a little more) of the lines logged, stdout and stderr interleaved
+        as read, one per line; empty when the output was not captured."""
+        return b"\n".join(self._tail).decode("utf-8", errors="replace")
 
     @property
     def done(self) -> bool:
@@ -321,11 +331,19 @@ class Run:
         )
 
     def _log_line(self, stream: str, line: bytes, truncated: bool) -> None:
+        self._keep_tail(line)
         text = line.decode("utf-8", errors="replace")
         if truncated:
             self._log.info("task.output", stream=stream, line=text, truncated=True)
         else:
             self._log.info("task.output", stream=stream, line=text)
+
+    def _keep_tail(self, line: bytes) -> None:
+        tail = self._tail
+        tail.append(line)
+        self._tail_bytes += len(line) + 1
+        while len(tail) > 1 and self._tail_bytes - len(tail[0]) - 1 >= OUTPUT_TAIL_BYTES:
+            self._tail_bytes -= len(tail.popleft()) + 1
 
     def _finish(self, result: RunResult) -> None:
         """Log task.finished (a warning unless the run succeeded; never task.env) and release the waiters."""

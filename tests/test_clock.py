@@ -14,10 +14,12 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from scheduler.clock import Clock
+from scheduler.clock import Clock, newest_missed
 from scheduler.config import Config, TaskSpec
 from scheduler.errors import ConfigError
+from scheduler.runner import RunResult
 from scheduler.schedule import parse
+from scheduler.store import RunRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -40,6 +42,8 @@ class FakeRun:
     trigger: str
     started: datetime
     ends: datetime | None  # None: runs until stopped
+    run_id: str = ""
+    output_tail: str = "out"
     ignores_term: bool = False
     stopped_with: str | None = None
     killed: bool = False
@@ -49,8 +53,9 @@ class FakeRun:
     def done(self) -> bool:
         return self.finished.is_set()
 
-    async def wait(self) -> None:
+    async def wait(self) -> RunResult:
         await self.finished.wait()
+        return RunResult(self.stopped_with or "succeeded", 0, None, 0.5)  # type: ignore[arg-type]
 
     def stop(self, status: str = "killed", kill_grace_s: float | None = None) -> None:
         self.stopped_with = status
@@ -130,7 +135,7 @@ class FakeClock:
         self.yields.append(yield_cpu)
         duration = self.durations.get(spec.name, 0.5)
         ends = None if duration is None else self.t + timedelta(seconds=duration)
-        run = FakeRun(spec, scheduled_for, trigger, self.t, ends)
+        run = FakeRun(spec, scheduled_for, trigger, self.t, ends, run_id=run_id)
         self.runs.append(run)
         return run
 
@@ -146,6 +151,7 @@ def drive(
     *,
     reload_config: Callable[[], Config] | None = None,
     watcher: Any = None,
+    recorder: Any = None,
 ) -> list[dict[str, Any]]:
     """Run the clock on the fake until `fake.until`; return the logged events."""
 
@@ -161,6 +167,7 @@ def drive(
             rng=random.Random(7),
             shutdown_grace_s=5,
             run_blocking=inline,
+            recorder=recorder,
         )
         fake.clock = clock
         await clock.run()
@@ -384,6 +391,163 @@ class TestShutdown:
         stopping = events(logs, "scheduler.stopping")[0]
         assert 2 == stopping["running"]
         assert "scheduler.stopped" == logs[-1]["event"]
+
+
+class FakeRecorder:
+    """The Recorder's interface over a dict of claimed instants; `down` makes the store unavailable."""
+
+    claimed_by = "here:1"
+
+    def __init__(self, claimed: dict[tuple[str, datetime], str] | None = None, down: bool = False) -> None:
+        self.claimed = claimed if claimed is not None else {}  # (task, instant) -> claimed_by
+        self.down = down
+        self.unclaimed: list[RunRecord] = []
+        self.finished_runs: dict[str, dict[str, Any]] = {}
+        self.triggers: dict[str, str] = {}
+        self.closed = False
+        self.race: dict[tuple[str, datetime], str] = {}  # claimed by another clock just after start()
+
+    async def start(self) -> dict[str, datetime] | None:
+        if self.down:
+            return None
+        newest: dict[str, datetime] = {}
+        for name, instant in self.claimed:
+            newest[name] = max(instant, newest.get(name, instant))
+        self.claimed.update(self.race)
+        return newest
+
+    async def claim(self, records: list[RunRecord]) -> list[bool] | None:
+        if self.down:
+            return None
+        won = []
+        for r in records:
+            key = (r.task, r.scheduled_for)
+            won.append(key not in self.claimed)
+            self.claimed.setdefault(key, r.claimed_by)
+            self.triggers[r.run_id] = r.trigger
+        return won
+
+    def started_unclaimed(self, record: RunRecord) -> None:
+        self.unclaimed.append(record)
+
+    def finished(self, run_id: str, **fields: Any) -> None:
+        self.finished_runs[run_id] = fields
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class TestStore:
+    def test_each_instant_claimed_and_its_end_recorded(self) -> None:
+        """With a store, every instant is claimed before it runs and each run's end is recorded."""
+        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
+        recorder = FakeRecorder()
+        drive(config(task("tick", "* * * * * *")), fake, recorder=recorder)
+        instants = [T0 + timedelta(seconds=s) for s in (1, 2, 3)]
+        assert instants == fired(fake)
+        assert {("tick", i): "here:1" for i in instants} == recorder.claimed
+        assert {r.run_id for r in fake.runs} == set(recorder.finished_runs)
+        assert {"succeeded"} == {f["status"] for f in recorder.finished_runs.values()}
+        assert {"out"} == {f["output"] for f in recorder.finished_runs.values()}
+        assert recorder.closed
+
+    def test_instants_claimed_elsewhere_do_not_run(self) -> None:
+        """An instant another clock claimed is skipped here; the others run."""
+        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=4, milliseconds=500))
+        other = {("tick", T0 + timedelta(seconds=s)): "there:2" for s in (2, 3)}
+        logs = drive(config(task("tick", "* * * * * *")), fake, recorder=FakeRecorder(other))
+        assert [T0 + timedelta(seconds=s) for s in (1, 4)] == fired(fake)
+        assert ["claimed_elsewhere"] * 2 == [e["reason"] for e in events(logs, "task.skipped")]
+
+    def test_store_down_runs_best_effort_unless_required(self) -> None:
+        """With the store down, a task runs unclaimed (recorded later), but require_store skips it."""
+        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=2, milliseconds=500))
+        recorder = FakeRecorder(down=True)
+        cfg = config(task("loose", "* * * * * *"), task("strict", "* * * * * *", require_store=True))
+        logs = drive(cfg, fake, recorder=recorder)
+        assert [T0 + timedelta(seconds=s) for s in (1, 2)] == fired(fake, "loose")
+        assert [] == fired(fake, "strict")
+        assert [r.run_id for r in fake.runs] == [r.run_id for r in recorder.unclaimed]
+        assert set(recorder.finished_runs) == {r.run_id for r in fake.runs}
+        skipped = events(logs, "task.skipped")
+        assert [("strict", "store_unavailable")] * 2 == [(e["task"], e["reason"]) for e in skipped]
+
+    def test_overlap_skip_marks_the_claim_skipped(self) -> None:
+        """A claimed instant skipped for overlap is recorded as skipped, not left running."""
+        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=2, milliseconds=500))
+        fake.durations["slow"] = None
+        recorder = FakeRecorder()
+        drive(config(task("slow", "* * * * * *", overlap="skip")), fake, recorder=recorder)
+        statuses = sorted(f["status"] for f in recorder.finished_runs.values())
+        assert ["killed", "skipped"] == statuses
+
+    def test_store_output_false_keeps_no_output(self) -> None:
+        """store_output: false records the end of a run without its output."""
+        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=1, milliseconds=700))
+        recorder = FakeRecorder()
+        drive(config(task("quiet", "* * * * * *", store_output=False)), fake, recorder=recorder)
+        assert [None] == [f["output"] for f in recorder.finished_runs.values()]
+
+
+class TestCatchUp:
+    def test_missed_instants_run_once_now(self) -> None:
+        """A daily task whose 03:00 passed while no clock ran runs once at start, for that instant."""
+        start = T0 + timedelta(days=3, hours=5)
+        fake = FakeClock(start, start + timedelta(seconds=2))
+        recorder = FakeRecorder({("daily", T0 + timedelta(hours=3)): "old:1"})
+        drive(config(task("daily", "0 3 * * *", catch_up=True)), fake, recorder=recorder)
+        (run,) = fake.runs
+        assert (T0 + timedelta(days=3, hours=3), "catch_up", start) == (
+            run.scheduled_for,
+            run.trigger,
+            run.started,
+        )
+        assert "catch_up" == recorder.triggers[run.run_id]
+
+    def test_no_catch_up_without_the_option_or_a_record_or_a_miss(self) -> None:
+        """No catch-up for a task without catch_up, a task never run, or one whose last instant ran."""
+        start = T0 + timedelta(days=3, hours=5)
+        fake = FakeClock(start, start + timedelta(seconds=2))
+        recorder = FakeRecorder(
+            {
+                ("plain", T0 + timedelta(hours=3)): "old:1",
+                ("current", T0 + timedelta(days=3, hours=3)): "old:1",
+            }
+        )
+        cfg = config(
+            task("plain", "0 3 * * *"),
+            task("current", "0 3 * * *", catch_up=True),
+            task("new", "0 3 * * *", catch_up=True),
+        )
+        drive(cfg, fake, recorder=recorder)
+        assert [] == fake.runs
+
+    def test_catch_up_claimed_by_another_clock_runs_once(self) -> None:
+        """When another clock catches up first (claims the missed instant), this one does not."""
+        start = T0 + timedelta(days=1, hours=5)
+        fake = FakeClock(start, start + timedelta(seconds=2))
+        recorder = FakeRecorder({("daily", T0 + timedelta(hours=3)): "old:1"})
+        recorder.race = {("daily", T0 + timedelta(days=1, hours=3)): "other:2"}
+        drive(config(task("daily", "0 3 * * *", catch_up=True)), fake, recorder=recorder)
+        assert [] == fake.runs
+
+
+class TestNewestMissed:
+    def test_newest_instant_before_now(self) -> None:
+        """The newest instant after the last claimed one and not after now."""
+        hourly = parse("0 * * * *", name="h", zone=ZoneInfo("UTC"))
+        now = T0 + timedelta(days=400, minutes=30)
+        assert T0 + timedelta(days=400) == newest_missed(hourly, T0, now)
+
+    def test_none_when_nothing_was_missed(self) -> None:
+        """None when the next instant after the last one is still ahead."""
+        daily = parse("0 3 * * *", name="d", zone=ZoneInfo("UTC"))
+        assert newest_missed(daily, T0 + timedelta(hours=3), T0 + timedelta(hours=20)) is None
+
+    def test_an_instant_exactly_now_counts(self) -> None:
+        """An instant equal to now is the newest missed one (the clock schedules strictly after now)."""
+        second = parse("* * * * * *", name="s", zone=ZoneInfo("UTC"))
+        assert T0 + timedelta(seconds=5) == newest_missed(second, T0, T0 + timedelta(seconds=5))
 
 
 @pytest.fixture(autouse=True)

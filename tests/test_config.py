@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import textwrap
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -11,6 +12,7 @@ import pytest
 from scheduler import schedule
 from scheduler.config import (
     DEFAULT_GRACE_S,
+    DEFAULT_KEEP_RUNS,
     DEFAULT_KILL_GRACE_S,
     DEFAULT_SHELL,
     Config,
@@ -637,6 +639,326 @@ class TestErrors:
         config = parse("tasks:\n  a: &a\n    <<: *a\n    schedule: '0 9 * * *'\n    command: run\n")
 
         assert "run" == config.tasks["a"].command
+
+
+STORE_FORMS = (
+    "expected a store URL starting with sqlite://, postgresql:// or postgres://, "
+    "or an environment variable reference like ${DATABASE_URL}"
+)
+KEEP_RUNS_FORM = "expected a whole number of runs to keep per task, from 1 to 1000000"
+
+
+def top_error(setting: str) -> str:
+    """The single problem reported for a top-level setting on line 1, above `tasks: {}`."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"{setting}\ntasks: {{}}\n", "schedules.yaml", base_dir=BASE)
+    assert 1 == len(info.value.problems), info.value.problems
+    return info.value.problems[0]
+
+
+class TestStore:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "sqlite:///.scheduler/state.db",
+            "sqlite:////var/lib/clock/state.db",
+            "postgresql://user:pw@host/db",
+            "postgres://host:5432/db",
+            "${DATABASE_URL}",
+            "postgresql://u:${PGPASS}@h/db",
+            "${SCHEME}://${HOST}/db",
+            "'${_lower_9}'",
+        ],
+    )
+    def test_accepted(self, url: str) -> None:
+        """Each accepted form is kept as written."""
+        assert url.strip("'") == parse(f"store: {url}\ntasks: {{}}\n").store
+
+    def test_value_and_line(self) -> None:
+        """The URL and the 1-based line of its value land in the Config."""
+        config = parse("""
+            timezone: UTC
+            store:
+              sqlite:///.scheduler/state.db
+            tasks: {}
+        """)
+
+        assert ("sqlite:///.scheduler/state.db", 4) == (config.store, config.store_line)
+
+    def test_absent(self) -> None:
+        """Without `store`, the Config has no store and no store line."""
+        config = parse("tasks: {}\n")
+
+        assert (None, None) == (config.store, config.store_line)
+
+    def test_environment_not_read(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A `${NAME}` reference stays raw even when the variable is set: the caller expands it."""
+        monkeypatch.setenv("DATABASE_URL", "sqlite:///elsewhere.db")
+
+        assert "${DATABASE_URL}" == parse("store: ${DATABASE_URL}\ntasks: {}\n").store
+
+    def test_line_not_compared(self) -> None:
+        """A store that only moved to another line compares equal; another URL does not."""
+        text = "store: sqlite:///a.db\ntasks: {}\n"
+        shifted = parse("# moved down\n" + text)
+
+        assert parse(text) == shifted
+        assert 2 == shifted.store_line
+        assert parse(text) != parse("store: sqlite:///b.db\ntasks: {}\n")
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            ("5", "the number 5"),
+            ("null", "null"),
+            ("''", "an empty string"),
+            ("'  '", "an empty string"),
+            ("{url: x}", "a mapping"),
+            ("[sqlite:///a.db]", "a list"),
+            ("yes", "the boolean true: YAML 1.1 reads an unquoted yes as a boolean; quote it"),
+        ],
+    )
+    def test_not_a_string(self, value: str, shown: str) -> None:
+        """Anything but a non-empty string is an error naming the line, the key and the value."""
+        assert f"schedules.yaml:1:8: store: {STORE_FORMS}, got {shown}" == top_error(f"store: {value}")
+
+    def test_empty_value(self) -> None:
+        """`store:` with nothing after it says the value is empty."""
+        assert f"schedules.yaml:1:7: store: {STORE_FORMS}, got nothing (the value is empty)" == top_error(
+            "store:"
+        )
+
+    @pytest.mark.parametrize(
+        "url", ["mysql://h/db", "./state.db", "state.db", "SQLITE:///a.db", "postgresql+psycopg://h/db"]
+    )
+    def test_bad_scheme(self, url: str) -> None:
+        """Without a `${`, the URL must start with one of the three schemes, which the error lists."""
+        assert f"schedules.yaml:1:8: store: {STORE_FORMS}, got {url!r}" == top_error(f"store: {url}")
+
+    def test_dollar_without_braces(self) -> None:
+        """`$DATABASE_URL` is not a reference: the error suggests `${DATABASE_URL}`."""
+        assert (
+            f"schedules.yaml:1:8: store: {STORE_FORMS}, got '$DATABASE_URL' "
+            "(did you mean '${DATABASE_URL}'?)"
+        ) == top_error("store: $DATABASE_URL")
+
+    @pytest.mark.parametrize(
+        "url", ["${DATABASE_URL", "postgresql://u:${PGPASS@h/db", "${A}${B", "postgresql://h/${"]
+    )
+    def test_unclosed_reference(self, url: str) -> None:
+        """A `${` without its `}` is an error naming the line and the value."""
+        assert f"schedules.yaml:1:8: store: unclosed '${{' in {url!r}; write ${{NAME}}" == top_error(
+            f"store: {url}"
+        )
+
+    @pytest.mark.parametrize(
+        ("url", "reference"),
+        [
+            ("${1x}", "${1x}"),
+            ("${}", "${}"),
+            ("${DATABASE-URL}", "${DATABASE-URL}"),
+            ("${A:-sqlite:///a.db}", "${A:-sqlite:///a.db}"),
+            ("postgresql://${USER}@${2HOST}/db", "${2HOST}"),
+        ],
+    )
+    def test_invalid_reference(self, url: str, reference: str) -> None:
+        """A reference must be `${NAME}`, NAME being letters, digits and '_', not starting with a digit."""
+        assert (
+            f"schedules.yaml:1:8: store: invalid variable reference {reference!r} in {url!r}: "
+            "write ${NAME}, with letters, digits and '_', not starting with a digit"
+        ) == top_error(f"store: {url}")
+
+    def test_error_names_its_line(self) -> None:
+        """A bad store further down the file is reported at its own line and column."""
+        expected = "schedules.yaml:4:10: store: unclosed '${' in '${DATABASE_URL'; write ${NAME}"
+
+        assert [expected] == problems("""
+            timezone: UTC
+
+            store:   ${DATABASE_URL
+            tasks: {}
+        """)
+
+    def test_misspelt_key(self) -> None:
+        """A near miss of `store` at the top level gets a did-you-mean."""
+        assert "schedules.yaml:1:1: unknown key 'stor' (did you mean 'store'?)" == top_error("stor: x")
+
+    def test_not_a_task_key(self) -> None:
+        """`store` in a task or in defaults is pointed back at the top level."""
+        hint = "unknown key 'store' ('store' is a top-level setting, not a task's)"
+
+        assert f"schedules.yaml:5:5: task 'a': {hint}" == task_error("store: sqlite:///a.db")
+        assert [f"schedules.yaml:3:3: defaults: {hint}"] == problems("""
+            defaults:
+              store: sqlite:///a.db
+            tasks: {}
+        """)
+
+
+class TestKeepRuns:
+    def test_default(self) -> None:
+        """Without `keep_runs`, the store keeps DEFAULT_KEEP_RUNS runs per task."""
+        assert 200 == DEFAULT_KEEP_RUNS
+        assert DEFAULT_KEEP_RUNS == parse("tasks: {}\n").keep_runs
+
+    @pytest.mark.parametrize(
+        ("value", "runs"), [("1", 1), ("50", 50), ("1000000", 1_000_000), ("1_000", 1000)]
+    )
+    def test_accepted(self, value: str, runs: int) -> None:
+        """A whole number from 1 to 1,000,000 is kept."""
+        assert runs == parse(f"keep_runs: {value}\ntasks: {{}}\n").keep_runs
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            ("0", "the number 0"),
+            ("-1", "the number -1"),
+            ("1000001", "the number 1000001"),
+            ("yes", "the boolean true"),
+            ("true", "the boolean true"),
+            ('"10"', "'10' (write it without quotes)"),
+            ("ten", "'ten'"),
+            ("10.5", "the number 10.5"),
+            ("200.0", "the number 200.0"),
+            ("null", "null"),
+            ("[10]", "a list"),
+        ],
+    )
+    def test_rejected(self, value: str, shown: str) -> None:
+        """Anything but a whole number in range is an error naming the line, the key and the value."""
+        assert f"schedules.yaml:1:12: keep_runs: {KEEP_RUNS_FORM}, got {shown}" == top_error(
+            f"keep_runs: {value}"
+        )
+
+    @pytest.mark.parametrize(("value", "number"), [("010", 8), ("0x10", 16), ("0b11", 3), ("1:30", 90)])
+    def test_yaml_11_integers(self, value: str, number: int) -> None:
+        """Octal, hex, binary and base-60 spellings are explained rather than silently read."""
+        assert (
+            f"schedules.yaml:1:12: keep_runs: {KEEP_RUNS_FORM}, got {value}, which YAML 1.1 reads as the "
+            f"number {number}; write it in decimal digits"
+        ) == top_error(f"keep_runs: {value}")
+
+    def test_empty_value(self) -> None:
+        """`keep_runs:` with nothing after it says the value is empty."""
+        assert (
+            f"schedules.yaml:1:11: keep_runs: {KEEP_RUNS_FORM}, got nothing (the value is empty)"
+            == top_error("keep_runs:")
+        )
+
+    def test_misspelt_key(self) -> None:
+        """A near miss of `keep_runs` at the top level gets a did-you-mean."""
+        assert "schedules.yaml:1:1: unknown key 'keep_run' (did you mean 'keep_runs'?)" == top_error(
+            "keep_run: 5"
+        )
+
+    def test_not_a_task_key(self) -> None:
+        """`keep_runs` is for the whole store: in a task it is pointed back at the top level."""
+        assert (
+            "schedules.yaml:5:5: task 'a': unknown key 'keep_runs' ('keep_runs' is a top-level setting, "
+            "not a task's)"
+        ) == task_error("keep_runs: 5")
+
+
+STORE_TASK_KEYS = ("catch_up", "require_store", "store_output")
+
+
+class TestStoreTaskKeys:
+    def test_defaults(self) -> None:
+        """A task without the keys gets catch_up false, require_store false, store_output true."""
+        task = one_task("")
+
+        assert (False, False, True) == (task.catch_up, task.require_store, task.store_output)
+
+    def test_set_in_task(self) -> None:
+        """Each key lands in its TaskSpec field."""
+        task = one_task("catch_up: true\nrequire_store: true\nstore_output: false")
+
+        assert (True, True, False) == (task.catch_up, task.require_store, task.store_output)
+
+    def test_defaults_apply_and_task_overrides(self) -> None:
+        """Values under `defaults` apply to every task; a task's own value wins."""
+        config = parse("""
+            defaults:
+              catch_up: true
+              require_store: true
+              store_output: false
+            tasks:
+              a: {schedule: "0 9 * * *", command: run}
+              b: {schedule: "0 9 * * *", command: run, catch_up: false, store_output: true}
+        """)
+        a, b = config.tasks["a"], config.tasks["b"]
+
+        assert (True, True, False) == (a.catch_up, a.require_store, a.store_output)
+        assert (False, True, True) == (b.catch_up, b.require_store, b.store_output)
+
+    def test_no_store_is_not_an_error(self) -> None:
+        """catch_up and require_store without a top-level store parse: the store may come from the CLI."""
+        config = parse("""
+            tasks:
+              a: {schedule: "0 9 * * *", command: run, catch_up: true, require_store: true}
+        """)
+
+        assert None is config.store
+        assert (True, True) == (config.tasks["a"].catch_up, config.tasks["a"].require_store)
+
+    def test_changed_setting_not_equal(self) -> None:
+        """Changing one of the keys makes the specs differ, so a reload touches the task."""
+        for key in STORE_TASK_KEYS:
+            assert one_task(f"{key}: true") != one_task(f"{key}: false"), key
+
+    @pytest.mark.parametrize("key", STORE_TASK_KEYS)
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [("maybe", "'maybe'"), ("1", "the number 1"), ("null", "null"), ('"no"', "'no'"), ("[x]", "a list")],
+    )
+    def test_rejected(self, key: str, value: str, shown: str) -> None:
+        """Anything but a boolean is an error naming the line, the task, the key and the value."""
+        assert f"schedules.yaml:5:{len(key) + 7}: task 'a': {key}: expected true or false, got {shown}" == (
+            task_error(f"{key}: {value}")
+        )
+
+    @pytest.mark.parametrize("key", STORE_TASK_KEYS)
+    def test_bad_default_reported_once(self, key: str) -> None:
+        """A bad value under defaults is one problem, under defaults, not one per task."""
+        task = '{schedule: "0 9 * * *", command: run}'
+        found = problems(f"defaults: {{{key}: x}}\ntasks:\n  a: {task}\n  b: {task}\n")
+
+        assert [
+            f"schedules.yaml:1:{len(key) + 14}: defaults: {key}: expected true or false, got 'x'"
+        ] == found
+
+    def test_misspelt_key(self) -> None:
+        """A near miss gets a did-you-mean, in a task and in defaults."""
+        assert "task 'a': unknown key 'catchup' (did you mean 'catch_up'?)" in task_error("catchup: true")
+        assert [
+            "schedules.yaml:1:12: defaults: unknown key 'store_outputs' (did you mean 'store_output'?)"
+        ] == problems("defaults: {store_outputs: false}\ntasks: {}\n")
+
+    def test_at_top_level(self) -> None:
+        """A task key at the top level is pointed at a task or `defaults:`."""
+        assert (
+            "schedules.yaml:1:1: unknown key 'require_store' "
+            "(a task setting: set it in a task, or under 'defaults:' for every task)"
+        ) == top_error("require_store: true")
+
+
+class TestPickling:
+    def test_round_trip_keeps_store_settings(self) -> None:
+        """A pickled Config keeps store, store_line, keep_runs and each task's store keys."""
+        config = parse("""
+            store: postgresql://u:${PGPASS}@h/db
+            keep_runs: 25
+            defaults: {catch_up: true}
+            tasks:
+              a: {schedule: "0 9 * * *", command: run, require_store: true, store_output: false}
+        """)
+
+        copy = pickle.loads(pickle.dumps(config))
+
+        assert config == copy
+        assert ("postgresql://u:${PGPASS}@h/db", 2, 25) == (copy.store, copy.store_line, copy.keep_runs)
+        task = copy.tasks["a"]
+        assert (True, True, False, 6) == (task.catch_up, task.require_store, task.store_output, task.line)
 
 
 class TestLoadConfig:

@@ -445,6 +445,32 @@ class TestOutput:
         captured = capfd.readouterr()
         assert ("to-stdout\n", "to-stderr\n") == (captured.out, captured.err)
 
+    def test_output_tail_keeps_the_last_lines(self) -> None:
+        """output_tail holds the last 4 KiB or a little more of the lines, whole lines."""
+
+        async def main() -> str:
+            run = await _start(_task("seq 1 5000; echo last"), _Recorder())
+            await run.wait()
+            return run.output_tail
+
+        tail = _run(main())
+
+        lines = tail.split("\n")
+        assert "last" == lines[-1]
+        assert [str(n) for n in range(int(lines[0]), 5001)] == lines[:-1]
+        assert runner.OUTPUT_TAIL_BYTES <= len(tail.encode()) < runner.OUTPUT_TAIL_BYTES + 10
+
+    def test_output_tail_of_a_short_output_is_all_of_it(self) -> None:
+        """A short output is kept whole, stderr too; without capture there is no tail."""
+
+        async def main(capture: bool) -> str:
+            run = await _start(_task("echo a; sleep 0.1; echo b >&2"), _Recorder(), capture_output=capture)
+            await run.wait()
+            return run.output_tail
+
+        assert "a\nb" == _run(main(True))
+        assert "" == _run(main(False))
+
 
 class TestLineSplitter:
     def test_chunking_does_not_matter(self) -> None:

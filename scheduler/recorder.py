@@ -1,0 +1,254 @@
+"""The clock's side of the run-history store: claims with a bound, writes that never hold up a fire, outages.
+
+Every call to the store runs in one worker thread of its own, one at a time, so the loop never blocks on the
+database: a claim is awaited for at most CLAIM_TIMEOUT_S, and writes are queued and forgotten. When a call
+fails or overruns, the store counts as unavailable: `store.unavailable` is logged once, claims answer
+"unknown" at once (the clock then fires best-effort, or skips a `require_store` task), writes wait in a
+bounded queue, and a reconnect is tried with exponential backoff until it succeeds; `store.recovered` then
+says how long the outage lasted, and the queued writes are flushed in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import queue
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from structlog.typing import FilteringBoundLogger
+
+from scheduler.errors import StoreError
+from scheduler.store import RunRecord, Store
+
+_T = TypeVar("_T")
+
+# The longest a fire waits for its claim before the clock decides without the store.
+CLAIM_TIMEOUT_S = 1.0
+# The longest any other call may take before the store counts as unavailable.
+CALL_TIMEOUT_S = 5.0
+# Reconnect attempts start this far apart and double up to the cap.
+RECONNECT_FIRST_S = 1.0
+RECONNECT_MAX_S = 30.0
+# Writes kept while the store is down; past this the oldest are dropped (and counted in store.recovered).
+PENDING_WRITES_CAP = 10_000
+# At shutdown, queued writes get this long to reach the store.
+FLUSH_TIMEOUT_S = 2.0
+
+
+def clock_identity() -> str:
+    """Who claims a run, as stored in claimed_by: the Heroku dyno name (or the host name) and the pid."""
+    return f"{os.environ.get('DYNO') or socket.gethostname()}:{os.getpid()}"
+
+
+class _Write:
+    """A queued write: insert a run fired without a claim, or record the end of a run."""
+
+    __slots__ = ("args", "kind")
+
+    def __init__(self, kind: str, args: dict[str, Any]) -> None:
+        self.kind = kind
+        self.args = args
+
+
+class Recorder:
+    """Claims instants and records runs in a Store, without ever stalling the clock on it."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        log: FilteringBoundLogger,
+        claimed_by: str | None = None,
+        claim_timeout_s: float = CLAIM_TIMEOUT_S,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        reconnect_first_s: float = RECONNECT_FIRST_S,
+        reconnect_max_s: float = RECONNECT_MAX_S,
+        pending_cap: int = PENDING_WRITES_CAP,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.claimed_by = claimed_by or clock_identity()
+        self._log = log.bind(store=store.display_url)
+        self._claim_timeout_s = claim_timeout_s
+        self._call_timeout_s = call_timeout_s
+        self._reconnect_first_s = reconnect_first_s
+        self._reconnect_max_s = reconnect_max_s
+        self._sleep = sleep
+        self._worker = _Worker()
+        self._pending: deque[_Write] = deque(maxlen=pending_cap)
+        self._dropped = 0
+        self._available = True
+        self._down_since = 0.0
+        self._reconnect_job: asyncio.Task[None] | None = None
+        self._writing: asyncio.Task[None] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    async def start(self) -> dict[str, datetime] | None:
+        """Connect (creating or upgrading the schema) and read, per task, the newest instant any clock
+        claimed, for catch-up; None when the store cannot be reached (then the outage has begun)."""
+        try:
+            return await self._call(self._connect_and_read, self._call_timeout_s)
+        except StoreError as exc:
+            self._went_down(exc)
+            return None
+
+    def _connect_and_read(self) -> dict[str, datetime]:
+        self.store.connect()
+        return self.store.last_claimed()
+
+    async def claim(self, records: Sequence[RunRecord]) -> list[bool] | None:
+        """Whether this clock won each instant; None when the store is unavailable or did not answer within
+        the claim timeout (an answer that arrives later is not waited for)."""
+        if not self._available:
+            return None
+        try:
+            return await self._call(lambda: self.store.claim(records), self._claim_timeout_s)
+        except StoreError as exc:
+            self._went_down(exc)
+            return None
+
+    def started_unclaimed(self, record: RunRecord) -> None:
+        """Note a run that started without a claim (the store was down): it is inserted when it can be."""
+        self._queue(_Write("record", {"record": record}))
+
+    def finished(self, run_id: str, **fields: Any) -> None:
+        """Note the end of a run (finish's keyword arguments); written in the background."""
+        self._queue(_Write("finish", {"run_id": run_id, **fields}))
+
+    async def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Give the queued writes up to timeout_s to reach the store, then let go of it."""
+        if self._reconnect_job is not None:
+            self._reconnect_job.cancel()
+        deadline = time.monotonic() + timeout_s
+        if self._writing is not None:
+            await asyncio.wait({self._writing}, timeout=timeout_s)
+        if self._available and self._pending:
+            remaining = max(deadline - time.monotonic(), 0.01)
+            try:
+                await self._call(self._flush, remaining)
+            except StoreError:
+                pass
+        if self._pending:
+            self._log.warning("store.unwritten", runs=len(self._pending))
+        self._worker.submit(self.store.close)
+        self._worker.stop()
+
+    # Inside
+
+    def _queue(self, write: _Write) -> None:
+        if len(self._pending) == self._pending.maxlen:
+            self._dropped += 1
+        self._pending.append(write)
+        if self._available and self._writing is None:
+            self._writing = asyncio.get_running_loop().create_task(self._write_pending())
+
+    async def _write_pending(self) -> None:
+        try:
+            await self._call(self._flush, self._call_timeout_s)
+        except StoreError as exc:
+            self._went_down(exc)
+        finally:
+            self._writing = None
+        if self._available and self._pending:
+            self._writing = asyncio.get_running_loop().create_task(self._write_pending())
+
+    def _flush(self) -> int:
+        """In the store's thread: write the queued writes in order; each leaves the queue once written."""
+        written = 0
+        while self._pending:
+            write = self._pending.popleft()
+            try:
+                if write.kind == "record":
+                    self.store.record(write.args["record"])
+                else:
+                    self.store.finish(**write.args)
+            except BaseException:
+                self._pending.appendleft(write)
+                raise
+            written += 1
+        return written
+
+    async def _call(self, func: Callable[[], _T], timeout_s: float) -> _T:
+        future = asyncio.wrap_future(self._worker.submit(func))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise StoreError(f"no answer from the store within {timeout_s:g} s") from None
+        except StoreError:
+            raise
+        except Exception as exc:  # a driver error the store did not wrap: still an outage, not a crash
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _went_down(self, exc: StoreError) -> None:
+        if not self._available:
+            return
+        self._available = False
+        self._down_since = time.monotonic()
+        self._log.error("store.unavailable", error=str(exc), retry_in_s=self._reconnect_first_s)
+        self._reconnect_job = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        """Try again with exponential backoff until the store answers, then flush what waited."""
+        delay = self._reconnect_first_s
+        while True:
+            await self._sleep(delay)
+            try:
+                flushed = await self._call(self._reconnect_and_flush, self._call_timeout_s)
+            except StoreError:
+                delay = min(delay * 2, self._reconnect_max_s)
+                continue
+            break
+        self._available = True
+        self._reconnect_job = None
+        extra: dict[str, Any] = {"dropped": self._dropped} if self._dropped else {}
+        self._dropped = 0
+        self._log.info(
+            "store.recovered", down_s=round(time.monotonic() - self._down_since, 3), written=flushed, **extra
+        )
+
+    def _reconnect_and_flush(self) -> int:
+        # No close() first: a failed call has closed the connection already, and close() would also let go
+        # of the SQLite single-clock lock.
+        self.store.connect()
+        return self._flush()
+
+
+class _Worker:
+    """One daemon thread that runs the store's calls in order. A daemon, so that a call stuck on a dead
+    network cannot hold up the process's exit (a ThreadPoolExecutor's threads are joined at exit)."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._serve, name="store", daemon=True)
+        self._thread.start()
+
+    def submit(self, func: Callable[[], _T]) -> concurrent.futures.Future[_T]:
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._calls.put((func, future))
+        return future
+
+    def stop(self) -> None:
+        """Stop after the calls already submitted."""
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            func, future = call
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(func())
+            except BaseException as exc:
+                future.set_exception(exc)

@@ -1,0 +1,319 @@
+"""The run-history store end to end: several clocks on one PostgreSQL store, catch-up, outages, history."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Clock, run_cli
+
+pytestmark = pytest.mark.integration
+
+PER_SECOND = (
+    'tasks:\n  tick:\n    schedule: "* * * * * *"\n    command: "echo tick $SCHEDULER_SCHEDULED_FOR"\n'
+)
+
+
+def at(text: object) -> datetime:
+    return datetime.fromisoformat(str(text))
+
+
+def started_instants(clocks: list[Clock]) -> Counter[str]:
+    return Counter(e["scheduled_for"] for c in clocks for e in c.named("task.started"))
+
+
+def start_clocks(tmp_path: Path, text: str, store: str, count: int) -> list[Clock]:
+    path = tmp_path / "schedules.yaml"
+    path.write_text(text)
+    clocks = [Clock(path, "--store", store, "--log-level", "debug") for _ in range(count)]
+    for clock in clocks:
+        clock.wait_event("scheduler.started")
+    return clocks
+
+
+def stop_all(clocks: list[Clock]) -> None:
+    for clock in clocks:
+        if clock.proc.poll() is None:
+            clock.signal(signal.SIGTERM)
+    for clock in clocks:
+        clock.stop()
+
+
+class TestSeveralClocks:
+    def test_three_clocks_run_each_instant_once(self, tmp_path: Path, postgres_store_url: str) -> None:
+        """Three clocks on one per-second task for 20 s: every instant is started by exactly one of them."""
+        clocks = start_clocks(tmp_path, PER_SECOND, postgres_store_url, 3)
+        try:
+            first = at(clocks[-1].wait_event("task.started")[0]["scheduled_for"])
+            time.sleep(20)
+        finally:
+            stop_all(clocks)
+        counts = started_instants(clocks)
+        window = sorted(i for i in counts if at(i) >= first)
+        assert len(window) >= 19
+        assert {1} == {counts[i] for i in window}, {i: n for i, n in counts.items() if n != 1}
+        assert all(n == 1 for n in counts.values())
+        # No gaps: consecutive seconds from the first to the last.
+        seconds = [int(at(i).timestamp()) for i in window]
+        assert list(range(seconds[0], seconds[-1] + 1)) == seconds
+        # The work was shared, and the others saw those instants as claimed elsewhere.
+        assert sum(1 for c in clocks if c.named("task.started")) >= 2
+        lost = [e for c in clocks for e in c.named("task.skipped") if e["reason"] == "claimed_elsewhere"]
+        assert len(lost) >= 2 * len(window) - 4
+        history = run_cli(
+            "history", "tick", "-n", "500", "--json", "--store", postgres_store_url, cwd=tmp_path
+        )
+        assert 0 == history.returncode, history.stderr
+        runs = json.loads(history.stdout)
+        assert sorted(counts) == sorted(r["scheduled_for"] for r in runs)
+        by_pid = {c.proc.pid for c in clocks}
+        assert {int(r["claimed_by"].rsplit(":", 1)[1]) for r in runs} <= by_pid
+
+    def test_a_clock_killed_halfway_leaves_the_others_going(
+        self, tmp_path: Path, postgres_store_url: str
+    ) -> None:
+        """kill -9 one of three clocks: the other two carry on, and no instant ever runs twice."""
+        clocks = start_clocks(tmp_path, PER_SECOND, postgres_store_url, 3)
+        try:
+            clocks[0].wait_event("task.started", timeout=20)
+            time.sleep(5)
+            clocks[0].proc.kill()
+            killed_at = time.time()
+            time.sleep(6)
+        finally:
+            stop_all(clocks)
+        counts = started_instants(clocks)
+        assert all(n == 1 for n in counts.values()), {i: n for i, n in counts.items() if n != 1}
+        after = sorted(i for i in counts if at(i).timestamp() > killed_at + 0.5)
+        assert len(after) >= 4
+        assert {"tick"} == {e["task"] for c in clocks[1:] for e in c.named("task.started")}
+
+    def test_sqlite_refuses_a_second_clock(self, tmp_path: Path) -> None:
+        """Two clocks on one SQLite file: the second refuses to start and says why."""
+        store = f"sqlite:///{tmp_path / 'state.db'}"  # an absolute path: sqlite:////tmp/...
+        (first,) = start_clocks(tmp_path, PER_SECOND, store, 1)
+        try:
+            second = run_cli("run", "--store", store, cwd=tmp_path, timeout=20)
+        finally:
+            stop_all([first])
+        assert 2 == second.returncode
+        assert "another clock" in second.stderr
+        assert str(first.proc.pid) in second.stderr
+        assert "PostgreSQL" in second.stderr
+        assert "Traceback" not in second.stderr
+
+
+class TestCatchUp:
+    def test_missed_instants_run_once_after_a_stop(self, tmp_path: Path) -> None:
+        """A catch_up task missed while no clock ran runs once at start, for the newest missed instant."""
+        store = f"sqlite:///{tmp_path / 'state.db'}"
+        text = PER_SECOND + "    catch_up: true\n"
+        (clock,) = start_clocks(tmp_path, text, store, 1)
+        clock.wait_event("task.finished")
+        stop_all([clock])
+        stopped = time.time()
+        time.sleep(2.5)
+        (again,) = start_clocks(tmp_path, text, store, 1)
+        try:
+            caught = again.wait_event("task.started", trigger="catch_up")
+            again.wait_event("task.started", trigger="schedule")
+        finally:
+            stop_all([again])
+        assert 1 == len(caught)
+        started = again.named("scheduler.started")[0]
+        instant = at(caught[0]["scheduled_for"]).timestamp()
+        assert stopped < instant <= at(started["timestamp"]).timestamp()
+        assert caught[0] is again.named("task.started")[0]
+
+
+class _Proxy:
+    """A TCP proxy to PostgreSQL that the test can cut (refusing and dropping connections) and restore."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.up = True
+        self.conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.up = False
+        with self._lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def _via(url: str, port: int) -> str:
+    """The postgres URL with its host and port replaced by the proxy's."""
+    scheme, rest = url.split("://", 1)
+    hostpart, _, tail = rest.partition("/")
+    userinfo = hostpart.rsplit("@", 1)[0] + "@" if "@" in hostpart else ""
+    return f"{scheme}://{userinfo}127.0.0.1:{port}/{tail}"
+
+
+class TestOutage:
+    def test_store_going_away_and_coming_back(self, tmp_path: Path, postgres_store_url: str) -> None:
+        """The store going away is logged once, fires go on best-effort (require_store ones skip), and
+        when it comes back it is logged and the runs of the outage are recorded."""
+        host_port = postgres_store_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+        host, _, port = host_port.partition(":")
+        proxy = _Proxy((host or "127.0.0.1", int(port or 5432)))
+        text = (
+            PER_SECOND
+            + '  strict:\n    schedule: "* * * * * *"\n    command: "true"\n    require_store: true\n'
+        )
+        (clock,) = start_clocks(tmp_path, text, _via(postgres_store_url, proxy.port), 1)
+        try:
+            clock.wait_event("task.finished", task="tick", count=2)
+            proxy.cut()
+            down = clock.wait_event("store.unavailable", timeout=10)[0]
+            cut_at = at(down["timestamp"])
+            clock.wait_event("task.skipped", reason="store_unavailable", task="strict", count=2, timeout=10)
+            ticks = len(clock.named("task.started"))
+            clock.wait_event("task.started", task="tick", count=ticks + 2)
+            strict = len([e for e in clock.named("task.started") if e["task"] == "strict"])
+            proxy.restore()
+            recovered = clock.wait_event("store.recovered", timeout=40)[0]
+            clock.wait_event("task.started", task="strict", count=strict + 1)
+        finally:
+            stop_all([clock])
+            proxy.close()
+        assert 1 == len(clock.named("store.unavailable"))
+        assert recovered["written"] >= 2
+        assert "password" not in json.dumps(clock.events)
+        during = [
+            e["scheduled_for"]
+            for e in clock.named("task.started")
+            if e["task"] == "tick" and cut_at < at(e["timestamp"]) < at(recovered["timestamp"])
+        ]
+        assert len(during) >= 2
+        history = run_cli(
+            "history", "tick", "-n", "500", "--json", "--store", postgres_store_url, cwd=tmp_path
+        )
+        assert 0 == history.returncode, history.stderr
+        recorded = {r["scheduled_for"] for r in json.loads(history.stdout)}
+        assert {at(i) for i in during} <= {at(i) for i in recorded}
+
+    def test_dead_store_at_start_does_not_stop_the_clock(self, tmp_path: Path) -> None:
+        """A store that cannot be reached at start: store.unavailable, and the task still runs."""
+        (clock,) = start_clocks(tmp_path, PER_SECOND, "postgresql://u:sekrit@127.0.0.1:1/nothing", 1)
+        try:
+            clock.wait_event("task.finished", count=2)
+        finally:
+            stop_all([clock])
+        (down,) = clock.named("store.unavailable")
+        assert "sekrit" not in json.dumps(clock.events)
+        assert "postgresql://u:***@127.0.0.1:1/nothing" == down["store"]
+
+
+class TestHistory:
+    def test_history_and_list_show_the_runs(self, tmp_path: Path) -> None:
+        """run-now records a manual run; history shows it as a table and as JSON; list gains its columns."""
+        (tmp_path / "schedules.yaml").write_text(
+            "store: sqlite:///state.db\n"
+            "tasks:\n"
+            "  hello:\n    schedule: '@daily'\n    command: echo hello there\n"
+            "  fails:\n    schedule: '@daily'\n    command: echo bad; exit 3\n"
+            "  quiet:\n    schedule: '@daily'\n    command: 'true'\n"
+        )
+        assert 0 == run_cli("run-now", "hello", cwd=tmp_path).returncode
+        assert 3 == run_cli("run-now", "fails", cwd=tmp_path).returncode
+        assert (tmp_path / "state.db").exists()
+
+        table = run_cli("history", cwd=tmp_path)
+        assert 0 == table.returncode, table.stderr
+        header, *rows = table.stdout.splitlines()
+        assert header.split()[:4] == ["STARTED", "TASK", "TRIGGER", "STATUS"]
+        assert ["fails", "hello"] == [row.split()[2] for row in rows]
+        assert ["failed", "3"] == rows[0].split()[4:6]
+
+        out = json.loads(run_cli("history", "fails", "--json", cwd=tmp_path).stdout)
+        assert 1 == len(out)
+        keys = {"task", "scheduled_for", "trigger", "started_at", "finished_at", "status", "exit_code"}
+        keys |= {"signal", "duration_s", "claimed_by"}
+        assert keys <= set(out[0])
+        assert ("fails", "manual", "failed", 3) == (
+            out[0]["task"],
+            out[0]["trigger"],
+            out[0]["status"],
+            out[0]["exit_code"],
+        )
+
+        listing = run_cli("list", cwd=tmp_path).stdout.splitlines()
+        assert ["LAST RUN", "LAST STATUS"] == re.split(r"\s{2,}", listing[0])[-2:]
+        by_task = {line.split()[0]: line for line in listing[1:]}
+        assert by_task["fails"].endswith("failed")
+        assert by_task["hello"].endswith("succeeded")
+        assert ["never", "-"] == by_task["quiet"].split()[-2:]
+
+    def test_history_errors(self, tmp_path: Path) -> None:
+        """No store, an unset variable, an unknown task: clear messages, no traceback."""
+        (tmp_path / "schedules.yaml").write_text("tasks:\n  a:\n    schedule: '@daily'\n    command: 'true'\n")
+        none = run_cli("history", cwd=tmp_path)
+        assert 2 == none.returncode
+        assert "no store" in none.stderr
+
+        (tmp_path / "schedules.yaml").write_text(
+            "store: ${NO_SUCH_DATABASE_URL}\ntasks:\n  a:\n    schedule: '@daily'\n    command: 'true'\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "NO_SUCH_DATABASE_URL"}
+        unset = run_cli("history", cwd=tmp_path, env=env)
+        assert 2 == unset.returncode
+        assert "schedules.yaml:1: store: environment variable NO_SUCH_DATABASE_URL is not set" in unset.stderr
+
+        unknown = run_cli("history", "b", "--store", "sqlite:///s.db", cwd=tmp_path)
+        assert 2 == unknown.returncode
+        assert "unknown task 'b'" in unknown.stderr
+        for result in (none, unset, unknown):
+            assert "Traceback" not in result.stderr

@@ -1,0 +1,256 @@
+"""Tests for scheduler.recorder with an in-memory store that can fail or hang on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from scheduler.errors import StoreError
+from scheduler.recorder import Recorder, clock_identity
+from scheduler.store import RunRecord
+
+T = TypeVar("T")
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+DEADLINE_S = 10.0
+
+
+class MemoryStore:
+    """The Store methods the recorder calls, over lists; `failing` raises, `gate` (when cleared) hangs."""
+
+    kind = "memory"
+    display_url = "memory://"
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.gate = threading.Event()
+        self.gate.set()
+        self.claimed: set[tuple[str, datetime]] = set()
+        self.writes: list[tuple[str, str]] = []  # (kind, run_id) in the order they reached the store
+        self.connects = 0
+        self.calls = 0
+
+    def _enter(self) -> None:
+        self.calls += 1
+        self.gate.wait(DEADLINE_S)
+        if self.failing:
+            raise StoreError("connection refused")
+
+    def connect(self) -> None:
+        self._enter()
+        self.connects += 1
+
+    def close(self) -> None:
+        pass
+
+    def last_claimed(self) -> dict[str, datetime]:
+        self._enter()
+        return {task: instant for task, instant in sorted(self.claimed)}
+
+    def claim(self, records: Sequence[RunRecord]) -> list[bool]:
+        self._enter()
+        won = []
+        for r in records:
+            key = (r.task, r.scheduled_for)
+            won.append(key not in self.claimed)
+            self.claimed.add(key)
+        return won
+
+    def record(self, record: RunRecord) -> bool:
+        self._enter()
+        self.writes.append(("record", record.run_id))
+        return True
+
+    def finish(self, run_id: str, **fields: Any) -> None:
+        self._enter()
+        self.writes.append(("finish", run_id))
+
+
+def record(run_id: str, second: int = 0) -> RunRecord:
+    return RunRecord(
+        task="t",
+        scheduled_for=T0 + timedelta(seconds=second),
+        trigger="schedule",
+        run_id=run_id,
+        claimed_by="here:1",
+        started_at=T0,
+    )
+
+
+def end(recorder: Recorder, run_id: str) -> None:
+    recorder.finished(
+        run_id, finished_at=T0, status="succeeded", exit_code=0, signal=None, duration_s=0.1, output=None
+    )
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, DEADLINE_S))
+
+
+def make(store: MemoryStore, **kwargs: Any) -> Recorder:
+    options: dict[str, Any] = {"claim_timeout_s": 0.2, "call_timeout_s": 0.5, "reconnect_first_s": 0.01}
+    options.update(kwargs)
+    return Recorder(store, log=structlog.get_logger(), claimed_by="here:1", **options)  # type: ignore[arg-type]
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.005)
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == name]
+
+
+class TestClaims:
+    def test_claims_and_writes_reach_the_store(self) -> None:
+        """A claim returns the store's answer; ends of runs are written in the background, in order."""
+        store = MemoryStore()
+
+        async def main() -> tuple[list[bool] | None, list[bool] | None]:
+            recorder = make(store)
+            first = await recorder.claim([record("a", 1), record("b", 2)])
+            again = await recorder.claim([record("c", 1)])
+            end(recorder, "a")
+            end(recorder, "b")
+            await recorder.close()
+            return first, again
+
+        assert ([True, True], [False]) == run(main())
+        assert [("finish", "a"), ("finish", "b")] == store.writes
+
+    def test_start_reads_the_newest_claims(self) -> None:
+        """start connects and returns the newest claimed instant per task."""
+        store = MemoryStore()
+        store.claimed = {("t", T0), ("t", T0 + timedelta(hours=1))}
+
+        async def main() -> dict[str, datetime] | None:
+            recorder = make(store)
+            got = await recorder.start()
+            await recorder.close()
+            return got
+
+        assert {"t": T0 + timedelta(hours=1)} == run(main())
+        assert 1 == store.connects
+
+    def test_a_slow_store_is_not_waited_for(self) -> None:
+        """A claim the store does not answer within the claim timeout gives None: the clock decides alone."""
+        store = MemoryStore()
+        store.gate.clear()
+
+        async def main() -> tuple[list[bool] | None, bool]:
+            recorder = make(store)
+            got = await recorder.claim([record("a")])
+            available = recorder.available
+            store.gate.set()
+            await recorder.close()
+            return got, available
+
+        with capture_logs() as logs:
+            assert (None, False) == run(main())
+        assert 1 == len(events(logs, "store.unavailable"))
+        assert "no answer from the store within 0.2 s" == events(logs, "store.unavailable")[0]["error"]
+
+
+class TestOutage:
+    def test_outage_logged_once_and_writes_flushed_on_recovery(self) -> None:
+        """One store.unavailable per outage; claims answer None at once; queued writes land on recovery."""
+        store = MemoryStore()
+        store.failing = True
+
+        async def main() -> list[list[bool] | None]:
+            recorder = make(store)
+            answers = [await recorder.claim([record("a", 1)])]
+            calls = store.calls
+            answers.append(await recorder.claim([record("b", 2)]))
+            assert calls == store.calls or store.connects == 0  # only reconnects reach the store now
+            recorder.started_unclaimed(record("b", 2))
+            end(recorder, "b")
+            store.failing = False
+            await until(lambda: recorder.available)
+            answers.append(await recorder.claim([record("c", 3)]))
+            await recorder.close()
+            return answers
+
+        with capture_logs() as logs:
+            assert [None, None, [True]] == run(main())
+        assert 1 == len(events(logs, "store.unavailable"))
+        (recovered,) = events(logs, "store.recovered")
+        assert 2 == recovered["written"]
+        assert "memory://" == recovered["store"]
+        assert [("record", "b"), ("finish", "b")] == store.writes
+
+    def test_reconnect_backs_off(self) -> None:
+        """Reconnect attempts come twice as far apart each time, up to the cap."""
+        store = MemoryStore()
+        store.failing = True
+        delays: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            delays.append(seconds)
+            store.failing = len(delays) < 6
+            await asyncio.sleep(0)
+
+        async def main() -> None:
+            recorder = make(store, reconnect_first_s=0.5, reconnect_max_s=3.0, sleep=sleep)
+            await recorder.claim([record("a")])
+            await until(lambda: recorder.available)
+            await recorder.close()
+
+        run(main())
+        assert [0.5, 1.0, 2.0, 3.0, 3.0, 3.0] == delays
+
+    def test_writes_beyond_the_cap_are_dropped_and_counted(self) -> None:
+        """While the store is down, only the newest writes are kept; the recovery says how many were lost."""
+        store = MemoryStore()
+        store.failing = True
+
+        async def main() -> None:
+            recorder = make(store, pending_cap=3)
+            await recorder.claim([record("a")])
+            for n in range(5):
+                end(recorder, f"r{n}")
+            store.failing = False
+            await until(lambda: recorder.available)
+            await recorder.close()
+
+        with capture_logs() as logs:
+            run(main())
+        (recovered,) = events(logs, "store.recovered")
+        assert (3, 2) == (recovered["written"], recovered["dropped"])
+        assert [("finish", f"r{n}") for n in (2, 3, 4)] == store.writes
+
+    def test_close_reports_what_could_not_be_written(self) -> None:
+        """At close, writes still waiting for a store that is down are counted in store.unwritten."""
+        store = MemoryStore()
+        store.failing = True
+
+        async def main() -> None:
+            recorder = make(store, reconnect_first_s=60)
+            await recorder.claim([record("a")])
+            end(recorder, "a")
+            await recorder.close(timeout_s=0.05)
+
+        with capture_logs() as logs:
+            run(main())
+        assert [1] == [e["runs"] for e in events(logs, "store.unwritten")]
+
+
+class TestClockIdentity:
+    def test_dyno_name_and_pid(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """On Heroku the dyno's name identifies the clock, with the pid."""
+        monkeypatch.setenv("DYNO", "clock.2")
+        name, pid = clock_identity().split(":")
+        assert "clock.2" == name
+        assert pid.isdigit()
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> None:
+    structlog.reset_defaults()

@@ -1,0 +1,719 @@
+"""Tests for scheduler.store, each behaviour against SQLite and PostgreSQL alike.
+
+PostgreSQL is the server at $SCHEDULER_TEST_POSTGRES_URL (default postgresql://127.0.0.1/test); each test gets
+a schema of its own, dropped afterwards. Without a server those tests skip, except on CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler import store as store_module
+from scheduler.config import DEFAULT_KEEP_RUNS
+from scheduler.errors import SchedulerError, StoreError
+from scheduler.store import (
+    CLAIMED_TRIGGERS,
+    OUTPUT_TAIL_BYTES,
+    RunRecord,
+    Store,
+    open_store,
+    redact,
+)
+from tests.conftest import schema_url
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+Raw = Callable[[str], list[tuple[Any, ...]]]
+
+
+def run(
+    task: str = "backup",
+    minutes: int = 0,
+    trigger: str = "schedule",
+    *,
+    started_minutes: int | None = None,
+    **fields: Any,
+) -> RunRecord:
+    """A run of `task` scheduled `minutes` after T0 (started then too, unless told), with a new run id."""
+    started = minutes if started_minutes is None else started_minutes
+    return RunRecord(
+        task=task,
+        scheduled_for=T0 + timedelta(minutes=minutes),
+        trigger=trigger,
+        run_id=uuid.uuid4().hex[:12],
+        claimed_by="clock.1:4242",
+        started_at=T0 + timedelta(minutes=started),
+        **fields,
+    )
+
+
+def finish(store: Store, record: RunRecord, **fields: Any) -> None:
+    """Finish a run as succeeded a second after it started, unless told otherwise."""
+    values: dict[str, Any] = {
+        "finished_at": record.started_at + timedelta(seconds=1),
+        "status": "succeeded",
+        "exit_code": 0,
+        "signal": None,
+        "duration_s": 1.0,
+        "output": None,
+    }
+    store.finish(record.run_id, **{**values, **fields})
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL of each kind, for an empty database of the test's own."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    schema: str = request.getfixturevalue("postgres_schema")
+    return schema_url(request.getfixturevalue("postgres_url"), schema)
+
+
+@pytest.fixture
+def make_store(url: str) -> Iterator[Callable[..., Store]]:
+    """Opens stores on the test's database (as several clocks would), and closes them after the test."""
+    stores: list[Store] = []
+
+    def make(keep_runs: int = DEFAULT_KEEP_RUNS) -> Store:
+        store = open_store(url, keep_runs=keep_runs)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., Store]) -> Store:
+    """A store on the test's database."""
+    return make_store()
+
+
+@pytest.fixture
+def raw(url: str) -> Raw:
+    """Runs one SQL statement on the test's database behind the store's back."""
+    if url.startswith("sqlite:"):
+        path = url.removeprefix("sqlite:///")
+
+        def run_sqlite(sql: str) -> list[tuple[Any, ...]]:
+            conn = sqlite3.connect(path, isolation_level=None)
+            try:
+                return conn.execute(sql).fetchall()
+            finally:
+                conn.close()
+
+        return run_sqlite
+    import psycopg
+
+    def run_postgres(sql: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    return run_postgres
+
+
+def schema_version(raw: Raw) -> int:
+    [(version,)] = raw("SELECT version FROM scheduler_schema")
+    return int(version)
+
+
+class TestRunRecord:
+    def test_to_json_keys(self) -> None:
+        """The keys `history --json` prints, in order; output only when asked."""
+        record = run()
+        keys = [
+            "task",
+            "scheduled_for",
+            "trigger",
+            "started_at",
+            "finished_at",
+            "status",
+            "exit_code",
+            "signal",
+            "duration_s",
+            "claimed_by",
+            "run_id",
+        ]
+        assert keys == list(record.to_json())
+        assert [*keys, "output"] == list(record.to_json(output=True))
+
+    def test_to_json_values(self) -> None:
+        """Datetimes become ISO 8601 strings in UTC, None stays None."""
+        paris = timezone(timedelta(hours=1))
+        record = RunRecord(
+            task="backup",
+            scheduled_for=datetime(2026, 11, 27, 11, 0, tzinfo=paris),
+            trigger="catch_up",
+            run_id="0123456789ab",
+            claimed_by="web.1:7",
+            started_at=datetime(2026, 11, 27, 10, 0, 0, 250000, tzinfo=UTC),
+            status="killed",
+            signal="SIGKILL",
+            output="bye",
+        )
+        assert {
+            "task": "backup",
+            "scheduled_for": "2026-11-27T10:00:00+00:00",
+            "trigger": "catch_up",
+            "started_at": "2026-11-27T10:00:00.250000+00:00",
+            "finished_at": None,
+            "status": "killed",
+            "exit_code": None,
+            "signal": "SIGKILL",
+            "duration_s": None,
+            "claimed_by": "web.1:7",
+            "run_id": "0123456789ab",
+            "output": "bye",
+        } == record.to_json(output=True)
+
+
+class TestRedact:
+    def test_password_hidden(self) -> None:
+        """The password of a URL becomes ***."""
+        assert "postgresql://app:***@db.example:5432/prod" == redact(
+            "postgresql://app:s3cret@db.example:5432/prod"
+        )
+
+    def test_password_parameter_hidden(self) -> None:
+        """So does a password given as a query parameter."""
+        url = "postgresql://db.example/prod?user=app&password=s3cret&sslmode=require"
+        assert "postgresql://db.example/prod?user=app&password=***&sslmode=require" == redact(url)
+
+    def test_raw_at_sign_in_password(self) -> None:
+        """A password with an unescaped '@' is hidden whole."""
+        assert "postgres://app:***@db.example/prod" == redact("postgres://app:p@ss/w@db.example/prod")
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "postgresql://app@db.example/prod",
+            "postgresql:///prod",
+            "sqlite:////var/lib/a:b@c.db",
+            "sqlite:///x.db",
+        ],
+    )
+    def test_no_password_unchanged(self, url: str) -> None:
+        """A URL without a password is shown as it is."""
+        assert url == redact(url)
+
+
+class TestOpenStore:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "mysql://app@db.example/prod",
+            "state.db",
+            "",
+            "postgresql+psycopg://db.example/prod",
+            "sqlite://host/state.db",
+            "sqlite:///",
+            "sqlite:///state.db?mode=ro",
+        ],
+    )
+    def test_rejects_other_forms(self, url: str) -> None:
+        """Anything else is refused, naming the URL and the forms that work."""
+        with pytest.raises(
+            StoreError, match=r"sqlite:///relative/path\.db, sqlite:////absolute/path\.db, postgres"
+        ):
+            open_store(url)
+
+    def test_rejection_hides_password(self) -> None:
+        """A refused URL is named without its password."""
+        with pytest.raises(StoreError, match=r"'mysql://app:\*\*\*@db\.example/prod'") as caught:
+            open_store("mysql://app:s3cret@db.example/prod")
+        assert "s3cret" not in str(caught.value)
+
+    def test_store_error_is_a_scheduler_error(self) -> None:
+        """The CLI reports it like every other error: without a traceback."""
+        assert issubclass(StoreError, SchedulerError)
+
+    def test_in_memory_sqlite_refused(self) -> None:
+        """A history that vanishes on reconnect is no history."""
+        with pytest.raises(StoreError, match="name a file"):
+            open_store("sqlite:///:memory:")
+
+    def test_keep_runs_at_least_one(self) -> None:
+        """Keeping no run at all would delete the claims."""
+        with pytest.raises(ValueError, match="keep_runs"):
+            open_store("sqlite:///state.db", keep_runs=0)
+
+    def test_no_io(self, tmp_path: Path) -> None:
+        """Opening parses only: nothing is created until the first call."""
+        store = open_store(f"sqlite:///{tmp_path / 'sub' / 'state.db'}")
+        assert ("sqlite", False) == (store.kind, (tmp_path / "sub").exists())
+
+    def test_sqlite_relative_path(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """sqlite:///.scheduler/state.db is relative to the current directory at open; the folder is made."""
+        monkeypatch.chdir(tmp_path)
+        store = open_store("sqlite:///.scheduler/state.db")
+        monkeypatch.chdir("/")
+        try:
+            assert [] == store.history()
+        finally:
+            store.close()
+        assert (tmp_path / ".scheduler" / "state.db").is_file()
+
+    def test_sqlite_absolute_path(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """sqlite:////absolute/path.db does not depend on the current directory."""
+        monkeypatch.chdir("/")
+        path = tmp_path / "var" / "state.db"
+        store = open_store(f"sqlite:///{path}")
+        try:
+            store.connect()
+        finally:
+            store.close()
+        assert path.is_file()
+
+    def test_sqlite_display_url(self, tmp_path: Path) -> None:
+        """A SQLite store is shown by the URL it was given."""
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+        assert url == open_store(url).display_url
+
+    @pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+    def test_postgres_schemes(self, scheme: str) -> None:
+        """postgres:// (Heroku's DATABASE_URL) is taken as postgresql://."""
+        pytest.importorskip("psycopg")
+        store = open_store(f"{scheme}://app:s3cret@db.example/prod")
+        assert ("postgresql", f"{scheme}://app:***@db.example/prod") == (store.kind, store.display_url)
+
+    def test_postgres_parameters_merged(self) -> None:
+        """The URL's parameters reach libpq; the store's options come first, so the user's win."""
+        pytest.importorskip("psycopg")
+        from psycopg.conninfo import conninfo_to_dict
+
+        url = "postgresql://db.example/prod?sslmode=require&options=-csearch_path%3Dmine&application_name=web"
+        params = conninfo_to_dict(open_store(url)._conninfo)  # type: ignore[attr-defined]
+        assert {
+            "host": "db.example",
+            "dbname": "prod",
+            "sslmode": "require",
+            "options": "-c statement_timeout=2000 -c lock_timeout=2000 -csearch_path=mine",
+            "application_name": "web",
+            "connect_timeout": "2",
+            "keepalives": "1",
+            "keepalives_idle": "5",
+            "keepalives_interval": "2",
+            "keepalives_count": "3",
+        } == params
+
+    def test_postgres_defaults(self) -> None:
+        """Without parameters, the store names itself and sets its timeouts."""
+        pytest.importorskip("psycopg")
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(open_store("postgresql:///prod")._conninfo)  # type: ignore[attr-defined]
+        assert ("scheduler", "-c statement_timeout=2000 -c lock_timeout=2000") == (
+            params["application_name"],
+            params["options"],
+        )
+
+    def test_postgres_bad_parameter(self) -> None:
+        """A parameter libpq does not know is refused at once, without the password."""
+        pytest.importorskip("psycopg")
+        with pytest.raises(StoreError, match=r"app:\*\*\*@db\.example.*bogus") as caught:
+            open_store("postgresql://app:s3cret@db.example/prod?bogus=1")
+        assert "s3cret" not in str(caught.value)
+
+    def test_psycopg_missing(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without psycopg, a PostgreSQL URL says what to install."""
+        monkeypatch.setitem(sys.modules, "psycopg", None)
+        with pytest.raises(StoreError, match=r"needs psycopg: pip install 'scheduler\[postgres\]'"):
+            open_store("postgresql://db.example/prod")
+
+    def test_migrations_match(self) -> None:
+        """Both backends know the same schema versions."""
+        assert len(store_module._SQLITE_MIGRATIONS) == len(store_module._POSTGRES_MIGRATIONS)
+
+    def test_claim_index_matches_triggers(self) -> None:
+        """The unique index covers exactly the claimed triggers that the queries name."""
+        [index] = [s for s in store_module._SQLITE_MIGRATIONS[0] if "scheduler_runs_claim" in s]
+        assert index.endswith(f"WHERE {store_module._CLAIMED_SQL}")
+
+
+class TestConnect:
+    def test_creates_schema_once(self, make_store: Callable[..., Store], raw: Raw) -> None:
+        """Connecting again, or from another store, changes nothing."""
+        first, second = make_store(), make_store()
+        first.connect()
+        first.connect()
+        second.connect()
+        assert [(len(store_module._SQLITE_MIGRATIONS),)] == raw("SELECT version FROM scheduler_schema")
+
+    def test_concurrent_connects(self, make_store: Callable[..., Store], raw: Raw) -> None:
+        """Several clocks creating the schema at once all succeed, and it is created once."""
+        stores = [make_store() for _ in range(4)]
+        barrier = threading.Barrier(len(stores))
+
+        def connect(store: Store) -> None:
+            barrier.wait()
+            store.connect()
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            list(pool.map(connect, stores))
+        assert len(store_module._SQLITE_MIGRATIONS) == schema_version(raw)
+
+    def test_connects_lazily(self, store: Store) -> None:
+        """Any call connects first."""
+        assert {} == store.last_runs()
+
+    def test_upgrades_version_0(self, store: Store, raw: Raw) -> None:
+        """A database at version 0 (a version table and nothing else) gets every migration."""
+        raw("CREATE TABLE scheduler_schema (version INTEGER NOT NULL)")
+        raw("INSERT INTO scheduler_schema (version) VALUES (0)")
+        assert [True] == store.claim([run()])
+        assert len(store_module._SQLITE_MIGRATIONS) == schema_version(raw)
+
+    def test_upgrades_to_a_later_version(
+        self, make_store: Callable[..., Store], raw: Raw, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A database of an older version gets the migrations it lacks, and keeps its runs."""
+        old = make_store()
+        old.claim([run()])
+        old.close()
+        migrations = type(old)._migrations
+        added = ["ALTER TABLE scheduler_runs ADD COLUMN note TEXT"]
+        monkeypatch.setattr(type(old), "_migrations", [*migrations, added])
+        assert 1 == len(make_store().history())
+        assert (len(migrations) + 1, [(None,)]) == (
+            schema_version(raw),
+            raw("SELECT note FROM scheduler_runs"),
+        )
+
+    def test_refuses_newer_version(self, make_store: Callable[..., Store], raw: Raw) -> None:
+        """A database from a newer scheduler is left alone, every time it is tried."""
+        make_store().connect()
+        raw("UPDATE scheduler_schema SET version = 99")
+        store = make_store()
+        for _ in range(2):
+            with pytest.raises(StoreError, match="schema version 99 was created by a newer scheduler"):
+                store.history()
+        assert 99 == schema_version(raw)
+
+    def test_sqlite_unopenable(self, tmp_path: Path) -> None:
+        """A path that cannot be a database file is a StoreError naming the URL."""
+        url = f"sqlite:///{tmp_path}"
+        with pytest.raises(StoreError, match=f"run-history store {url}: cannot connect"):
+            open_store(url).connect()
+
+    def test_postgres_dead_port(self) -> None:
+        """Nothing listening: a StoreError within a few seconds, without the password."""
+        pytest.importorskip("psycopg")
+        store = open_store("postgresql://app:s3cret@127.0.0.1:1/test")
+        start = time.monotonic()
+        with pytest.raises(
+            StoreError, match=r"postgresql://app:\*\*\*@127\.0\.0\.1:1/test: cannot connect"
+        ) as caught:
+            store.connect()
+        assert time.monotonic() - start < 3 * store_module.CONNECT_TIMEOUT_S
+        assert "s3cret" not in str(caught.value)
+
+    def test_postgres_reconnects(self, postgres_schema: str, postgres_url: str) -> None:
+        """A connection the server dropped fails one call, and the next call connects again."""
+        import psycopg
+
+        url = schema_url(postgres_url, postgres_schema)
+        store = open_store(url)
+        try:
+            store.claim([run()])
+            with psycopg.connect(postgres_url, autocommit=True) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                    (postgres_schema,),
+                )
+            with pytest.raises(StoreError, match="cannot read the history"):
+                store.history()
+            assert 1 == len(store.history())
+        finally:
+            store.close()
+
+
+class TestClaim:
+    def test_wins_once(self, store: Store) -> None:
+        """The first claim of an instant wins; claiming it again, under another run id, loses."""
+        assert [True] == store.claim([run()])
+        assert [False] == store.claim([run()])
+
+    def test_other_store_loses(self, make_store: Callable[..., Store]) -> None:
+        """Another clock's claim of the same instant loses, whatever its trigger."""
+        assert [True] == make_store().claim([run()])
+        assert [False, False] == make_store().claim([run(), run(trigger="catch_up")])
+
+    def test_per_record_in_order(self, store: Store) -> None:
+        """One answer per record, in the order given."""
+        store.claim([run("a"), run("b")])
+        assert [False, True, False, True] == store.claim([run("a"), run("c"), run("b"), run("a", 1)])
+
+    def test_stored_as_given(self, store: Store) -> None:
+        """A claimed run reads back equal, datetimes in UTC."""
+        record = run()
+        store.claim([record])
+        [back] = store.history()
+        assert (record, UTC, UTC) == (back, back.scheduled_for.tzinfo, back.started_at.tzinfo)
+
+    def test_thousand_in_one_call(self, store: Store) -> None:
+        """A catch-up of 1,000 instants is one call, and a second clock loses all of them."""
+        assert [True] * 1000 == store.claim([run(minutes=i) for i in range(1000)])
+        assert [False] * 1000 == store.claim([run(minutes=i) for i in range(1000)])
+
+    def test_concurrent_claims(self, make_store: Callable[..., Store]) -> None:
+        """Two clocks claim the same 200 instants at once, in batches in different orders: one winner each."""
+        keys = [(task, minute) for task in ("a", "b") for minute in range(100)]
+        stores = [make_store(), make_store()]
+        for store in stores:
+            store.connect()
+        barrier = threading.Barrier(len(stores))
+
+        def clock(seed: int) -> dict[tuple[str, int], bool]:
+            order = keys[:]
+            random.Random(seed).shuffle(order)
+            won: dict[tuple[str, int], bool] = {}
+            barrier.wait()
+            for start in range(0, len(order), 10):
+                batch = order[start : start + 10]
+                won.update(zip(batch, stores[seed].claim([run(t, m) for t, m in batch]), strict=True))
+            return won
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            results = list(pool.map(clock, range(len(stores))))
+        assert {key: 1 for key in keys} == {key: sum(result[key] for result in results) for key in keys}
+
+    def test_only_claimed_triggers(self, store: Store) -> None:
+        """A manual run is recorded, not claimed."""
+        assert ("schedule", "catch_up") == CLAIMED_TRIGGERS
+        with pytest.raises(ValueError, match="trigger 'manual' cannot be claimed"):
+            store.claim([run(trigger="manual")])
+
+    def test_naive_datetime(self, store: Store) -> None:
+        """A datetime without a zone is a bug in the caller, not a time in UTC."""
+        naive = RunRecord("backup", datetime(2026, 1, 1), "schedule", "0" * 12, "x:1", datetime(2026, 1, 1))
+        with pytest.raises(ValueError, match="naive datetime"):
+            store.claim([naive])
+
+    def test_nothing_to_claim(self, tmp_path: Path) -> None:
+        """An empty claim answers without touching the database (here, one that cannot be opened)."""
+        assert [] == open_store(f"sqlite:///{tmp_path}").claim([])
+
+
+class TestRecord:
+    def test_manual_not_unique(self, store: Store) -> None:
+        """Manual runs of the same instant are all kept."""
+        assert [True, True] == [store.record(run(trigger="manual")), store.record(run(trigger="manual"))]
+        assert 2 == len(store.history())
+
+    def test_manual_does_not_claim(self, store: Store) -> None:
+        """A manual run leaves the instant free for the schedule."""
+        store.record(run(trigger="manual"))
+        assert [True] == store.claim([run()])
+
+    def test_conflicting_claim(self, store: Store) -> None:
+        """A scheduled run recorded late loses to a claim of the same instant, and inserts nothing."""
+        store.claim([run()])
+        assert False is store.record(run(status="succeeded"))
+        assert ["running"] == [r.status for r in store.history()]
+
+    def test_same_run_twice(self, store: Store) -> None:
+        """Writing the same run again (a retry) inserts nothing."""
+        record = run(trigger="manual")
+        assert [True, False] == [store.record(record), store.record(record)]
+
+    def test_finished_run(self, store: Store) -> None:
+        """A run fired while the store was down is recorded whole."""
+        record = run(
+            status="failed",
+            finished_at=T0 + timedelta(seconds=3),
+            exit_code=2,
+            duration_s=2.5,
+            output="boom",
+        )
+        assert True is store.record(record)
+        assert [record] == store.history()
+
+
+class TestFinish:
+    def test_sets_the_end(self, store: Store) -> None:
+        """The end of a run replaces its running state."""
+        record = run()
+        store.claim([record])
+        finish(store, record, status="killed", exit_code=None, signal="SIGKILL", duration_s=0.5, output="x")
+        expected = replace(
+            record,
+            status="killed",
+            finished_at=record.started_at + timedelta(seconds=1),
+            signal="SIGKILL",
+            duration_s=0.5,
+            output="x",
+        )
+        assert [expected] == store.history()
+
+    def test_unknown_run(self, store: Store) -> None:
+        """Finishing a run the store never saw does nothing."""
+        store.claim([run()])
+        store.finish(
+            "feedfacecafe",
+            finished_at=T0,
+            status="succeeded",
+            exit_code=0,
+            signal=None,
+            duration_s=1.0,
+            output=None,
+        )
+        assert ["running"] == [r.status for r in store.history()]
+
+    def test_retention(self, make_store: Callable[..., Store]) -> None:
+        """Each finish keeps its task's newest keep_runs runs; other tasks are untouched."""
+        store = make_store(keep_runs=3)
+        a_runs = [run("a", minute) for minute in range(5)]
+        b_runs = [run("b", minute) for minute in range(5)]
+        store.claim([*a_runs, *b_runs])
+        for record in a_runs:
+            finish(store, record)
+        assert [r.run_id for r in reversed(a_runs[2:])] == [r.run_id for r in store.history("a")]
+        assert 5 == len(store.history("b"))
+
+    def test_retention_keeps_last_claim(self, make_store: Callable[..., Store]) -> None:
+        """Manual runs crowding a task out keep its newest claim, so last_claimed still knows it."""
+        store = make_store(keep_runs=2)
+        claimed = run("a", 0)
+        store.claim([claimed])
+        manual = [run("a", minute, "manual") for minute in range(1, 5)]
+        for record in manual:
+            store.record(record)
+            finish(store, record)
+        kept = {r.run_id for r in store.history("a")}
+        assert {claimed.run_id, manual[-1].run_id, manual[-2].run_id} == kept
+        assert {"a": T0} == store.last_claimed()
+
+    def test_output_tail(self, store: Store) -> None:
+        """Long output keeps its end, at most OUTPUT_TAIL_BYTES bytes, cut where a character starts."""
+        record = run()
+        store.claim([record])
+        text = "€" * 2000 + "END"  # 6,003 bytes; the last 4,096 start inside a '€'
+        finish(store, record, output=text)
+        [back] = store.history()
+        assert "€" * 1364 + "END" == back.output
+        assert 4096 == OUTPUT_TAIL_BYTES
+
+    def test_output_nul(self, store: Store) -> None:
+        """A NUL (PostgreSQL text cannot hold it) becomes U+FFFD on both backends."""
+        record = run()
+        store.claim([record])
+        finish(store, record, output="a\x00b")
+        assert ["a\ufffdb"] == [r.output for r in store.history()]
+
+    def test_recorded_output_tail(self, store: Store) -> None:
+        """A recorded run's output is cut the same way."""
+        store.record(run(trigger="manual", output="x" * 5000 + "y"))
+        [back] = store.history()
+        assert "x" * 4095 + "y" == back.output
+
+
+class TestLastClaimed:
+    def test_newest_claim_per_task(self, store: Store) -> None:
+        """Per task, its newest claimed instant, whatever became of the run; manual runs do not count."""
+        done = run("a", 10, "catch_up")
+        store.claim([run("a", 0), done, run("b", 5)])
+        finish(store, done, status="failed", exit_code=1)
+        store.record(run("a", 20, "manual"))
+        store.record(run("c", 30, "manual"))
+        claimed = store.last_claimed()
+        assert {"a": T0 + timedelta(minutes=10), "b": T0 + timedelta(minutes=5)} == claimed
+        assert {UTC} == {at.tzinfo for at in claimed.values()}
+
+    def test_empty(self, store: Store) -> None:
+        """A new database has no claims."""
+        assert {} == store.last_claimed()
+
+
+class TestHistory:
+    def test_newest_started_first(self, store: Store) -> None:
+        """Ordered by start, not by schedule or by insertion."""
+        late, early, middle = run("a", 0, started_minutes=9), run("b", 1), run("a", 2, started_minutes=5)
+        store.claim([late, early, middle])
+        assert [late.run_id, middle.run_id, early.run_id] == [r.run_id for r in store.history()]
+
+    def test_ties_newest_inserted_first(self, store: Store) -> None:
+        """Runs that started at the same moment come newest inserted first."""
+        first, second = run("a", 0), run("b", 0)
+        store.claim([first])
+        store.claim([second])
+        assert [second.run_id, first.run_id] == [r.run_id for r in store.history()]
+
+    def test_limit_and_task(self, store: Store) -> None:
+        """limit caps the count; a task name filters."""
+        store.claim([run(task, minute) for task in ("a", "b") for minute in range(5)])
+        assert (10, 3, 0) == (len(store.history()), len(store.history(limit=3)), len(store.history(limit=0)))
+        assert [T0 + timedelta(minutes=m) for m in (4, 3)] == [r.scheduled_for for r in store.history("b", 2)]
+        assert {"b"} == {r.task for r in store.history("b")}
+
+    def test_unknown_task(self, store: Store) -> None:
+        """A task without runs has an empty history."""
+        store.claim([run("a")])
+        assert [] == store.history("nope")
+
+
+class TestLastRuns:
+    def test_newest_per_task(self, store: Store) -> None:
+        """Each task's newest run, by start."""
+        a_new, b_only = run("a", 0, started_minutes=7), run("b", 3)
+        store.claim([a_new, run("a", 5), b_only])
+        store.record(run("a", 1, "manual", started_minutes=6))
+        assert {"a": a_new, "b": b_only} == store.last_runs()
+
+    def test_empty(self, store: Store) -> None:
+        """A new database has no runs."""
+        assert {} == store.last_runs()
+
+
+class TestLockSingleClock:
+    def test_second_clock_refused(self, tmp_path: Path) -> None:
+        """A second clock on the same SQLite file is refused, told why and what to use instead."""
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+        first, second = open_store(url), open_store(url)
+        try:
+            first.lock_single_clock()
+            first.lock_single_clock()
+            message = (
+                rf"another clock \(pid {os.getpid()}\) uses this SQLite file .*; "
+                r"SQLite is for one clock on one machine: to run several clocks, use PostgreSQL"
+            )
+            with pytest.raises(StoreError, match=message):
+                second.lock_single_clock()
+            assert f"{os.getpid()}\n" == (tmp_path / "state.db.lock").read_text()
+        finally:
+            first.close()
+            second.close()
+
+    def test_free_after_close(self, tmp_path: Path) -> None:
+        """Closing the store lets the next clock in."""
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+        first, second = open_store(url), open_store(url)
+        first.lock_single_clock()
+        first.close()
+        try:
+            second.lock_single_clock()
+        finally:
+            second.close()
+
+    def test_postgres_no_lock(self, postgres_url: str) -> None:
+        """PostgreSQL takes any number of clocks."""
+        first, second = open_store(postgres_url), open_store(postgres_url)
+        first.lock_single_clock()
+        second.lock_single_clock()
+        first.close()
+        second.close()
