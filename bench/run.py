@@ -206,6 +206,51 @@ def per_second(bench: Bench, fires: int) -> dict[str, dict[str, float]]:
     return results
 
 
+@contextmanager
+def postgres_schema() -> Iterator[str | None]:
+    """A store URL on a schema of the benchmark's own (dropped afterwards), or None without PostgreSQL."""
+    base = os.environ.get("SCHEDULER_BENCH_POSTGRES_URL", "postgresql://127.0.0.1/test")
+    try:
+        import psycopg
+
+        admin = psycopg.connect(base, autocommit=True, connect_timeout=2)
+    except Exception as exc:  # no driver, no server: the PostgreSQL rows say n/a
+        print(f"  (no PostgreSQL at {base}: {exc})", flush=True)
+        yield None
+        return
+    schema = f"scheduler_bench_{os.getpid()}"
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()
+
+
+def with_store(bench: Bench, fires: int, burst_count: int) -> dict[str, dict[str, float]]:
+    """Ours with a store: every fire waits for its claim. A per-second task, and a burst claimed at once."""
+    results: dict[str, dict[str, float]] = {}
+    with postgres_schema() as pg:
+        stores = {"sqlite": f"sqlite:///{bench.work / 'state.db'}", "postgresql": pg}
+        for kind, url in stores.items():
+            if url is None:
+                continue
+            proc, out = bench.ours({"tick": "* * * * * *"}, "--store", url)
+            with running(proc):
+                proc.wait_line("scheduler.started", 60)
+                starts = wait_starts(out, fires + 1, fires + 10)
+            results[f"per_second_{kind}"] = _summary(latencies_per_second(starts[1 : fires + 1], fires))
+            at = int(time.time()) + 8
+            when = datetime.fromtimestamp(at, UTC)
+            cron = f"{when.second} {when.minute} {when.hour} {when.day} {when.month} *"
+            proc, out = bench.ours({f"t{i:05d}": cron for i in range(burst_count)}, "--store", url)
+            with running(proc):
+                proc.wait_line("scheduler.started", 8)
+                starts = wait_starts(out, burst_count, at - time.time() + 15)
+            results[f"burst_{kind}"] = _burst_summary(starts, at, burst_count)
+    return results
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50": math.nan, "p99": math.nan, "max": math.nan, "n": 0}
@@ -449,6 +494,8 @@ def main() -> None:
         rl = reload(bench, 1000 if quick else 10_000)
         step("next --json over 10,000 tasks")
         nj = next_json(bench, 1000 if quick else 10_000)
+        step("with a store (SQLite, PostgreSQL)")
+        stored = with_store(bench, fires, 100 if quick else 1000)
     results = {
         "machine": machine(),
         "quick": quick,
@@ -460,6 +507,7 @@ def main() -> None:
         "tick_among_100k_ms": among,
         "reload_10k": rl,
         "next_json_10k_s": nj,
+        "with_store": stored,
         "bench_s": time.monotonic() - began,
     }
     rows: list[tuple[str, Any, Any, Any, str]] = [
@@ -524,6 +572,21 @@ def main() -> None:
         ("per-second task during that reload: max", None, None, rl["tick_max_ms_during_reload"], " ms"),
         ("`scheduler next --json`, 10,000 tasks", None, None, nj, " s"),
     ]
+    burst_label = "100 (quick)" if quick else "1,000"
+    for kind, name in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+        tick = stored.get(f"per_second_{kind}", {})
+        many = stored.get(f"burst_{kind}", {})
+        rows += [
+            (f"with a {name} store: per-second task p50", None, None, tick.get("p50"), " ms"),
+            (f"with a {name} store: per-second task p99", None, None, tick.get("p99"), " ms"),
+            (
+                f"with a {name} store: {burst_label} due at once, last start",
+                None,
+                None,
+                many.get("last"),
+                " ms",
+            ),
+        ]
     print()
     print(table(rows))
     print()

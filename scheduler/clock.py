@@ -352,10 +352,10 @@ class Clock:
             for state, instant in due
         ]
         won = await self._recorder.claim(records)
-        self._dispatch_ts = self._clock.now().timestamp()
-        self._batch_fired = 0
         answers: Sequence[bool | None] = won if won is not None else [None] * len(due)
-        for (state, instant), record, ours in zip(due, records, answers, strict=True):
+        last = max((i for i, ours in enumerate(answers) if ours is not False), default=-1)
+        started = 0
+        for i, ((state, instant), record, ours) in enumerate(zip(due, records, answers, strict=True)):
             if ours is False:
                 self._log.debug(
                     "task.skipped", task=record.task, scheduled_for=_iso(instant), reason="claimed_elsewhere"
@@ -377,9 +377,10 @@ class Clock:
                     continue
                 self._recorder.started_unclaimed(record)
             self._recorded.add(record.run_id)
-            if self._fire(state, instant, trigger, run_id=record.run_id):
-                self._batch_fired += 1
-                if self._batch_fired % _YIELD_EVERY_FIRES == 0:
+            # As in a batch from the heap: the first and the last start give their child the CPU at once.
+            if self._fire(state, instant, trigger, run_id=record.run_id, yield_cpu=started == 0 or i == last):
+                started += 1
+                if started % _YIELD_EVERY_FIRES == 0:
                     await asyncio.sleep(0)
 
     def _end_unrun(self, run_id: str) -> None:
@@ -401,7 +402,14 @@ class Clock:
         self._pending.add(job)
         job.add_done_callback(self._job_done)
 
-    def _fire(self, state: _TaskState, instant: datetime, trigger: str, run_id: str | None = None) -> bool:
+    def _fire(
+        self,
+        state: _TaskState,
+        instant: datetime,
+        trigger: str,
+        run_id: str | None = None,
+        yield_cpu: bool | None = None,
+    ) -> bool:
         """Start a run, subject to the task's overlap policy.
 
         Overlap policy: `skip` logs `task.skipped` (reason `overlap`) and lets the running one finish;
@@ -428,7 +436,7 @@ class Clock:
                 scheduled_for=instant,
                 log=self._log,
                 env=self._env,
-                yield_cpu=self._yield_after_start(),
+                yield_cpu=self._yield_after_start() if yield_cpu is None else yield_cpu,
             )
         except Exception as exc:  # a bug: the runner turns every failure to start into a failed run
             self._log.error("scheduler.error", task=spec.name, error=f"{type(exc).__name__}: {exc}")

@@ -451,6 +451,12 @@ class TestStore:
         assert {"out"} == {f["output"] for f in recorder.finished_runs.values()}
         assert recorder.closed
 
+    def test_a_claimed_burst_yields_the_cpu_first_and_last(self) -> None:
+        """Runs claimed together start back to back; the first and the last let the new children run."""
+        fake = FakeClock(T0, T0 + timedelta(seconds=1, milliseconds=500))
+        drive(config(*(task(f"t{i}", "* * * * * *") for i in range(4))), fake, recorder=FakeRecorder())
+        assert [True, False, False, True] == fake.yields
+
     def test_instants_claimed_elsewhere_do_not_run(self) -> None:
         """An instant another clock claimed is skipped here; the others run."""
         fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=4, milliseconds=500))

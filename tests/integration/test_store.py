@@ -299,7 +299,9 @@ class TestHistory:
 
     def test_history_errors(self, tmp_path: Path) -> None:
         """No store, an unset variable, an unknown task: clear messages, no traceback."""
-        (tmp_path / "schedules.yaml").write_text("tasks:\n  a:\n    schedule: '@daily'\n    command: 'true'\n")
+        (tmp_path / "schedules.yaml").write_text(
+            "tasks:\n  a:\n    schedule: '@daily'\n    command: 'true'\n"
+        )
         none = run_cli("history", cwd=tmp_path)
         assert 2 == none.returncode
         assert "no store" in none.stderr
