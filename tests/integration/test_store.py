@@ -75,7 +75,11 @@ class TestSeveralClocks:
         )
         assert 0 == history.returncode, history.stderr
         runs = json.loads(history.stdout)
-        assert sorted(counts) == sorted(r["scheduled_for"] for r in runs)
+        # An instant claimed just as the clock was told to stop is recorded as skipped, not run.
+        ran = [r for r in runs if r["status"] != "skipped"]
+        assert sorted(counts) == sorted(r["scheduled_for"] for r in ran)
+        assert {r["status"] for r in ran} <= {"succeeded", "killed"}  # killed: stopped at shutdown
+        assert len(runs) - len(ran) <= len(clocks)
         by_pid = {c.proc.pid for c in clocks}
         assert {int(r["claimed_by"].rsplit(":", 1)[1]) for r in runs} <= by_pid
 
