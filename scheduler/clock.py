@@ -49,6 +49,8 @@ _YIELD_EVERY_FIRES = 128
 _SWITCH_INTERVAL_S = 0.001
 # After the final SIGKILL, how long shutdown waits for the runs to be reaped.
 _REAP_WAIT_S = 5.0
+# With a store, a fire is claimed this long before it is due, so that it starts on time all the same.
+CLAIM_AHEAD_S = 1.0
 
 
 class WallClock(Protocol):
@@ -120,6 +122,16 @@ class _TaskState:
         return any(not run.done for run in self.runs)
 
 
+@dataclass(slots=True)
+class _Claim:
+    """A fire's claim in the store, made ahead of it; `answer` is the store's: won, lost, or None (the
+    store could not say)."""
+
+    record: RunRecord
+    due: float
+    answer: asyncio.Future[bool | None]
+
+
 class _Entry(NamedTuple):
     """A queued fire. Ordered as a tuple, by due time then by the unique seq (C-speed comparisons)."""
 
@@ -162,6 +174,8 @@ class Clock:
         self._run_blocking = run_blocking or _run_in_thread
         self._recorder = recorder
         self._to_claim: list[tuple[_TaskState, datetime]] = []
+        self._claim_heap: list[_Entry] = []  # the fires not claimed yet, by due time
+        self._claims: dict[tuple[str, datetime], _Claim] = {}  # claims of fires not due yet
         self._recorded: set[str] = set()  # run ids of the runs whose end goes to the store
         self._dispatch_ts = 0.0
         self._batch_fired = 0
@@ -215,6 +229,8 @@ class Clock:
             await self._dispatch_due(now)
             if self._stop_signals:
                 break
+            if self._recorder is not None:
+                self._claim_ahead(now)
             if self._reload_requested and self._refresh_job is None:
                 self._reload_requested = False
                 self._start_refresh("signal")
@@ -229,6 +245,8 @@ class Clock:
             delay = MAX_SLEEP_S - abs((current - last_poll).total_seconds())
             if self._heap:
                 delay = min(delay, self._heap[0].due - current.timestamp())
+            if self._claim_heap:
+                delay = min(delay, self._claim_heap[0].due - CLAIM_AHEAD_S - current.timestamp())
             if delay > 0:
                 await self._clock.sleep(delay, self._wake)
             self._wake.clear()
@@ -250,6 +268,8 @@ class Clock:
             instant.timestamp() + jitter, next(self._seq), state.spec.name, instant, state.generation
         )
         heapq.heappush(self._heap, entry)
+        if self._recorder is not None:
+            heapq.heappush(self._claim_heap, entry)
 
     async def _dispatch_due(self, now: datetime) -> None:
         now_ts = self._dispatch_ts = now.timestamp()
@@ -297,12 +317,13 @@ class Clock:
         late_s = now.timestamp() - (entry.due if count == 1 else newest.timestamp())
         state.last_instant = newest if not capped else now
         self._push(state, upcoming)
+        if count > 1 and self._recorder is not None:
+            self._release(spec.name, first)  # claimed ahead, then missed
         if late_s <= spec.grace_s and not capped:
             if count > 1:
                 self._missed(spec.name, count - 1, first, previous or first, capped=False)
             if self._recorder is not None:
-                self._to_claim.append((state, newest))  # claimed together at the end of the batch
-                return False
+                return self._fire_claimed(state, newest)
             return self._fire(state, newest, "schedule")
         self._missed(spec.name, count, first, newest, capped=capped)
         return False
@@ -328,6 +349,83 @@ class Clock:
                 due.append((state, missed))
         if due:
             self._track(self._claim_and_fire(due, "catch_up"))
+
+    def _claim_ahead(self, now: datetime) -> None:
+        """Claim, in one batch, the fires due within CLAIM_AHEAD_S, so that the store's answer is there
+        when they are due; then release the claims whose fire has passed unused (a reload changed or
+        removed the task) as skipped."""
+        assert self._recorder is not None
+        now_ts = now.timestamp()
+        for key, claim in list(self._claims.items()):
+            if claim.due <= now_ts:
+                self._release(*key)
+        horizon = now_ts + CLAIM_AHEAD_S
+        batch: list[_Claim] = []
+        while self._claim_heap and self._claim_heap[0].due <= horizon:
+            entry = heapq.heappop(self._claim_heap)
+            key = (entry.name, entry.instant)
+            if not self._is_live(entry) or key in self._claims:
+                continue
+            record = RunRecord(
+                task=entry.name,
+                scheduled_for=entry.instant,
+                trigger="schedule",
+                run_id=_new_run_id(),
+                claimed_by=self._recorder.claimed_by,
+                started_at=datetime.fromtimestamp(max(entry.due, now_ts), UTC),  # when it is to start
+            )
+            claim = _Claim(record, entry.due, asyncio.get_running_loop().create_future())
+            self._claims[key] = claim
+            batch.append(claim)
+        if batch:
+            self._track(self._ask(batch))
+
+    async def _ask(self, batch: list[_Claim]) -> None:
+        assert self._recorder is not None
+        won: list[bool] | None = None
+        try:
+            won = await self._recorder.claim([claim.record for claim in batch])
+        finally:
+            for i, claim in enumerate(batch):
+                if not claim.answer.done():
+                    claim.answer.set_result(None if won is None else won[i])
+
+    def _fire_claimed(self, state: _TaskState, instant: datetime) -> bool:
+        """Fire a due instant by its claim: at once if the answer is in (True if a run started), else
+        when it comes; an instant that was not claimed ahead is claimed with the rest of the batch."""
+        claim = self._claims.pop((state.spec.name, instant), None)
+        if claim is None:
+            self._to_claim.append((state, instant))
+        elif claim.answer.done():
+            return self._decide(state, instant, "schedule", claim.record, claim.answer.result())
+        else:
+            self._track(self._fire_when_answered(state, instant, claim))
+        return False
+
+    async def _fire_when_answered(self, state: _TaskState, instant: datetime, claim: _Claim) -> None:
+        ours = await claim.answer
+        if self._tasks.get(state.spec.name) is not state or self._stop_signals:
+            if ours:
+                self._end_unrun(claim.record.run_id)
+            return
+        self._decide(state, instant, "schedule", claim.record, ours, yield_cpu=True)
+
+    def _release(self, name: str, instant: datetime) -> None:
+        """Give up a claim made ahead that will not be used: a won one is recorded as skipped."""
+        claim = self._claims.pop((name, instant), None)
+        if claim is None:
+            return
+        run_id = claim.record.run_id
+        if claim.answer.done():
+            if claim.answer.result():
+                self._end_unrun(run_id)
+        else:
+
+            def when_answered(answer: asyncio.Future[bool | None]) -> None:
+                if answer.result():
+                    self._end_unrun(run_id)
+
+            claim.answer.add_done_callback(when_answered)
 
     async def _claim_and_fire(self, due: list[tuple[_TaskState, datetime]], trigger: str) -> None:
         """Claim the instants in the store, together, and run those this clock won.
@@ -356,32 +454,42 @@ class Clock:
         last = max((i for i, ours in enumerate(answers) if ours is not False), default=-1)
         started = 0
         for i, ((state, instant), record, ours) in enumerate(zip(due, records, answers, strict=True)):
-            if ours is False:
-                self._log.debug(
-                    "task.skipped", task=record.task, scheduled_for=_iso(instant), reason="claimed_elsewhere"
-                )
-                continue
             if self._stop_signals or self._tasks.get(record.task) is not state:
                 # Stopping, or the task was removed by a reload while the claim was out.
                 if ours:
                     self._end_unrun(record.run_id)
                 continue
-            if ours is None:
-                if state.spec.require_store:
-                    self._log.warning(
-                        "task.skipped",
-                        task=record.task,
-                        scheduled_for=_iso(instant),
-                        reason="store_unavailable",
-                    )
-                    continue
-                self._recorder.started_unclaimed(record)
-            self._recorded.add(record.run_id)
             # As in a batch from the heap: the first and the last start give their child the CPU at once.
-            if self._fire(state, instant, trigger, run_id=record.run_id, yield_cpu=started == 0 or i == last):
+            if self._decide(state, instant, trigger, record, ours, yield_cpu=started == 0 or i == last):
                 started += 1
                 if started % _YIELD_EVERY_FIRES == 0:
                     await asyncio.sleep(0)
+
+    def _decide(
+        self,
+        state: _TaskState,
+        instant: datetime,
+        trigger: str,
+        record: RunRecord,
+        ours: bool | None,
+        yield_cpu: bool | None = None,
+    ) -> bool:
+        """Run a claimed instant or not, by the store's answer; True if a run started."""
+        if ours is False:
+            self._log.debug(
+                "task.skipped", task=record.task, scheduled_for=_iso(instant), reason="claimed_elsewhere"
+            )
+            return False
+        if ours is None:
+            if state.spec.require_store:
+                self._log.warning(
+                    "task.skipped", task=record.task, scheduled_for=_iso(instant), reason="store_unavailable"
+                )
+                return False
+            assert self._recorder is not None
+            self._recorder.started_unclaimed(record)
+        self._recorded.add(record.run_id)
+        return self._fire(state, instant, trigger, run_id=record.run_id, yield_cpu=yield_cpu)
 
     def _end_unrun(self, run_id: str) -> None:
         """A claimed instant that was not run after all (overlap, shutdown): say so in the store."""
@@ -533,6 +641,9 @@ class Clock:
         if len(self._heap) > 2 * len(tasks) + 64:
             self._heap = [e for e in self._heap if self._is_live(e)]
             heapq.heapify(self._heap)
+        if len(self._claim_heap) > 2 * len(tasks) + 64:
+            self._claim_heap = [e for e in self._claim_heap if self._is_live(e)]
+            heapq.heapify(self._claim_heap)
         gc.freeze()
         self._log.info(
             "config.reloaded", added=diff.added, removed=diff.removed, changed=diff.changed, trigger=trigger
@@ -553,6 +664,8 @@ class Clock:
         """
         if self._refresh_job is not None:
             self._refresh_job.cancel()  # a reload still parsing in its thread is dropped
+        for key in list(self._claims):
+            self._release(*key)
         first = self._stop_signals[0]
         self._log.info("scheduler.stopping", signal=first, running=len(self.running_runs))
         deadline = asyncio.get_running_loop().time() + self._shutdown_grace_s

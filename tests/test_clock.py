@@ -181,6 +181,10 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
+def ran(fake: FakeClock) -> set[str]:
+    return {r.run_id for r in fake.runs}
+
+
 def fired(fake: FakeClock, name: str | None = None) -> list[datetime]:
     return [r.scheduled_for for r in fake.runs if name is None or r.task.name == name]
 
@@ -398,12 +402,20 @@ class FakeRecorder:
 
     claimed_by = "here:1"
 
-    def __init__(self, claimed: dict[tuple[str, datetime], str] | None = None, down: bool = False) -> None:
+    def __init__(
+        self,
+        claimed: dict[tuple[str, datetime], str] | None = None,
+        down: bool = False,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.now = now
         self.claimed = claimed if claimed is not None else {}  # (task, instant) -> claimed_by
         self.down = down
         self.unclaimed: list[RunRecord] = []
         self.finished_runs: dict[str, dict[str, Any]] = {}
         self.triggers: dict[str, str] = {}
+        self.run_ids: dict[tuple[str, datetime], str] = {}
+        self.claimed_at: dict[tuple[str, datetime], datetime] = {}
         self.closed = False
         self.race: dict[tuple[str, datetime], str] = {}  # claimed by another clock just after start()
 
@@ -425,6 +437,9 @@ class FakeRecorder:
             won.append(key not in self.claimed)
             self.claimed.setdefault(key, r.claimed_by)
             self.triggers[r.run_id] = r.trigger
+            self.run_ids.setdefault(key, r.run_id)
+            if self.now is not None:
+                self.claimed_at[key] = self.now()
         return won
 
     def started_unclaimed(self, record: RunRecord) -> None:
@@ -441,15 +456,56 @@ class TestStore:
     def test_each_instant_claimed_and_its_end_recorded(self) -> None:
         """With a store, every instant is claimed before it runs and each run's end is recorded."""
         fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
-        recorder = FakeRecorder()
+        recorder = FakeRecorder(now=fake.now)
         drive(config(task("tick", "* * * * * *")), fake, recorder=recorder)
         instants = [T0 + timedelta(seconds=s) for s in (1, 2, 3)]
         assert instants == fired(fake)
-        assert {("tick", i): "here:1" for i in instants} == recorder.claimed
-        assert {r.run_id for r in fake.runs} == set(recorder.finished_runs)
-        assert {"succeeded"} == {f["status"] for f in recorder.finished_runs.values()}
-        assert {"out"} == {f["output"] for f in recorder.finished_runs.values()}
+        assert all(r.started == r.scheduled_for for r in fake.runs)
+        # Each claimed a second or less ahead: 4 s was claimed too, and given up as skipped at the stop.
+        assert {("tick", i): "here:1" for i in [*instants, T0 + timedelta(seconds=4)]} == recorder.claimed
+        assert all(0 < (i - at).total_seconds() <= 1 for (_, i), at in recorder.claimed_at.items())
+        ends = recorder.finished_runs
+        assert {r.run_id: "succeeded" for r in fake.runs} == {
+            k: f["status"] for k, f in ends.items() if k in ran(fake)
+        }
+        assert ["skipped"] == [f["status"] for k, f in ends.items() if k not in ran(fake)]
+        assert {"out"} == {f["output"] for k, f in ends.items() if k in ran(fake)}
         assert recorder.closed
+
+    def test_a_changed_task_keeps_its_claim(self) -> None:
+        """A reload changes a task whose next fire was claimed already: that fire runs, by that claim."""
+        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
+        fake.at(
+            T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
+        )
+        logs = drive(
+            config(task("tick", "* * * * * *")),
+            fake,
+            reload_config=lambda: config(task("tick", "* * * * * *", timeout_s=5.0)),
+            recorder=FakeRecorder(),
+        )
+        assert [T0 + timedelta(seconds=s) for s in (1, 2, 3)] == fired(fake)
+        assert [None, 5.0, 5.0] == [r.task.timeout_s for r in fake.runs]
+        assert [] == events(logs, "task.skipped")
+
+    def test_claims_of_a_removed_task_are_given_up(self) -> None:
+        """A task removed by a reload after its next fire was claimed: that claim is recorded as skipped."""
+        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=4, milliseconds=500))
+        recorder = FakeRecorder()
+        fake.at(
+            T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
+        )
+        drive(
+            config(task("gone", "* * * * * *"), task("kept", "*/10 * * * * *")),
+            fake,
+            reload_config=lambda: config(task("kept", "*/10 * * * * *")),
+            recorder=recorder,
+        )
+        assert [T0 + timedelta(seconds=1)] == fired(fake, "gone")
+        claimed = sorted(i for (name, i) in recorder.claimed if name == "gone")
+        assert [T0 + timedelta(seconds=s) for s in (1, 2)] == claimed
+        unused = recorder.run_ids[("gone", T0 + timedelta(seconds=2))]
+        assert "skipped" == recorder.finished_runs[unused]["status"]
 
     def test_a_claimed_burst_yields_the_cpu_first_and_last(self) -> None:
         """Runs claimed together start back to back; the first and the last let the new children run."""
@@ -485,14 +541,18 @@ class TestStore:
         recorder = FakeRecorder()
         drive(config(task("slow", "* * * * * *", overlap="skip")), fake, recorder=recorder)
         statuses = sorted(f["status"] for f in recorder.finished_runs.values())
-        assert ["killed", "skipped"] == statuses
+        # 1 s ran until the stop; 2 s was skipped for overlap; 3 s, claimed ahead, was given up at the stop.
+        assert ["killed", "skipped", "skipped"] == statuses
 
     def test_store_output_false_keeps_no_output(self) -> None:
         """store_output: false records the end of a run without its output."""
         fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=1, milliseconds=700))
         recorder = FakeRecorder()
         drive(config(task("quiet", "* * * * * *", store_output=False)), fake, recorder=recorder)
-        assert [None] == [f["output"] for f in recorder.finished_runs.values()]
+        (run,) = fake.runs
+        assert ("succeeded", None) == tuple(
+            recorder.finished_runs[run.run_id][k] for k in ("status", "output")
+        )
 
 
 class TestCatchUp:
