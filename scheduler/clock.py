@@ -428,14 +428,7 @@ class Clock:
             claim.answer.add_done_callback(when_answered)
 
     async def _claim_and_fire(self, due: list[tuple[_TaskState, datetime]], trigger: str) -> None:
-        """Claim the instants in the store, together, and run those this clock won.
-
-        Store policy: an instant another clock claimed is skipped here (task.skipped, reason
-        claimed_elsewhere, at debug level). When the store is unavailable or does not answer within the
-        claim timeout, a task with require_store is skipped (reason store_unavailable) and any other runs
-        best-effort: at most once is then not guaranteed, as without a store; its run is recorded when the
-        store is back.
-        """
+        """Claim instants that were not claimed ahead (a late fire, a catch-up) together, then decide each."""
         assert self._recorder is not None
         now = self._clock.now()
         records = [
@@ -474,7 +467,14 @@ class Clock:
         ours: bool | None,
         yield_cpu: bool | None = None,
     ) -> bool:
-        """Run a claimed instant or not, by the store's answer; True if a run started."""
+        """Run a claimed instant or not, by the store's answer; True if a run started.
+
+        Store policy: an instant another clock claimed is skipped here (task.skipped, reason
+        claimed_elsewhere, at debug level). When the store is unavailable or did not answer within the
+        claim timeout, a task with require_store is skipped (reason store_unavailable) and any other runs
+        best-effort: at most once is then not guaranteed, as without a store; its run is recorded when the
+        store is back. A clock that dies loses the fires it claimed ahead: at most once, not exactly once.
+        """
         if ours is False:
             self._log.debug(
                 "task.skipped", task=record.task, scheduled_for=_iso(instant), reason="claimed_elsewhere"
