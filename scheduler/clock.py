@@ -392,9 +392,11 @@ class Clock:
 
     def _fire_claimed(self, state: _TaskState, instant: datetime) -> bool:
         """Fire a due instant by its claim: at once if the answer is in (True if a run started), else
-        when it comes; an instant that was not claimed ahead is claimed with the rest of the batch."""
+        when it comes. An instant that was not claimed ahead, or whose claim ahead another clock won, is
+        claimed (again) now with the rest of the batch: a clock that won it and then stopped before it was
+        due gave it back, and this clock runs it instead."""
         claim = self._claims.pop((state.spec.name, instant), None)
-        if claim is None:
+        if claim is None or (claim.answer.done() and claim.answer.result() is False):
             self._to_claim.append((state, instant))
         elif claim.answer.done():
             return self._decide(state, instant, "schedule", claim.record, claim.answer.result())
@@ -406,26 +408,36 @@ class Clock:
         ours = await claim.answer
         if self._tasks.get(state.spec.name) is not state or self._stop_signals:
             if ours:
-                self._end_unrun(claim.record.run_id)
+                self._give_back(claim.record.run_id)
+            return
+        if ours is False:
+            await self._claim_and_fire([(state, instant)], "schedule")
             return
         self._decide(state, instant, "schedule", claim.record, ours, yield_cpu=True)
 
     def _release(self, name: str, instant: datetime) -> None:
-        """Give up a claim made ahead that will not be used: a won one is recorded as skipped."""
+        """Give up a claim made ahead that will not be used; a won one is given back to the store."""
         claim = self._claims.pop((name, instant), None)
         if claim is None:
             return
         run_id = claim.record.run_id
         if claim.answer.done():
             if claim.answer.result():
-                self._end_unrun(run_id)
+                self._give_back(run_id)
         else:
 
             def when_answered(answer: asyncio.Future[bool | None]) -> None:
                 if answer.result():
-                    self._end_unrun(run_id)
+                    self._give_back(run_id)
 
             claim.answer.add_done_callback(when_answered)
+
+    def _give_back(self, run_id: str) -> None:
+        """A won claim whose run will not start (this clock is stopping, or the task was removed): delete
+        it, so that another clock, asking again when the instant is due, or a catch-up, can run it."""
+        self._recorded.discard(run_id)
+        if self._recorder is not None:
+            self._recorder.released(run_id)
 
     async def _claim_and_fire(self, due: list[tuple[_TaskState, datetime]], trigger: str) -> None:
         """Claim instants that were not claimed ahead (a late fire, a catch-up) together, then decide each."""
@@ -450,7 +462,7 @@ class Clock:
             if self._stop_signals or self._tasks.get(record.task) is not state:
                 # Stopping, or the task was removed by a reload while the claim was out.
                 if ours:
-                    self._end_unrun(record.run_id)
+                    self._give_back(record.run_id)
                 continue
             # As in a batch from the heap: the first and the last start give their child the CPU at once.
             if self._decide(state, instant, trigger, record, ours, yield_cpu=started == 0 or i == last):
@@ -473,7 +485,8 @@ class Clock:
         claimed_elsewhere, at debug level). When the store is unavailable or did not answer within the
         claim timeout, a task with require_store is skipped (reason store_unavailable) and any other runs
         best-effort: at most once is then not guaranteed, as without a store; its run is recorded when the
-        store is back. A clock that dies loses the fires it claimed ahead: at most once, not exactly once.
+        store is back. A clock that stops gives back what it claimed ahead (_give_back); one that dies
+        cannot, and those fires do not run: at most once, not exactly once.
         """
         if ours is False:
             self._log.debug(
@@ -492,7 +505,7 @@ class Clock:
         return self._fire(state, instant, trigger, run_id=record.run_id, yield_cpu=yield_cpu)
 
     def _end_unrun(self, run_id: str) -> None:
-        """A claimed instant that was not run after all (overlap, shutdown): say so in the store."""
+        """A claimed instant that this clock decided not to run (overlap, a failure to start): say so."""
         self._recorded.discard(run_id)
         if self._recorder is not None:
             self._recorder.finished(

@@ -48,7 +48,7 @@ def clock_identity() -> str:
 
 
 class _Write:
-    """A queued write: insert a run fired without a claim, or record the end of a run."""
+    """A queued write: insert a run fired without a claim, give back a claim, or record the end of a run."""
 
     __slots__ = ("args", "kind")
 
@@ -125,6 +125,10 @@ class Recorder:
         """Note the end of a run (finish's keyword arguments); written in the background."""
         self._queue(_Write("finish", {"run_id": run_id, **fields}))
 
+    def released(self, run_id: str) -> None:
+        """Give back a claim whose run will not start; written in the background."""
+        self._queue(_Write("release", {"run_id": run_id}))
+
     async def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Give the queued writes up to timeout_s to reach the store, then let go of it."""
         if self._reconnect_job is not None:
@@ -170,6 +174,8 @@ class Recorder:
             try:
                 if write.kind == "record":
                     self.store.record(write.args["record"])
+                elif write.kind == "release":
+                    self.store.release(write.args["run_id"])
                 else:
                     self.store.finish(**write.args)
             except BaseException:

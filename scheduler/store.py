@@ -147,6 +147,8 @@ _SQL_INSERT_BATCH = f"""
 """
 # No RETURNING, here or in SQLite elsewhere: it needs SQLite 3.35, newer than some systems' Python links.
 _SQL_TASK_OF_RUN = "SELECT task FROM scheduler_runs WHERE run_id = ?"
+# Only a claim that never started: a run that did start keeps its row whatever happens.
+_SQL_RELEASE = "DELETE FROM scheduler_runs WHERE run_id = ? AND status = 'running' AND finished_at IS NULL"
 _SQL_FINISH = """
     UPDATE scheduler_runs
     SET finished_at = ?, status = ?, exit_code = ?, signal = ?, duration_s = ?, output = ?
@@ -320,6 +322,11 @@ class Store(ABC):
                     self._query(_SQL_RETENTION, (task, task, self.keep_runs, task))
 
         self._call("finish a run", finish)
+
+    def release(self, run_id: str) -> None:
+        """Give back a claim whose run never started (its clock stopped first, or the task was removed), so
+        that another clock, or a catch-up, may claim that instant. Unknown run_id: nothing happens."""
+        self._call("release a claim", lambda: self._query(_SQL_RELEASE, (run_id,)))
 
     def last_claimed(self) -> dict[str, datetime]:
         """Per task, the newest scheduled_for it was claimed for (any status; manual runs do not count)."""

@@ -414,7 +414,8 @@ class FakeRecorder:
         self.unclaimed: list[RunRecord] = []
         self.finished_runs: dict[str, dict[str, Any]] = {}
         self.triggers: dict[str, str] = {}
-        self.run_ids: dict[tuple[str, datetime], str] = {}
+        self.run_ids: dict[tuple[str, datetime], str] = {}  # the winning claim's
+        self.released_ids: list[str] = []
         self.claimed_at: dict[tuple[str, datetime], datetime] = {}
         self.closed = False
         self.race: dict[tuple[str, datetime], str] = {}  # claimed by another clock just after start()
@@ -437,7 +438,8 @@ class FakeRecorder:
             won.append(key not in self.claimed)
             self.claimed.setdefault(key, r.claimed_by)
             self.triggers[r.run_id] = r.trigger
-            self.run_ids.setdefault(key, r.run_id)
+            if won[-1]:
+                self.run_ids[key] = r.run_id
             if self.now is not None:
                 self.claimed_at[key] = self.now()
         return won
@@ -447,6 +449,11 @@ class FakeRecorder:
 
     def finished(self, run_id: str, **fields: Any) -> None:
         self.finished_runs[run_id] = fields
+
+    def released(self, run_id: str) -> None:
+        self.released_ids.append(run_id)
+        key = next(k for k, r in self.run_ids.items() if r == run_id)
+        del self.claimed[key], self.run_ids[key]
 
     async def close(self) -> None:
         self.closed = True
@@ -461,15 +468,15 @@ class TestStore:
         instants = [T0 + timedelta(seconds=s) for s in (1, 2, 3)]
         assert instants == fired(fake)
         assert all(r.started == r.scheduled_for for r in fake.runs)
-        # Each claimed a second or less ahead: 4 s was claimed too, and given up as skipped at the stop.
-        assert {("tick", i): "here:1" for i in [*instants, T0 + timedelta(seconds=4)]} == recorder.claimed
+        # Each claimed a second or less ahead; 4 s was claimed too, and given back at the stop.
+        assert {("tick", i): "here:1" for i in instants} == recorder.claimed
+        assert [T0 + timedelta(seconds=s) for s in (1, 2, 3, 4)] == sorted(i for _, i in recorder.claimed_at)
         assert all(0 < (i - at).total_seconds() <= 1 for (_, i), at in recorder.claimed_at.items())
+        assert 1 == len(recorder.released_ids)
         ends = recorder.finished_runs
-        assert {r.run_id: "succeeded" for r in fake.runs} == {
-            k: f["status"] for k, f in ends.items() if k in ran(fake)
+        assert {r.run_id: ("succeeded", "out") for r in fake.runs} == {
+            k: (f["status"], f["output"]) for k, f in ends.items()
         }
-        assert ["skipped"] == [f["status"] for k, f in ends.items() if k not in ran(fake)]
-        assert {"out"} == {f["output"] for k, f in ends.items() if k in ran(fake)}
         assert recorder.closed
 
     def test_a_changed_task_keeps_its_claim(self) -> None:
@@ -491,7 +498,7 @@ class TestStore:
     def test_claims_of_a_removed_task_are_given_up(self) -> None:
         """A task removed by a reload after its next fire was claimed: that claim is recorded as skipped."""
         fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=4, milliseconds=500))
-        recorder = FakeRecorder()
+        recorder = FakeRecorder(now=fake.now)
         fake.at(
             T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
         )
@@ -502,10 +509,25 @@ class TestStore:
             recorder=recorder,
         )
         assert [T0 + timedelta(seconds=1)] == fired(fake, "gone")
-        claimed = sorted(i for (name, i) in recorder.claimed if name == "gone")
-        assert [T0 + timedelta(seconds=s) for s in (1, 2)] == claimed
-        unused = recorder.run_ids[("gone", T0 + timedelta(seconds=2))]
-        assert "skipped" == recorder.finished_runs[unused]["status"]
+        # 2 s was claimed ahead before the reload, then given back: claimable again by anyone.
+        assert ("gone", T0 + timedelta(seconds=2)) in recorder.claimed_at
+        assert [T0 + timedelta(seconds=1)] == [i for (name, i) in recorder.claimed if name == "gone"]
+        assert 1 == len(recorder.released_ids)
+
+    def test_a_claim_lost_ahead_is_asked_again_when_due(self) -> None:
+        """An instant another clock won ahead but gave back (it stopped) is claimed and run here when due;
+        one it keeps is skipped here, logged once."""
+        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
+        other = {("tick", T0 + timedelta(seconds=s)): "there:2" for s in (2, 3)}
+        recorder = FakeRecorder(other)
+        fake.at(
+            T0 + timedelta(seconds=1, milliseconds=500),
+            lambda: other.pop(("tick", T0 + timedelta(seconds=2))),
+        )
+        logs = drive(config(task("tick", "* * * * * *")), fake, recorder=recorder)
+        assert [T0 + timedelta(seconds=s) for s in (1, 2)] == fired(fake)
+        skipped = events(logs, "task.skipped")
+        assert [(T0 + timedelta(seconds=3)).isoformat()] == [e["scheduled_for"] for e in skipped]
 
     def test_a_claimed_burst_yields_the_cpu_first_and_last(self) -> None:
         """Runs claimed together start back to back; the first and the last let the new children run."""
@@ -541,8 +563,9 @@ class TestStore:
         recorder = FakeRecorder()
         drive(config(task("slow", "* * * * * *", overlap="skip")), fake, recorder=recorder)
         statuses = sorted(f["status"] for f in recorder.finished_runs.values())
-        # 1 s ran until the stop; 2 s was skipped for overlap; 3 s, claimed ahead, was given up at the stop.
-        assert ["killed", "skipped", "skipped"] == statuses
+        # 1 s ran until the stop; 2 s was skipped for overlap; 3 s, claimed ahead, was given back at the stop.
+        assert ["killed", "skipped"] == statuses
+        assert 1 == len(recorder.released_ids)
 
     def test_store_output_false_keeps_no_output(self) -> None:
         """store_output: false records the end of a run without its output."""

@@ -71,6 +71,10 @@ class MemoryStore:
         self._enter()
         self.writes.append(("finish", run_id))
 
+    def release(self, run_id: str) -> None:
+        self._enter()
+        self.writes.append(("release", run_id))
+
 
 def record(run_id: str, second: int = 0) -> RunRecord:
     return RunRecord(
@@ -110,7 +114,7 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 class TestClaims:
     def test_claims_and_writes_reach_the_store(self) -> None:
-        """A claim returns the store's answer; ends of runs are written in the background, in order."""
+        """A claim returns the store's answer; ends and give-backs are written in the background, in order."""
         store = MemoryStore()
 
         async def main() -> tuple[list[bool] | None, list[bool] | None]:
@@ -118,12 +122,12 @@ class TestClaims:
             first = await recorder.claim([record("a", 1), record("b", 2)])
             again = await recorder.claim([record("c", 1)])
             end(recorder, "a")
-            end(recorder, "b")
+            recorder.released("b")
             await recorder.close()
             return first, again
 
         assert ([True, True], [False]) == run(main())
-        assert [("finish", "a"), ("finish", "b")] == store.writes
+        assert [("finish", "a"), ("release", "b")] == store.writes
 
     def test_start_reads_the_newest_claims(self) -> None:
         """start connects and returns the newest claimed instant per task."""

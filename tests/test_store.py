@@ -545,6 +545,27 @@ class TestRecord:
         assert [record] == store.history()
 
 
+class TestRelease:
+    def test_given_back_claim_can_be_claimed_again(self, make_store: Callable[..., Store]) -> None:
+        """A released claim is gone: another clock's claim of that instant then wins."""
+        first, second = make_store(), make_store()
+        record = run()
+        first.claim([record])
+        assert [False] == second.claim([run()])
+        first.release(record.run_id)
+        assert ([], {}) == (first.history(), first.last_claimed())
+        assert [True] == second.claim([run()])
+
+    def test_a_run_that_started_is_never_released(self, store: Store) -> None:
+        """Releasing a finished run, or an unknown run id, deletes nothing."""
+        record = run()
+        store.claim([record])
+        finish(store, record)
+        store.release(record.run_id)
+        store.release("not-a-run-id")
+        assert [record.run_id] == [r.run_id for r in store.history()]
+
+
 class TestFinish:
     def test_sets_the_end(self, store: Store) -> None:
         """The end of a run replaces its running state."""

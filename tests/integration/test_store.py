@@ -102,6 +102,25 @@ class TestSeveralClocks:
         assert len(after) >= 4
         assert {"tick"} == {e["task"] for c in clocks[1:] for e in c.named("task.started")}
 
+    def test_a_clock_stopping_leaves_no_gap(self, tmp_path: Path, postgres_store_url: str) -> None:
+        """One of two clocks is stopped (a deploy): the instants it had claimed ahead are given back and run
+        by the other, so every second runs exactly once, with no gap."""
+        clocks = start_clocks(tmp_path, PER_SECOND, postgres_store_url, 2)
+        try:
+            clocks[0].wait_event("task.started", count=2, timeout=20)
+            clocks[1].wait_event("task.started", count=2, timeout=20)
+            assert 0 == clocks[0].stop()
+            stopped = time.time()
+            clocks[1].wait_for(
+                lambda evs: any(at(e["scheduled_for"]).timestamp() > stopped + 3 for e in evs if "pid" in e)
+            )
+        finally:
+            stop_all(clocks)
+        counts = started_instants(clocks)
+        assert all(n == 1 for n in counts.values()), {i: n for i, n in counts.items() if n != 1}
+        seconds = sorted(int(at(i).timestamp()) for i in counts)
+        assert list(range(seconds[0], seconds[-1] + 1)) == seconds
+
     def test_sqlite_refuses_a_second_clock(self, tmp_path: Path) -> None:
         """Two clocks on one SQLite file: the second refuses to start and says why."""
         store = f"sqlite:///{tmp_path / 'state.db'}"  # an absolute path: sqlite:////tmp/...
