@@ -212,7 +212,7 @@ class Clock:
 
     async def run(self) -> None:
         """Fire tasks until a stop is requested, then shut down within the grace."""
-        claimed = await self._recorder.start() if self._recorder is not None else None
+        claimed = await self._recorder.start(self._clock.now()) if self._recorder is not None else None
         now = self._clock.now()
         for spec in self.config.tasks.values():
             self._tasks[spec.name] = state = _TaskState(spec)

@@ -93,18 +93,22 @@ class Recorder:
     def available(self) -> bool:
         return self._available
 
-    async def start(self) -> dict[str, datetime] | None:
-        """Connect (creating or upgrading the schema) and read, per task, the newest instant any clock
-        claimed, for catch-up; None when the store cannot be reached (then the outage has begun)."""
+    async def start(self, now: datetime) -> dict[str, datetime] | None:
+        """Connect (creating or upgrading the schema), mark the runs a dead clock left `running` as lost,
+        and read, per task, the newest instant any clock claimed, for catch-up; None when the store cannot
+        be reached (then the outage has begun)."""
         try:
-            return await self._call(self._connect_and_read, self._call_timeout_s)
+            lost, claimed = await self._call(lambda: self._connect_and_read(now), self._call_timeout_s)
         except StoreError as exc:
             self._went_down(exc)
             return None
+        if lost:
+            self._log.warning("store.lost_runs", runs=lost)
+        return claimed
 
-    def _connect_and_read(self) -> dict[str, datetime]:
+    def _connect_and_read(self, now: datetime) -> tuple[int, dict[str, datetime]]:
         self.store.connect()
-        return self.store.last_claimed()
+        return self.store.mark_lost(self.claimed_by, now), self.store.last_claimed()
 
     async def claim(self, records: Sequence[RunRecord]) -> list[bool] | None:
         """Whether this clock won each instant; None when the store is unavailable or did not answer within

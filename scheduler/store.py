@@ -149,6 +149,10 @@ _SQL_INSERT_BATCH = f"""
 _SQL_TASK_OF_RUN = "SELECT task FROM scheduler_runs WHERE run_id = ?"
 # Only a claim that never started: a run that did start keeps its row whatever happens.
 _SQL_RELEASE = "DELETE FROM scheduler_runs WHERE run_id = ? AND status = 'running' AND finished_at IS NULL"
+_SQL_LOST = """
+    UPDATE scheduler_runs SET status = 'lost', finished_at = ?
+    WHERE status = 'running' AND finished_at IS NULL
+"""
 _SQL_FINISH = """
     UPDATE scheduler_runs
     SET finished_at = ?, status = ?, exit_code = ?, signal = ?, duration_s = ?, output = ?
@@ -328,6 +332,17 @@ class Store(ABC):
         that another clock, or a catch-up, may claim that instant. Unknown run_id: nothing happens."""
         self._call("release a claim", lambda: self._query(_SQL_RELEASE, (run_id,)))
 
+    def mark_lost(self, claimed_by: str, at: datetime) -> int:
+        """Mark as `lost` the runs still `running` that no living clock can finish: in SQLite, whose clock
+        holds the single-clock lock, all of them; in PostgreSQL, those claimed under `claimed_by`, the
+        starting clock's own name (a restarted Heroku dyno often gets the same name and pid). A run that
+        does finish later (a run-now still going) gets its real status back. Returns how many."""
+        if self._owns_all_runs():
+            sql, params = _SQL_LOST, (self._to_db(at),)
+        else:
+            sql, params = f"{_SQL_LOST} AND claimed_by = ?", (self._to_db(at), claimed_by)
+        return self._call("mark lost runs", lambda: self._update(sql, params))
+
     def last_claimed(self) -> dict[str, datetime]:
         """Per task, the newest scheduled_for it was claimed for (any status; manual runs do not count)."""
         rows = self._call("read the last claims", lambda: self._query(_SQL_LAST_CLAIMED))
@@ -424,6 +439,14 @@ class Store(ABC):
     @abstractmethod
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Run one statement written with '?' placeholders; its rows, if it returns any."""
+
+    @abstractmethod
+    def _update(self, sql: str, params: Sequence[object]) -> int:
+        """Run one statement that changes rows (autocommitted); how many it changed."""
+
+    def _owns_all_runs(self) -> bool:
+        """Whether this store's clock is the only one (so that any run still `running` is lost)."""
+        return False
 
     @abstractmethod
     def _insert(self, rows: list[tuple[object, ...]]) -> list[bool]:
@@ -534,6 +557,12 @@ class _SQLiteStore(Store):
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         return self._connection().execute(sql, params).fetchall()
 
+    def _update(self, sql: str, params: Sequence[object]) -> int:
+        return self._connection().execute(sql, params).rowcount
+
+    def _owns_all_runs(self) -> bool:
+        return self._lock_fd is not None
+
     def _insert(self, rows: list[tuple[object, ...]]) -> list[bool]:
         # One statement per row, but in-process and in one transaction: no round trips to save here.
         conn = self._connection()
@@ -609,6 +638,9 @@ class _PostgresStore(Store):
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         cursor = self._connection().execute(sql.replace("?", "%s"), params)
         return cursor.fetchall() if cursor.description is not None else []
+
+    def _update(self, sql: str, params: Sequence[object]) -> int:
+        return self._connection().execute(sql.replace("?", "%s"), params).rowcount
 
     def _insert(self, rows: list[tuple[object, ...]]) -> list[bool]:
         columns = [list(column) for column in zip(*rows, strict=True)]

@@ -420,7 +420,7 @@ class FakeRecorder:
         self.closed = False
         self.race: dict[tuple[str, datetime], str] = {}  # claimed by another clock just after start()
 
-    async def start(self) -> dict[str, datetime] | None:
+    async def start(self, now: datetime) -> dict[str, datetime] | None:
         if self.down:
             return None
         newest: dict[str, datetime] = {}

@@ -35,6 +35,7 @@ class MemoryStore:
         self.writes: list[tuple[str, str]] = []  # (kind, run_id) in the order they reached the store
         self.connects = 0
         self.calls = 0
+        self.lost = 0
 
     def _enter(self) -> None:
         self.calls += 1
@@ -48,6 +49,10 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+    def mark_lost(self, claimed_by: str, at: datetime) -> int:
+        self._enter()
+        return self.lost
 
     def last_claimed(self) -> dict[str, datetime]:
         self._enter()
@@ -130,18 +135,21 @@ class TestClaims:
         assert [("finish", "a"), ("release", "b")] == store.writes
 
     def test_start_reads_the_newest_claims(self) -> None:
-        """start connects and returns the newest claimed instant per task."""
+        """start connects, reports runs a dead clock left running, and returns the newest claims per task."""
         store = MemoryStore()
+        store.lost = 2
         store.claimed = {("t", T0), ("t", T0 + timedelta(hours=1))}
 
         async def main() -> dict[str, datetime] | None:
             recorder = make(store)
-            got = await recorder.start()
+            got = await recorder.start(T0)
             await recorder.close()
             return got
 
-        assert {"t": T0 + timedelta(hours=1)} == run(main())
+        with capture_logs() as logs:
+            assert {"t": T0 + timedelta(hours=1)} == run(main())
         assert 1 == store.connects
+        assert [2] == [e["runs"] for e in events(logs, "store.lost_runs")]
 
     def test_a_slow_store_is_not_waited_for(self) -> None:
         """A claim the store does not answer within the claim timeout gives None: the clock decides alone."""

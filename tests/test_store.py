@@ -566,6 +566,31 @@ class TestRelease:
         assert [record.run_id] == [r.run_id for r in store.history()]
 
 
+class TestMarkLost:
+    def test_postgres_marks_only_its_own_name(self, make_store: Callable[..., Store], url: str) -> None:
+        """Runs left running under the starting clock's own name are lost; others' (maybe alive) are not,
+        unless the store is SQLite with the single-clock lock held: then every running run is lost."""
+        store = make_store()
+        mine, theirs, done = run("a"), replace(run("b"), claimed_by="other:9"), run("c")
+        store.claim([mine, theirs, done])
+        finish(store, done)
+        if url.startswith("sqlite"):
+            store.lock_single_clock()
+        assert (2 if url.startswith("sqlite") else 1) == store.mark_lost("clock.1:4242", T0)
+        statuses = {r.task: r.status for r in store.history()}
+        assert "lost" == statuses["a"]
+        assert ("lost" if url.startswith("sqlite") else "running") == statuses["b"]
+        assert "succeeded" == statuses["c"]
+
+    def test_a_lost_run_that_finishes_gets_its_status(self, store: Store) -> None:
+        """A run marked lost that finishes after all (a run-now still going) is recorded as it ended."""
+        record = run("a", trigger="manual")
+        store.record(record)
+        store.mark_lost(record.claimed_by, T0)
+        finish(store, record, status="failed", exit_code=1)
+        assert ["failed"] == [r.status for r in store.history()]
+
+
 class TestFinish:
     def test_sets_the_end(self, store: Store) -> None:
         """The end of a run replaces its running state."""
