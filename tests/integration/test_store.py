@@ -159,6 +159,25 @@ class TestCatchUp:
         assert caught[0] is again.named("task.started")[0]
 
 
+class TestLostRuns:
+    def test_runs_of_a_killed_clock_are_marked_lost(self, tmp_path: Path) -> None:
+        """kill -9 a SQLite clock during a run: the next clock marks that run lost, and history says so."""
+        store = f"sqlite:///{tmp_path / 'state.db'}"
+        text = 'tasks:\n  slow:\n    schedule: "* * * * * *"\n    command: "sleep 30"\n'
+        (clock,) = start_clocks(tmp_path, text, store, 1)
+        started = clock.wait_event("task.started")[0]
+        clock.proc.kill()
+        clock.proc.wait(10)
+        os.killpg(started["pid"], signal.SIGKILL)  # the orphaned run: nobody else will
+        run_id = started["run_id"]
+        (again,) = start_clocks(tmp_path, text, store, 1)
+        stop_all([again])
+        # That run, and maybe the next second's fire, claimed ahead and never started.
+        assert again.named("store.lost_runs")[0]["runs"] in (1, 2)
+        runs = json.loads(run_cli("history", "--json", "--store", store, cwd=tmp_path).stdout)
+        assert "lost" == next(r["status"] for r in runs if r["run_id"] == run_id)
+
+
 class _Proxy:
     """A TCP proxy to PostgreSQL that the test can cut (refusing and dropping connections) and restore."""
 
