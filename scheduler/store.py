@@ -337,6 +337,7 @@ class Store(ABC):
         holds the single-clock lock, all of them; in PostgreSQL, those claimed under `claimed_by`, the
         starting clock's own name (a restarted Heroku dyno often gets the same name and pid). A run that
         does finish later (a run-now still going) gets its real status back. Returns how many."""
+        params: tuple[object, ...]
         if self._owns_all_runs():
             sql, params = _SQL_LOST, (self._to_db(at),)
         else:
