@@ -13,7 +13,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -21,12 +21,17 @@ from scheduler import __version__, clock, log, runner
 from scheduler.config import DEFAULT_CONFIG_PATH, Config, TaskSpec, load_config, parse_duration, suggest
 from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
 from scheduler.loader import load_config_isolated
+from scheduler.pings import Pinger
 from scheduler.recorder import Recorder, clock_identity
 from scheduler.store import RunRecord, Store, open_store
 from scheduler.watch import FileWatcher
 
+if TYPE_CHECKING:
+    from scheduler.metrics import MetricsServer
+
 EXIT_USAGE = 2  # bad config, unknown task, bad arguments (click uses 2 as well)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the store named cannot be reached
+_PING_FLUSH_S = 1.0  # at exit, pings still queued get this long
 _FD_LIMIT = 65_536
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the message asks for a report instead of showing a traceback
 
@@ -146,6 +151,13 @@ def cli() -> None:
     "--no-watch", is_flag=True, help="Do not reload when the config file changes (SIGHUP still does)."
 )
 @_store_option
+@click.option(
+    "--metrics-addr",
+    envvar="SCHEDULER_METRICS_ADDR",
+    metavar="[HOST:]PORT",
+    help="Serve Prometheus /metrics and /healthz there (also SCHEDULER_METRICS_ADDR); a bare port binds "
+    "127.0.0.1. Off by default.",
+)
 def run(
     config_path: str,
     log_format: log.LogFormat,
@@ -153,6 +165,7 @@ def run(
     shutdown_grace: str,
     no_watch: bool,
     store_url: str | None,
+    metrics_addr: str | None,
 ) -> None:
     """Run the clock: fire every task on its schedule until SIGTERM or SIGINT.
 
@@ -164,11 +177,15 @@ def run(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shutdown-grace") from None
     config = _load(config_path)
+    metrics_server = _serve_metrics(metrics_addr) if metrics_addr else None
     store = _open_store(config, store_url)
     if store is not None:
         store.lock_single_clock()  # SQLite: refuse a second clock on the same file
     log.configure(log_format, log_level)
     logger = log.get_logger()
+    if metrics_server is not None:
+        host, port = metrics_server.address
+        logger.info("metrics.serving", url=f"http://{host}:{port}/metrics")
     if store is None:
         needing = sorted(n for n, t in config.tasks.items() if t.catch_up or t.require_store)
         if needing:
@@ -191,11 +208,32 @@ def run(
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,
             shutdown_grace_s=grace_s,
             recorder=recorder,
+            metrics=metrics_server.metrics if metrics_server is not None else None,
+            pinger=pinger,
         )
         the_clock.install_signal_handlers()
         await the_clock.run()
 
-    asyncio.run(main())
+    pinger = Pinger(log=logger, env=dict(os.environ))
+    try:
+        asyncio.run(main())
+    finally:
+        pinger.close(timeout_s=_PING_FLUSH_S)
+        if metrics_server is not None:
+            metrics_server.close()
+
+
+def _serve_metrics(addr: str) -> MetricsServer:
+    from scheduler.metrics import Metrics, MetricsServer, parse_addr  # prometheus-client: only when asked
+
+    try:
+        host, port = parse_addr(addr)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metrics-addr") from None
+    try:
+        return MetricsServer(Metrics(), host, port)
+    except OSError as exc:
+        raise click.UsageError(f"--metrics-addr {addr}: cannot listen: {exc.strerror or exc}") from None
 
 
 def _raise_fd_limit() -> None:

@@ -12,13 +12,15 @@ import ctypes
 import gc
 import heapq
 import itertools
+import os
 import random
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
@@ -31,8 +33,10 @@ from scheduler.schedule import Schedule
 from scheduler.store import RunRecord
 
 if TYPE_CHECKING:
+    from scheduler.metrics import Metrics
+    from scheduler.pings import Pinger
     from scheduler.recorder import Recorder
-    from scheduler.runner import Run
+    from scheduler.runner import Run, RunResult
 
 _T = TypeVar("_T")
 
@@ -111,11 +115,24 @@ class StartRun(Protocol):
 
 
 @dataclass(slots=True)
+class _Retry:
+    """A failed run's next attempt, waiting out its delay; it keeps what the last attempt left, for the
+    failure notices when the retries end without another attempt."""
+
+    due: float
+    instant: datetime
+    attempt: int  # the attempt this retry will be (2 for the first retry)
+    failed: Run
+    result: RunResult
+
+
+@dataclass(slots=True)
 class _TaskState:
     spec: TaskSpec
     generation: int = 0
     last_instant: datetime | None = None  # the newest instant fired or given up on; never fired again
     runs: list[Run] = field(default_factory=list)
+    retry: _Retry | None = None  # the pending retry, if any
 
     @property
     def busy(self) -> bool:
@@ -160,6 +177,8 @@ class Clock:
         rng: random.Random | None = None,
         run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
         recorder: Recorder | None = None,
+        metrics: Metrics | None = None,
+        pinger: Pinger | None = None,
     ) -> None:
         self.config = config
         self._start_run = start_run
@@ -173,6 +192,9 @@ class Clock:
         self._rng = rng or random.Random()
         self._run_blocking = run_blocking or _run_in_thread
         self._recorder = recorder
+        self._metrics = metrics
+        self._pinger = pinger
+        self._retry_heap: list[tuple[float, int, str]] = []  # (due, seq, task name) of pending retries
         self._to_claim: list[tuple[_TaskState, datetime]] = []
         self._claim_heap: list[_Entry] = []  # the fires not claimed yet, by due time
         self._claims: dict[tuple[str, datetime], _Claim] = {}  # claims of fires not due yet
@@ -226,6 +248,8 @@ class Clock:
         last_poll = now
         while not self._stop_signals:
             now = self._clock.now()
+            if self._metrics is not None:
+                self._metrics.heartbeat()
             await self._dispatch_due(now)
             if self._stop_signals:
                 break
@@ -247,6 +271,8 @@ class Clock:
                 delay = min(delay, self._heap[0].due - current.timestamp())
             if self._claim_heap:
                 delay = min(delay, self._claim_heap[0].due - CLAIM_AHEAD_S - current.timestamp())
+            if self._retry_heap:
+                delay = min(delay, self._retry_heap[0][0] - current.timestamp())
             if delay > 0:
                 await self._clock.sleep(delay, self._wake)
             self._wake.clear()
@@ -270,6 +296,8 @@ class Clock:
         heapq.heappush(self._heap, entry)
         if self._recorder is not None:
             heapq.heappush(self._claim_heap, entry)
+        if self._metrics is not None:
+            self._metrics.next_fire(entry.name, instant.timestamp())
 
     async def _dispatch_due(self, now: datetime) -> None:
         now_ts = self._dispatch_ts = now.timestamp()
@@ -286,6 +314,9 @@ class Clock:
         if self._to_claim:
             batch, self._to_claim = self._to_claim, []
             self._track(self._claim_and_fire(batch, "schedule"))
+        while self._retry_heap and self._retry_heap[0][0] <= now_ts and not self._stop_signals:
+            _, _, name = heapq.heappop(self._retry_heap)
+            self._retry_due(name, now_ts)
 
     def _yield_after_start(self) -> bool:
         """Whether the run about to start should give its child the CPU at once: the first of a batch of
@@ -329,6 +360,8 @@ class Clock:
         return False
 
     def _missed(self, name: str, count: int, first: datetime, last: datetime, *, capped: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.missed(name, count)
         extra: dict[str, Any] = {"count_capped": True} if capped else {}
         self._log.warning("task.missed", task=name, count=count, first=_iso(first), last=_iso(last), **extra)
 
@@ -489,15 +522,11 @@ class Clock:
         cannot, and those fires do not run: at most once, not exactly once.
         """
         if ours is False:
-            self._log.debug(
-                "task.skipped", task=record.task, scheduled_for=_iso(instant), reason="claimed_elsewhere"
-            )
+            self._skipped(record.task, instant, "claimed_elsewhere", self._log.debug)
             return False
         if ours is None:
             if state.spec.require_store:
-                self._log.warning(
-                    "task.skipped", task=record.task, scheduled_for=_iso(instant), reason="store_unavailable"
-                )
+                self._skipped(record.task, instant, "store_unavailable", self._log.warning)
                 return False
             assert self._recorder is not None
             self._recorder.started_unclaimed(record)
@@ -523,6 +552,11 @@ class Clock:
         self._pending.add(job)
         job.add_done_callback(self._job_done)
 
+    def _skipped(self, name: str, instant: datetime, reason: str, log: Callable[..., Any]) -> None:
+        log("task.skipped", task=name, scheduled_for=_iso(instant), reason=reason)
+        if self._metrics is not None:
+            self._metrics.skipped(name, reason)
+
     def _fire(
         self,
         state: _TaskState,
@@ -530,6 +564,7 @@ class Clock:
         trigger: str,
         run_id: str | None = None,
         yield_cpu: bool | None = None,
+        attempt: int = 1,
     ) -> bool:
         """Start a run, subject to the task's overlap policy.
 
@@ -541,7 +576,7 @@ class Clock:
         spec = state.spec
         if state.busy:
             if spec.overlap == "skip":
-                self._log.info("task.skipped", task=spec.name, scheduled_for=_iso(instant), reason="overlap")
+                self._skipped(spec.name, instant, "overlap", self._log.info)
                 if run_id is not None:
                     self._end_unrun(run_id)
                 return False
@@ -549,13 +584,15 @@ class Clock:
                 for run in state.runs:
                     if not run.done:
                         run.stop("killed")
+        if trigger != "retry" and state.retry is not None:
+            self._supersede_retry(state)
         try:
             run = self._start_run(
                 spec,
                 run_id=run_id or _new_run_id(),
                 trigger=trigger,
                 scheduled_for=instant,
-                log=self._log,
+                log=self._log.bind(attempt=attempt) if spec.retries else self._log,
                 env=self._env,
                 yield_cpu=self._yield_after_start() if yield_cpu is None else yield_cpu,
             )
@@ -566,7 +603,11 @@ class Clock:
             return False
         state.runs.append(run)
         self._runs.add(run)
-        self._track(self._forget_when_done(state, run))
+        if self._metrics is not None:
+            self._metrics.run_started(spec.name)
+        if spec.ping_url is not None and self._pinger is not None:
+            self._pinger.start(spec.ping_url, run.run_id, timeout_s=spec.ping_timeout_s)
+        self._track(self._forget_when_done(state, run, attempt))
         return True
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
@@ -578,12 +619,14 @@ class Clock:
         if not job.cancelled() and (exc := job.exception()) is not None:
             self._log.error("scheduler.error", error=f"{type(exc).__name__}: {exc}")
 
-    async def _forget_when_done(self, state: _TaskState, run: Run) -> None:
+    async def _forget_when_done(self, state: _TaskState, run: Run, attempt: int) -> None:
         try:
             result = await run.wait()
         finally:
             state.runs.remove(run)
             self._runs.discard(run)
+        if self._metrics is not None:
+            self._metrics.run_finished(run.task.name, result.status, result.duration_s)
         if self._recorder is not None and run.run_id in self._recorded:
             self._recorded.discard(run.run_id)
             output = (run.output_tail or result.error) if run.task.store_output else None
@@ -595,6 +638,146 @@ class Clock:
                 signal=result.signal,
                 duration_s=result.duration_s,
                 output=output,
+            )
+        if not self._stop_signals:
+            self._after_run(state, run, result, attempt)
+
+    # After a run: retries, pings, hooks
+
+    def _after_run(self, state: _TaskState, run: Run, result: RunResult, attempt: int) -> None:
+        """Retry a failed run, or send its final ping and run its hook.
+
+        Retry policy: a run that did not succeed (failed, timed out, killed by `replace`) is run again
+        while attempts remain (`retries`), after retry_delay × retry_backoff^(n-1), at most retry_max_delay;
+        each attempt is a run of its own with trigger `retry`, under the overlap policy. A scheduled run of
+        the task that starts meanwhile ends the retries, and so does shutdown (or removing the task).
+        The final ping and on_success / on_failure come once, after the last attempt: not for attempts
+        that will be retried, and not during shutdown, when runs are stopped rather than failing.
+        """
+        spec = run.task
+        failed = result.status != "succeeded"
+        if failed and attempt <= spec.retries and self._tasks.get(spec.name) is state:
+            delay = min(spec.retry_delay_s * spec.retry_backoff ** (attempt - 1), spec.retry_max_delay_s)
+            due = self._clock.now().timestamp() + delay
+            state.retry = _Retry(due, run.scheduled_for, attempt + 1, run, result)
+            heapq.heappush(self._retry_heap, (due, next(self._seq), spec.name))
+            self._log.info(
+                "task.retrying",
+                task=spec.name,
+                run_id=run.run_id,
+                attempt=attempt + 1,
+                delay_s=round(delay, 3),
+            )
+            self._wake.set()
+            return
+        self._final(run, result)
+
+    def _final(self, run: Run, result: RunResult) -> None:
+        """The end of a run's attempts: the final ping, and on_success or on_failure."""
+        spec = run.task
+        failed = result.status != "succeeded"
+        output = run.output_tail or result.error or ""
+        if spec.ping_url is not None and self._pinger is not None:
+            self._pinger.finish(
+                spec.ping_url,
+                run.run_id,
+                success=not failed,
+                exit_code=result.exit_code,
+                use_exit_code=spec.ping_exit_code,
+                output=output,
+                timeout_s=spec.ping_timeout_s,
+            )
+        hook = spec.on_failure if failed else spec.on_success
+        if hook is not None:
+            self._start_hook(run, result, hook, "on_failure" if failed else "on_success", output)
+
+    def _retry_due(self, name: str, now_ts: float) -> None:
+        state = self._tasks.get(name)
+        retry = state.retry if state is not None else None
+        if state is None or retry is None or retry.due > now_ts:
+            return  # superseded by a scheduled run, or the task was removed
+        state.retry = None
+        run_id = _new_run_id()
+        if self._recorder is not None:
+            self._recorder.started_unclaimed(
+                RunRecord(
+                    task=name,
+                    scheduled_for=retry.instant,
+                    trigger="retry",
+                    run_id=run_id,
+                    claimed_by=self._recorder.claimed_by,
+                    started_at=self._clock.now(),
+                )
+            )
+            self._recorded.add(run_id)
+        if not self._fire(
+            state, retry.instant, "retry", run_id=run_id, yield_cpu=True, attempt=retry.attempt
+        ):
+            # Skipped for overlap (or a bug): the retries end here, as failed.
+            self._final(retry.failed, retry.result)
+
+    def _supersede_retry(self, state: _TaskState) -> None:
+        """A scheduled run starts while a retry waits: the retries end, and the failure is reported."""
+        retry, state.retry = state.retry, None
+        if retry is not None:
+            self._log.info("task.retry_cancelled", task=state.spec.name, run_id=retry.failed.run_id)
+            self._final(retry.failed, retry.result)
+
+    def _start_hook(
+        self, run: Run, result: RunResult, hook: str | tuple[str, ...], which: str, output: str
+    ) -> None:
+        """Run on_success or on_failure with the run's environment and SCHEDULER_STATUS, _EXIT_CODE,
+        _DURATION_S and _OUTPUT_FILE (a temporary file with the output tail, removed afterwards), under its
+        own timeout. A hook's failure is logged as hook.failed, never retried, and never fails the task."""
+        spec = run.task
+        try:
+            fd, path = tempfile.mkstemp(prefix=f"scheduler-{spec.name}-", suffix=".out")
+            with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+                f.write(output)
+        except OSError as exc:
+            self._log.warning("hook.failed", task=spec.name, run_id=run.run_id, hook=which, error=str(exc))
+            return
+        hook_env = {
+            **spec.env,
+            "SCHEDULER_STATUS": result.status,
+            "SCHEDULER_EXIT_CODE": "" if result.exit_code is None else str(result.exit_code),
+            "SCHEDULER_DURATION_S": f"{result.duration_s:.3f}",
+            "SCHEDULER_OUTPUT_FILE": path,
+        }
+        hook_spec = replace(spec, command=hook, timeout_s=spec.hook_timeout_s, env=hook_env)
+        try:
+            hook_run = self._start_run(
+                hook_spec,
+                run_id=run.run_id,
+                trigger=which,
+                scheduled_for=run.scheduled_for,
+                log=self._log.bind(hook=which),
+                env=self._env,
+                yield_cpu=False,
+            )
+        except Exception as exc:  # a bug: the runner turns every failure to start into a failed run
+            _remove(path)
+            self._log.error("scheduler.error", task=spec.name, error=f"{type(exc).__name__}: {exc}")
+            return
+        self._runs.add(hook_run)
+        self._track(self._after_hook(hook_run, which, path))
+
+    async def _after_hook(self, hook_run: Run, which: str, path: str) -> None:
+        try:
+            result = await hook_run.wait()
+        finally:
+            self._runs.discard(hook_run)
+            _remove(path)
+        if result.status != "succeeded":
+            self._log.warning(
+                "hook.failed",
+                task=hook_run.task.name,
+                run_id=hook_run.run_id,
+                hook=which,
+                status=result.status,
+                exit_code=result.exit_code,
+                signal=result.signal,
+                **({"error": result.error} if result.error else {}),
             )
 
     # Reload
@@ -625,6 +808,8 @@ class Clock:
             new, diff = await self._run_blocking(lambda: _diff(current, reload_config()))
         except ConfigError as exc:
             self._log.error("config.invalid", error=str(exc), trigger=trigger)
+            if self._metrics is not None:
+                self._metrics.config_reloaded("failure")
             return
         if self._stop_signals:
             return
@@ -641,15 +826,21 @@ class Clock:
         tasks = self._tasks
         for name in diff.removed:
             tasks.pop(name).generation += 1
+            if self._metrics is not None:
+                self._metrics.forget_task(name)
         for name in diff.changed:
             state = tasks[name]
             state.spec = new.tasks[name]
             state.generation += 1
             self._schedule(state, now)
+            if self._metrics is not None and not state.spec.enabled:
+                self._metrics.next_fire(name, None)
         for name in diff.added:
             tasks[name] = state = _TaskState(new.tasks[name])
             self._schedule(state, now)
         self.config = new
+        if self._metrics is not None:
+            self._metrics.config_reloaded("success")
         # Entries of removed or rescheduled tasks are skipped lazily; rebuild when they dominate the heap.
         if len(self._heap) > 2 * len(tasks) + 64:
             self._heap = [e for e in self._heap if self._is_live(e)]
@@ -758,6 +949,13 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 
 _malloc_trim = _load_malloc_trim()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _iso(at: datetime) -> str:

@@ -41,6 +41,16 @@ DEFAULT_KILL_GRACE_S = 10.0
 DEFAULT_SHELL = "/bin/sh"
 DEFAULT_KEEP_RUNS = 200
 MAX_KEEP_RUNS = 1_000_000
+DEFAULT_PING_TIMEOUT_S = 5.0
+# A ping that takes longer than a minute is a dead monitoring service: the run's own result matters more.
+MAX_PING_TIMEOUT_S = 60.0
+DEFAULT_HOOK_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 0
+MAX_RETRIES = 100
+DEFAULT_RETRY_DELAY_S = 30.0
+DEFAULT_RETRY_BACKOFF = 2.0
+MAX_RETRY_BACKOFF = 100.0
+DEFAULT_RETRY_MAX_DELAY_S = 600.0
 # Longer durations are almost certainly typos, and they would overflow datetime arithmetic in the clock.
 MAX_DURATION_S = 366 * 86400.0
 
@@ -71,6 +81,20 @@ class TaskSpec:
     catch_up: bool = False  # at start, run once if the store shows a fire missed while no clock ran
     require_store: bool = False  # skip fires while the store is unreachable, rather than risk a double run
     store_output: bool = True  # keep each run's output tail in the store
+    # A dead-man's-switch base URL (Healthchecks.io / Cronitor style), pinged as a run starts and ends.
+    # Kept as written: its `${NAME}` references are for the caller to expand, like `Config.store`.
+    ping_url: str | None = None
+    ping_exit_code: bool = False  # ping <url>/<exit code> rather than <url> or <url>/fail
+    ping_timeout_s: float = DEFAULT_PING_TIMEOUT_S
+    # Commands run after a run ends, like `command`: a shell string or an argument tuple.
+    on_failure: str | tuple[str, ...] | None = None
+    on_success: str | tuple[str, ...] | None = None
+    hook_timeout_s: float = DEFAULT_HOOK_TIMEOUT_S
+    # A failed run is retried up to `retries` times, the delay growing by `retry_backoff` up to its maximum.
+    retries: int = DEFAULT_RETRIES
+    retry_delay_s: float = DEFAULT_RETRY_DELAY_S
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S
     line: int = field(default=0, compare=False)
 
     @property
@@ -235,6 +259,16 @@ _TASK_KEYS = (
     "catch_up",
     "require_store",
     "store_output",
+    "ping_url",
+    "ping_exit_code",
+    "ping_timeout",
+    "on_failure",
+    "on_success",
+    "hook_timeout",
+    "retries",
+    "retry_delay",
+    "retry_backoff",
+    "retry_max_delay",
 )
 _REQUIRED_KEYS = ("schedule", "command")
 _DEFAULTS_KEYS = tuple(key for key in _TASK_KEYS if key not in _REQUIRED_KEYS)
@@ -243,6 +277,18 @@ _FIELD_NAMES = {
     "grace": "grace_s",
     "jitter": "jitter_s",
     "kill_grace": "kill_grace_s",
+    "ping_timeout": "ping_timeout_s",
+    "hook_timeout": "hook_timeout_s",
+    "retry_delay": "retry_delay_s",
+    "retry_max_delay": "retry_max_delay_s",
+}
+# Names other tools give these keys, too far from ours for difflib to suggest them.
+_KEY_SYNONYMS = {
+    "retry_count": "retries",
+    "on_error": "on_failure",
+    "healthcheck": "ping_url",
+    "healthcheck_url": "ping_url",
+    "heartbeat_url": "ping_url",
 }
 _OVERLAPS: tuple[str, ...] = get_args(Overlap)
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -253,6 +299,12 @@ _STORE_FORMS = (
     "or an environment variable reference like ${DATABASE_URL}"
 )
 _KEEP_RUNS_FORM = f"a whole number of runs to keep per task, from 1 to {MAX_KEEP_RUNS}"
+_PING_SCHEMES = ("http://", "https://")
+_PING_URL_FORMS = "an http:// or https:// URL, or an environment variable reference like ${PING_URL}"
+_RETRIES_FORM = f"a whole number of retries after a failed run, from 0 to {MAX_RETRIES}"
+_RETRY_BACKOFF_FORM = (
+    f"a number from 1 to {MAX_RETRY_BACKOFF:g} to multiply the delay by after each retry (1: the same delay)"
+)
 # The decimal spellings of an int; YAML 1.1 also reads 010 (octal 8), 0x10, 0b10 and 1:30 (base 60) as ints.
 _DECIMAL = re.compile(r"\+?(?:0|[1-9][0-9_]*)")
 _YAML_TAG = "tag:yaml.org,2002:"
@@ -320,9 +372,33 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {_quote(match)}?)" if match else ""
 
 
+def _suggest_key(key: str, choices: tuple[str, ...]) -> str | None:
+    """`suggest` for a misspelt key, knowing the names other tools use for some of ours."""
+    synonym = _KEY_SYNONYMS.get(key.casefold())
+    return synonym if synonym in choices else suggest(key, choices)
+
+
 def _top_only_hint(key: str) -> str:
     """For a top-level setting written in a task or in defaults."""
     return f" ({key!r} is a top-level setting, not a task's)" if key in ("store", "keep_runs") else ""
+
+
+def _braces_hint(value: str) -> str:
+    """For a whole value written `$NAME`, which is not a reference: suggest `${NAME}`."""
+    if value.startswith("$") and _ENV_NAME.fullmatch(value[1:]):
+        return f" (did you mean {_quote('${' + value[1:] + '}')}?)"
+    return ""
+
+
+def _format_duration(seconds: float) -> str:
+    """A duration as a user would write it: 90 -> '1m30s', 5400 -> '1h30m', 0.5 -> '0.5s'."""
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = zip((days, hours, minutes, secs), "dhms", strict=True)
+    return "".join(f"{count}{unit}" for count, unit in parts if count) or "0s"
 
 
 def _describe(value: object) -> str:
@@ -632,7 +708,8 @@ class _Parser:
             if key in _REQUIRED_KEYS:
                 self.report(key_node, f"defaults: {key!r} cannot have a default; set it in each task")
             elif key not in _DEFAULTS_KEYS:
-                hint = _did_you_mean(key, _DEFAULTS_KEYS) or _top_only_hint(key)
+                guess = _suggest_key(key, _DEFAULTS_KEYS)
+                hint = f" (did you mean {_quote(guess)}?)" if guess else _top_only_hint(key)
                 self.report(key_node, f"defaults: unknown key {_quote(key)}{hint}")
             else:
                 try:
@@ -693,7 +770,7 @@ class _Parser:
         suggested: set[str] = set()
         for key, setting_key_node, value_node in self._items(mapping, where, "key"):
             if key not in _TASK_KEYS:
-                guess = suggest(key, _TASK_KEYS)
+                guess = _suggest_key(key, _TASK_KEYS)
                 hint = f" (did you mean {_quote(guess)}?)" if guess else _top_only_hint(key)
                 self.report(setting_key_node, f"{where}: unknown key {_quote(key)}{hint}")
                 suggested.add(guess or "")
@@ -710,6 +787,8 @@ class _Parser:
                 if key not in suggested:
                     self.report(key_node, f"{where}: missing required key {key!r}")
                 valid = False
+        if not self._retry_delays_agree(where, key_node, values, value_nodes, defaults, failed_defaults):
+            valid = False
         # The schedule is checked whenever its text and zone are known, even if other settings are bad.
         zone = values.get("timezone") if "timezone" in value_nodes else default_zone
         if "schedule" not in values or zone is None:
@@ -727,6 +806,43 @@ class _Parser:
         fields = {_FIELD_NAMES.get(key, key): value for key, value in settings.items()}
         return TaskSpec(name=name, schedule=schedule, line=key_node.start_mark.line + 1, **fields)
 
+    def _retry_delays_agree(
+        self,
+        where: str,
+        key_node: Node,
+        values: dict[str, Any],
+        value_nodes: dict[str, Node],
+        defaults: dict[str, Any],
+        failed_defaults: set[str],
+    ) -> bool:
+        """False, with the problem reported, when a task that retries has a retry_max_delay shorter than its
+        retry_delay. Checked per task once defaults apply: either may come from defaults, and retries may
+        be off for some tasks. Reported at the task's own setting if it has one, else at its name."""
+        effective: dict[str, Any] = {}
+        for key, fallback in (
+            ("retries", DEFAULT_RETRIES),
+            ("retry_delay", DEFAULT_RETRY_DELAY_S),
+            ("retry_max_delay", DEFAULT_RETRY_MAX_DELAY_S),
+        ):
+            if key in values:
+                effective[key] = values[key]
+            elif key in value_nodes or key in failed_defaults:
+                return True  # an invalid value, already reported
+            else:
+                effective[key] = defaults.get(key, fallback)
+        delay, most = effective["retry_delay"], effective["retry_max_delay"]
+        if effective["retries"] == 0 or most >= delay:
+            return True
+        own = [
+            value_nodes[key] for key in ("retry_max_delay", "retry_delay", "retries") if key in value_nodes
+        ]
+        self.report(
+            own[0] if own else key_node,
+            f"{where}: retry_max_delay ({_format_duration(most)}) is shorter than retry_delay "
+            f"({_format_duration(delay)})",
+        )
+        return False
+
     def _setting(self, key: str, node: Node, where: str) -> Any:
         """The parsed value of one task setting (schedule is returned as text: it needs the zone)."""
         match key:
@@ -738,10 +854,12 @@ class _Parser:
                 return self._timezone(node, where)
             case "timeout":
                 return self._duration(node, where, positive=True, allow_none=True)
-            case "grace" | "jitter":
+            case "grace" | "jitter" | "retry_delay":
                 return self._duration(node, where, positive=False, allow_none=False)
-            case "kill_grace":
+            case "kill_grace" | "hook_timeout" | "retry_max_delay":
                 return self._duration(node, where, positive=True, allow_none=False)
+            case "ping_timeout":
+                return self._duration(node, where, positive=True, allow_none=False, most=MAX_PING_TIMEOUT_S)
             case "overlap":
                 return self._overlap(node, where)
             case "env":
@@ -750,7 +868,16 @@ class _Parser:
                 return self._cwd(node, where)
             case "shell":
                 return self._os_string(node, where, "a shell path like /bin/bash")
-            case "enabled" | "catch_up" | "require_store" | "store_output":
+            case "ping_url":
+                return self._ping_url(node, where)
+            case "on_failure" | "on_success":
+                return self._command(node, where)
+            case "retries":
+                return self._number(node, where, _RETRIES_FORM, 0, MAX_RETRIES, whole=True)
+            case "retry_backoff":
+                factor = self._number(node, where, _RETRY_BACKOFF_FORM, 1, MAX_RETRY_BACKOFF, whole=False)
+                return float(factor)
+            case "enabled" | "catch_up" | "require_store" | "store_output" | "ping_exit_code":
                 value = self._value(node, where)
                 if isinstance(value, bool):
                     return value
@@ -801,18 +928,29 @@ class _Parser:
 
     def _store(self, node: Node, where: str) -> str:
         """The store URL as written; `${NAME}` references are checked for form, never expanded."""
-        value = self._string(node, where, _STORE_FORMS)
+        value = self._url(node, where, _STORE_FORMS)
+        if "${" not in value and not value.startswith(_STORE_SCHEMES):
+            self.fail(node, f"{where}: expected {_STORE_FORMS}, got {_quote(value)}{_braces_hint(value)}")
+        return value
+
+    def _ping_url(self, node: Node, where: str) -> str:
+        """The ping URL as written. Only its text before the first `${` is checked for a scheme, so that a
+        reference may supply the whole URL (`${PING_URL}`) or its scheme."""
+        value = self._url(node, where, _PING_URL_FORMS)
+        before = value.partition("${")[0]
+        if not any(before.startswith(scheme) or scheme.startswith(before) for scheme in _PING_SCHEMES):
+            self.fail(node, f"{where}: expected {_PING_URL_FORMS}, got {_quote(value)}{_braces_hint(value)}")
+        return value
+
+    def _url(self, node: Node, where: str, expected: str) -> str:
+        """A non-empty string without NUL whose `${NAME}` references are well formed; never expanded."""
+        value = self._string(node, where, expected)
         if not value.strip():
-            self.fail(node, f"{where}: expected {_STORE_FORMS}, got an empty string")
+            self.fail(node, f"{where}: expected {expected}, got an empty string")
         if "\0" in value:
             self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
         if "${" in value:
             self._check_references(value, node, where)
-        elif not value.startswith(_STORE_SCHEMES):
-            hint = ""
-            if value.startswith("$") and _ENV_NAME.fullmatch(value[1:]):
-                hint = f" (did you mean {_quote('${' + value[1:] + '}')}?)"
-            self.fail(node, f"{where}: expected {_STORE_FORMS}, got {_quote(value)}{hint}")
         return value
 
     def _check_references(self, value: str, node: Node, where: str) -> None:
@@ -832,24 +970,30 @@ class _Parser:
             start = value.find("${", end + 1)
 
     def _keep_runs(self, node: Node, where: str) -> int:
+        return int(self._number(node, where, _KEEP_RUNS_FORM, 1, MAX_KEEP_RUNS, whole=True))
+
+    def _number(
+        self, node: Node, where: str, expected: str, least: float, most: float, *, whole: bool
+    ) -> int | float:
+        """A number from `least` to `most` (an int if `whole`), never a bool or a numeric string."""
         value = self._value(node, where)
-        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        if isinstance(value, str) and (_DECIMAL if whole else _NUMBER).fullmatch(value.strip()):
             hint = " (write it without quotes)"
-            self.fail(node, f"{where}: expected {_KEEP_RUNS_FORM}, got {_quote(value)}{hint}")
-        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(node, f"{where}: expected {expected}, got {_quote(value)}{hint}")
+        if not isinstance(value, int if whole else int | float) or isinstance(value, bool):
             # No quoting hint for an unquoted yes: quoted, it is no number either.
             shown = _describe_node(value, node) if value is None else _describe(value)
-            self.fail(node, f"{where}: expected {_KEEP_RUNS_FORM}, got {shown}")
+            self.fail(node, f"{where}: expected {expected}, got {shown}")
         raw = str(node.value).strip()
-        if not _DECIMAL.fullmatch(raw.lstrip("-")):
+        if ":" in raw or (isinstance(value, int) and not _DECIMAL.fullmatch(raw.lstrip("-"))):
             # A quoting hint would not help here: say how YAML 1.1 read it and ask for decimal digits.
             self.fail(
                 node,
-                f"{where}: expected {_KEEP_RUNS_FORM}, got {raw}, which YAML 1.1 reads as the number "
+                f"{where}: expected {expected}, got {raw}, which YAML 1.1 reads as the number "
                 f"{value}; write it in decimal digits",
             )
-        if not 1 <= value <= MAX_KEEP_RUNS:
-            self.fail(node, f"{where}: expected {_KEEP_RUNS_FORM}, got {_describe(value)}")
+        if not least <= value <= most:
+            self.fail(node, f"{where}: expected {expected}, got {_describe(value)}")
         return value
 
     def _timezone(self, node: Node, where: str) -> str:
@@ -860,7 +1004,9 @@ class _Parser:
             self.fail(node, f"{where}: unknown time zone {_quote(key)}{_did_you_mean(key, _zone_names())}")
         return key
 
-    def _duration(self, node: Node, where: str, *, positive: bool, allow_none: bool) -> float | None:
+    def _duration(
+        self, node: Node, where: str, *, positive: bool, allow_none: bool, most: float = MAX_DURATION_S
+    ) -> float | None:
         value = self._value(node, where)
         if allow_none and (
             value is None
@@ -877,6 +1023,8 @@ class _Parser:
         if positive and seconds == 0:
             hint = " (write none for no timeout)" if allow_none else ""
             self.fail(node, f"{where}: must be more than 0{hint}")
+        if seconds > most:
+            self.fail(node, f"{where}: must be at most {most:g}s, got {_describe(value)}")
         return seconds
 
     def _overlap(self, node: Node, where: str) -> str:

@@ -40,7 +40,8 @@ _EXIT_TIMED_OUT = 124  # as timeout(1)
 _EXIT_CANNOT_EXECUTE = 126  # as a POSIX shell
 _EXIT_NOT_FOUND = 127  # as a POSIX shell
 _READ_BYTES = 64 * 1024  # one read of a pipe: logged before the pipe is read again, so memory stays bounded
-OUTPUT_TAIL_BYTES = 4 * 1024  # Run.output_tail keeps at least the last this many bytes of logged output
+# Run.output_tail keeps at least the last this many bytes of logged output: a ping's body takes 10 KiB.
+OUTPUT_TAIL_BYTES = 10 * 1024
 # What subprocess.Popen resets to the default in the child: Python ignores SIGPIPE and SIGXFSZ.
 _RESTORE_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, n))
 
@@ -342,7 +343,7 @@ class Run:
         tail = self._tail
         tail.append(line)
         self._tail_bytes += len(line) + 1
-        while len(tail) > 1 and self._tail_bytes - len(tail[0]) - 1 >= OUTPUT_TAIL_BYTES:
+        while len(tail) > 1 and self._tail_bytes - len(tail[0]) - 1 > OUTPUT_TAIL_BYTES:
             self._tail_bytes -= len(tail.popleft()) + 1
 
     def _finish(self, result: RunResult) -> None:

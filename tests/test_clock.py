@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,8 @@ class FakeRun:
     ends: datetime | None  # None: runs until stopped
     run_id: str = ""
     output_tail: str = "out"
+    status: str = "succeeded"
+    seen_output_file: str | None = None  # a hook's SCHEDULER_OUTPUT_FILE content, read at its start
     ignores_term: bool = False
     stopped_with: str | None = None
     killed: bool = False
@@ -55,7 +58,8 @@ class FakeRun:
 
     async def wait(self) -> RunResult:
         await self.finished.wait()
-        return RunResult(self.stopped_with or "succeeded", 0, None, 0.5)  # type: ignore[arg-type]
+        status = self.stopped_with or self.status
+        return RunResult(status, 0 if status == "succeeded" else 1, None, 0.5)  # type: ignore[arg-type]
 
     def stop(self, status: str = "killed", kill_grace_s: float | None = None) -> None:
         self.stopped_with = status
@@ -89,6 +93,8 @@ class FakeClock:
         self.actions: list[tuple[datetime, Callable[[], None]]] = []
         self.runs: list[FakeRun] = []
         self.durations: dict[str, float | None] = {}
+        self.statuses: dict[str, list[str]] = {}  # per task, the status of each run in turn (then success)
+        self.hooks: list[FakeRun] = []
         self.yields: list[bool] = []
         self.clock: Clock | None = None
 
@@ -109,7 +115,7 @@ class FakeClock:
             action()
         else:
             self.t = target
-        for run in self.runs:
+        for run in [*self.runs, *self.hooks]:
             if run.ends is not None and run.ends <= self.t:
                 run.finished.set()
         if self.t >= self.until and self.clock is not None:
@@ -136,6 +142,14 @@ class FakeClock:
         duration = self.durations.get(spec.name, 0.5)
         ends = None if duration is None else self.t + timedelta(seconds=duration)
         run = FakeRun(spec, scheduled_for, trigger, self.t, ends, run_id=run_id)
+        if trigger.startswith("on_"):
+            with open(spec.env["SCHEDULER_OUTPUT_FILE"]) as f:
+                run.seen_output_file = f.read()
+            self.hooks.append(run)
+            return run
+        statuses = self.statuses.get(spec.name)
+        if statuses:
+            run.status = statuses.pop(0)
         self.runs.append(run)
         return run
 
@@ -152,6 +166,8 @@ def drive(
     reload_config: Callable[[], Config] | None = None,
     watcher: Any = None,
     recorder: Any = None,
+    metrics: Any = None,
+    pinger: Any = None,
 ) -> list[dict[str, Any]]:
     """Run the clock on the fake until `fake.until`; return the logged events."""
 
@@ -168,6 +184,8 @@ def drive(
             shutdown_grace_s=5,
             run_blocking=inline,
             recorder=recorder,
+            metrics=metrics,
+            pinger=pinger,
         )
         fake.clock = clock
         await clock.run()
@@ -619,6 +637,130 @@ class TestCatchUp:
         recorder.race = {("daily", T0 + timedelta(days=1, hours=3)): "other:2"}
         drive(config(task("daily", "0 3 * * *", catch_up=True)), fake, recorder=recorder)
         assert [] == fake.runs
+
+
+class FakePinger:
+    def __init__(self) -> None:
+        self.pings: list[tuple[str, str, str]] = []  # (kind, url, run_id)
+
+    def start(self, url: str, run_id: str, *, timeout_s: float) -> None:
+        self.pings.append(("start", url, run_id))
+
+    def finish(self, url: str, run_id: str, *, success: bool, **kwargs: Any) -> None:
+        self.pings.append(("success" if success else "fail", url, run_id))
+
+
+class Recording:
+    """Any method call is recorded as (name, args)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args: self.calls.append((name, args))
+
+    def named(self, name: str) -> list[tuple[Any, ...]]:
+        return [args for n, args in self.calls if n == name]
+
+
+def seconds(fake: FakeClock, name: str | None = None) -> list[float]:
+    """When each run started, in seconds after T0."""
+    return [(r.started - T0).total_seconds() for r in fake.runs if name is None or r.task.name == name]
+
+
+class TestRetries:
+    def test_failed_runs_retried_with_backoff_until_success(self) -> None:
+        """Two failures then a success: retried after 10 s and then 20 s, one final success ping and hook."""
+        fake = FakeClock(T0 - timedelta(seconds=1), T0 + timedelta(minutes=2))
+        fake.statuses["flaky"] = ["failed", "timed_out"]
+        pinger = FakePinger()
+        spec = task(
+            "flaky", "0 * * * *", retries=3, retry_delay_s=10.0, ping_url="https://hc/x", on_success="ok"
+        )
+        logs = drive(config(spec), fake, pinger=pinger)
+        # The fake notices each end at its next step, a second after the start: delays count from there.
+        assert [0.0, 11.0, 32.0] == seconds(fake)
+        assert ["schedule", "retry", "retry"] == [r.trigger for r in fake.runs]
+        assert [T0] * 3 == fired(fake)
+        assert [2, 3] == [e["attempt"] for e in events(logs, "task.retrying")]
+        assert [10.0, 20.0] == [e["delay_s"] for e in events(logs, "task.retrying")]
+        final = [(kind, run_id) for kind, _, run_id in pinger.pings if kind != "start"]
+        assert [("success", fake.runs[2].run_id)] == final
+        assert 3 == len([p for p in pinger.pings if p[0] == "start"])
+        assert [("on_success", "ok")] == [(h.trigger, h.task.command) for h in fake.hooks]
+
+    def test_last_failure_reported_once(self) -> None:
+        """Every attempt fails: on_failure and the fail ping come once, after the last; delays are capped."""
+        fake = FakeClock(T0 - timedelta(seconds=1), T0 + timedelta(minutes=5))
+        fake.statuses["bad"] = ["failed"] * 5
+        pinger = FakePinger()
+        spec = task(
+            "bad",
+            "0 * * * *",
+            retries=3,
+            retry_delay_s=30.0,
+            retry_backoff=3.0,
+            retry_max_delay_s=60.0,
+            ping_url="https://hc/x",
+            on_failure="alert",
+        )
+        logs = drive(config(spec), fake, pinger=pinger)
+        assert [30.0, 60.0, 60.0] == [e["delay_s"] for e in events(logs, "task.retrying")]
+        assert 4 == len(fake.runs)
+        assert [("fail", fake.runs[-1].run_id)] == [(k, r) for k, _, r in pinger.pings if k != "start"]
+        (hook,) = fake.hooks
+        assert ("on_failure", "alert", "failed") == (
+            hook.trigger,
+            hook.task.command,
+            hook.task.env["SCHEDULER_STATUS"],
+        )
+        assert "1" == hook.task.env["SCHEDULER_EXIT_CODE"]
+        assert "out" == hook.seen_output_file
+        assert not os.path.exists(hook.task.env["SCHEDULER_OUTPUT_FILE"])
+
+    def test_a_newer_scheduled_run_ends_the_retries(self) -> None:
+        """A scheduled run that starts while a retry waits cancels it, and the failure is reported then."""
+        fake = FakeClock(T0 + timedelta(seconds=30), T0 + timedelta(minutes=2, seconds=30))
+        fake.statuses["m"] = ["failed"]
+        spec = task("m", "* * * * *", retries=2, retry_delay_s=300.0, on_failure="alert")
+        logs = drive(config(spec), fake)
+        assert ["schedule", "schedule"] == [r.trigger for r in fake.runs]
+        assert 1 == len(events(logs, "task.retry_cancelled"))
+        assert ["on_failure"] == [h.trigger for h in fake.hooks]
+
+    def test_no_retries_hooks_or_pings_at_shutdown(self) -> None:
+        """Runs stopped by the shutdown are not retried, pinged as failed, or followed by on_failure."""
+        fake = FakeClock(T0 - timedelta(seconds=1), T0 + timedelta(seconds=2))
+        fake.durations["long"] = None
+        pinger = FakePinger()
+        spec = task("long", "0 * * * *", retries=2, ping_url="https://hc/x", on_failure="alert")
+        logs = drive(config(spec), fake, pinger=pinger)
+        assert ["start"] == [k for k, _, _ in pinger.pings]
+        assert ([], []) == (fake.hooks, events(logs, "task.retrying"))
+
+
+class TestMetrics:
+    def test_what_the_clock_reports(self) -> None:
+        """Starts, ends, skips, misses, next fires, heartbeats and reloads reach the metrics."""
+        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
+        fake.durations["slow"] = 1.5
+        metrics = Recording()
+        fake.at(
+            T0 + timedelta(seconds=2, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
+        )
+        drive(
+            config(task("slow", "* * * * * *"), task("gone", "0 0 1 1 *")),
+            fake,
+            metrics=metrics,
+            reload_config=lambda: config(task("slow", "* * * * * *")),
+        )
+        assert [("slow",), ("slow",)] == metrics.named("run_started")
+        assert [("slow", "succeeded", 0.5), ("slow", "killed", 0.5)] == metrics.named("run_finished")
+        assert [("slow", "overlap")] == metrics.named("skipped")
+        assert [("success",)] == metrics.named("config_reloaded")
+        assert [("gone",)] == metrics.named("forget_task")
+        assert ("gone", datetime(2027, 1, 1, tzinfo=UTC).timestamp()) in metrics.named("next_fire")
+        assert len(metrics.named("heartbeat")) >= 3
 
 
 class TestNewestMissed:

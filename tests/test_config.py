@@ -12,8 +12,14 @@ import pytest
 from scheduler import schedule
 from scheduler.config import (
     DEFAULT_GRACE_S,
+    DEFAULT_HOOK_TIMEOUT_S,
     DEFAULT_KEEP_RUNS,
     DEFAULT_KILL_GRACE_S,
+    DEFAULT_PING_TIMEOUT_S,
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_DELAY_S,
+    DEFAULT_RETRY_MAX_DELAY_S,
     DEFAULT_SHELL,
     Config,
     TaskSpec,
@@ -942,6 +948,506 @@ class TestStoreTaskKeys:
         ) == top_error("require_store: true")
 
 
+PING_URL_FORMS = "expected an http:// or https:// URL, or an environment variable reference like ${PING_URL}"
+
+
+class TestPing:
+    def test_defaults(self) -> None:
+        """A task without the keys has no ping URL, bare pings and a 5 s ping timeout."""
+        task = one_task("")
+
+        assert 5.0 == DEFAULT_PING_TIMEOUT_S
+        assert (None, False, DEFAULT_PING_TIMEOUT_S) == (
+            task.ping_url,
+            task.ping_exit_code,
+            task.ping_timeout_s,
+        )
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "https://hc-ping.com/${HC_PING_KEY}/backup",
+            "https://hc-ping.com/5f6b1c2e-8f0a-4c2b-9d3e-1a2b3c4d5e6f",
+            "http://localhost:8000/ping/abc",
+            "https://cronitor.link/p/${CRONITOR_KEY}/backup",
+            "${PING_URL}",
+            "${PING_BASE}/backup",
+            "${SCHEME}://hc-ping.com/x",
+            "https://${HOST}/${KEY}",
+        ],
+    )
+    def test_accepted(self, url: str) -> None:
+        """An http(s) URL, or one whose scheme or whole text comes from a reference, is kept as written."""
+        assert url == one_task(f"ping_url: {url}").ping_url
+
+    def test_set_in_task(self) -> None:
+        """Each key lands in its TaskSpec field."""
+        task = one_task("ping_url: https://hc-ping.com/x\nping_exit_code: true\nping_timeout: 2s")
+
+        assert ("https://hc-ping.com/x", True, 2.0) == (
+            task.ping_url,
+            task.ping_exit_code,
+            task.ping_timeout_s,
+        )
+
+    def test_defaults_apply_and_task_overrides(self) -> None:
+        """Values under `defaults` apply to every task; a task's own value wins."""
+        config = parse("""
+            defaults:
+              ping_url: https://hc-ping.com/${HC_PING_KEY}/shared
+              ping_exit_code: true
+              ping_timeout: 10s
+            tasks:
+              a: {schedule: "0 9 * * *", command: run}
+              b: {schedule: "0 9 * * *", command: run, ping_url: "https://hc-ping.com/b", ping_timeout: 1m}
+        """)
+        a, b = config.tasks["a"], config.tasks["b"]
+
+        assert ("https://hc-ping.com/${HC_PING_KEY}/shared", True, 10.0) == (
+            a.ping_url,
+            a.ping_exit_code,
+            a.ping_timeout_s,
+        )
+        assert ("https://hc-ping.com/b", True, 60.0) == (b.ping_url, b.ping_exit_code, b.ping_timeout_s)
+
+    def test_exit_code_and_timeout_without_url(self) -> None:
+        """ping_exit_code and ping_timeout without a ping_url parse: they may come from defaults."""
+        task = one_task("ping_exit_code: true\nping_timeout: 3s")
+
+        assert (None, True, 3.0) == (task.ping_url, task.ping_exit_code, task.ping_timeout_s)
+
+    def test_environment_not_read(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A `${NAME}` reference stays raw even when the variable is set: the caller expands it."""
+        monkeypatch.setenv("HC_PING_KEY", "secret")
+
+        assert (
+            "https://hc-ping.com/${HC_PING_KEY}/a"
+            == one_task("ping_url: https://hc-ping.com/${HC_PING_KEY}/a").ping_url
+        )
+
+    def test_changed_setting_not_equal(self) -> None:
+        """Changing a ping key makes the specs differ, so a reload touches the task."""
+        assert one_task("ping_url: https://a.example") != one_task("ping_url: https://b.example")
+        assert one_task("ping_exit_code: true") != one_task("ping_exit_code: false")
+        assert one_task("ping_timeout: 1s") != one_task("ping_timeout: 2s")
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            ("5", "the number 5"),
+            ("''", "an empty string"),
+            ("'  '", "an empty string"),
+            ("null", "null"),
+            ("[https://a.example]", "a list"),
+            ("{url: x}", "a mapping"),
+            ("yes", "the boolean true: YAML 1.1 reads an unquoted yes as a boolean; quote it"),
+        ],
+    )
+    def test_not_a_string(self, value: str, shown: str) -> None:
+        """Anything but a non-empty string is an error naming the line, the task and the value."""
+        assert f"schedules.yaml:5:15: task 'a': ping_url: {PING_URL_FORMS}, got {shown}" == task_error(
+            f"ping_url: {value}"
+        )
+
+    @pytest.mark.parametrize(
+        "url", ["ftp://x", "hc-ping.com/abc", "hc-ping.com/${KEY}", "ftp://${HOST}/x", "mailto:a@b.example"]
+    )
+    def test_bad_scheme(self, url: str) -> None:
+        """The text before any `${` must be, or begin, http:// or https://."""
+        assert f"schedules.yaml:5:15: task 'a': ping_url: {PING_URL_FORMS}, got {url!r}" == task_error(
+            f"ping_url: {url}"
+        )
+
+    def test_dollar_without_braces(self) -> None:
+        """`$PING_URL` is not a reference: the error suggests `${PING_URL}`."""
+        assert (
+            f"schedules.yaml:5:15: task 'a': ping_url: {PING_URL_FORMS}, got '$PING_URL' "
+            "(did you mean '${PING_URL}'?)"
+        ) == task_error("ping_url: $PING_URL")
+
+    @pytest.mark.parametrize("url", ["https://hc-ping.com/${KEY", "${PING_URL", "https://h/${A}/${"])
+    def test_unclosed_reference(self, url: str) -> None:
+        """A `${` without its `}` is an error naming the line, the task and the value."""
+        assert f"schedules.yaml:5:15: task 'a': ping_url: unclosed '${{' in {url!r}; write ${{NAME}}" == (
+            task_error(f"ping_url: {url}")
+        )
+
+    @pytest.mark.parametrize(
+        ("url", "reference"),
+        [("https://hc-ping.com/${1KEY}", "${1KEY}"), ("${}", "${}"), ("https://h/${A:-x}", "${A:-x}")],
+    )
+    def test_invalid_reference(self, url: str, reference: str) -> None:
+        """A reference must be `${NAME}`, as in `store`."""
+        assert (
+            f"schedules.yaml:5:15: task 'a': ping_url: invalid variable reference {reference!r} in {url!r}: "
+            "write ${NAME}, with letters, digits and '_', not starting with a digit"
+        ) == task_error(f"ping_url: {url}")
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            ("0", "must be more than 0"),
+            ("0s", "must be more than 0"),
+            ("61s", "must be at most 60s, got '61s'"),
+            ("61", "must be at most 60s, got the number 61"),
+            ("2m", "must be at most 60s, got '2m'"),
+            ("-1s", "must not be negative, got '-1s'"),
+            ("soon", "expected a duration like 90s, 10m, 1h30m or a number of seconds, got 'soon'"),
+        ],
+    )
+    def test_bad_ping_timeout(self, value: str, message: str) -> None:
+        """ping_timeout is a duration above 0 and at most 60 s."""
+        assert f"schedules.yaml:5:19: task 'a': ping_timeout: {message}" == task_error(
+            f"ping_timeout: {value}"
+        )
+
+    def test_ping_timeout_of_a_minute(self) -> None:
+        """Exactly 60 s is allowed."""
+        assert 60.0 == one_task("ping_timeout: 1m").ping_timeout_s
+
+    def test_bad_exit_code_flag(self) -> None:
+        """ping_exit_code is a boolean."""
+        assert "schedules.yaml:5:21: task 'a': ping_exit_code: expected true or false, got 'sometimes'" == (
+            task_error("ping_exit_code: sometimes")
+        )
+
+    def test_bad_default_reported_once(self) -> None:
+        """A bad ping_url under defaults is one problem, under defaults, not one per task."""
+        task = '{schedule: "0 9 * * *", command: run}'
+
+        assert [f"schedules.yaml:1:22: defaults: ping_url: {PING_URL_FORMS}, got 'ftp://x'"] == problems(
+            f"defaults: {{ping_url: ftp://x}}\ntasks:\n  a: {task}\n  b: {task}\n"
+        )
+
+    @pytest.mark.parametrize(
+        ("key", "guess"),
+        [("pingurl", "ping_url"), ("healthcheck_url", "ping_url"), ("ping_timout", "ping_timeout")],
+    )
+    def test_misspelt_key(self, key: str, guess: str) -> None:
+        """A near miss, or another tool's name for the key, gets a did-you-mean."""
+        assert f"schedules.yaml:5:5: task 'a': unknown key {key!r} (did you mean {guess!r}?)" == task_error(
+            f"{key}: x"
+        )
+
+
+class TestHooks:
+    def test_defaults(self) -> None:
+        """A task without the keys has no hooks and a 60 s hook timeout."""
+        task = one_task("")
+
+        assert 60.0 == DEFAULT_HOOK_TIMEOUT_S
+        assert (None, None, DEFAULT_HOOK_TIMEOUT_S) == (task.on_failure, task.on_success, task.hook_timeout_s)
+
+    def test_string_and_list(self) -> None:
+        """A hook is a shell string (stripped) or an argument list with numbers as written, like `command`."""
+        task = one_task(
+            'on_failure: |\n  echo "failed: $SCHEDULER_STATUS" >&2\non_success: [notify, --code, 0755]\n'
+            "hook_timeout: 2m"
+        )
+
+        assert 'echo "failed: $SCHEDULER_STATUS" >&2' == task.on_failure
+        assert ("notify", "--code", "0755") == task.on_success
+        assert 120.0 == task.hook_timeout_s
+
+    def test_defaults_apply_and_task_overrides(self) -> None:
+        """Values under `defaults` apply to every task; a task's own value wins."""
+        config = parse("""
+            defaults:
+              on_failure: [alert, --task, "$SCHEDULER_TASK"]
+              hook_timeout: 30s
+            tasks:
+              a: {schedule: "0 9 * * *", command: run}
+              b: {schedule: "0 9 * * *", command: run, on_failure: echo b, on_success: echo ok,
+                  hook_timeout: 5s}
+        """)
+        a, b = config.tasks["a"], config.tasks["b"]
+
+        assert (("alert", "--task", "$SCHEDULER_TASK"), None, 30.0) == (
+            a.on_failure,
+            a.on_success,
+            a.hook_timeout_s,
+        )
+        assert ("echo b", "echo ok", 5.0) == (b.on_failure, b.on_success, b.hook_timeout_s)
+
+    def test_changed_setting_not_equal(self) -> None:
+        """Changing a hook makes the specs differ, so a reload touches the task."""
+        assert one_task("on_failure: echo a") != one_task("on_failure: echo b")
+        assert one_task("on_success: [a]") != one_task("on_success: a")
+        assert one_task("hook_timeout: 1s") != one_task("hook_timeout: 2s")
+
+    @pytest.mark.parametrize("key", ["on_failure", "on_success"])
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            (
+                "{a: b}",
+                "expected a string (run through the shell) or a list of arguments (run directly), "
+                "got a mapping",
+            ),
+            ("[]", "the list is empty; give the program, then its arguments"),
+            ("''", "the command is empty"),
+            (
+                "5",
+                "expected a string (run through the shell) or a list of arguments (run directly), "
+                "got the number 5",
+            ),
+            (
+                "null",
+                "expected a string (run through the shell) or a list of arguments (run directly), got null",
+            ),
+        ],
+    )
+    def test_rejected(self, key: str, value: str, message: str) -> None:
+        """A bad hook is an error naming the line, the task, the key and the value, as for `command`."""
+        assert f"schedules.yaml:5:{len(key) + 7}: task 'a': {key}: {message}" == task_error(f"{key}: {value}")
+
+    @pytest.mark.parametrize(
+        ("value", "message", "column"),
+        [
+            ("['', x]", "on_failure[0]: the program name is empty", 18),
+            ("[ls, null]", "on_failure[1]: expected a string or a number, got null", 22),
+        ],
+    )
+    def test_bad_argument(self, value: str, message: str, column: int) -> None:
+        """A bad list item is reported at the item, with its index."""
+        assert f"schedules.yaml:5:{column}: task 'a': {message}" == task_error(f"on_failure: {value}")
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [("0", "must be more than 0"), ("-1s", "must not be negative, got '-1s'")],
+    )
+    def test_bad_hook_timeout(self, value: str, message: str) -> None:
+        """hook_timeout is a duration above 0."""
+        assert f"schedules.yaml:5:19: task 'a': hook_timeout: {message}" == task_error(
+            f"hook_timeout: {value}"
+        )
+
+    @pytest.mark.parametrize(("key", "guess"), [("on_error", "on_failure"), ("on_succes", "on_success")])
+    def test_misspelt_key(self, key: str, guess: str) -> None:
+        """A near miss, or another tool's name for the key, gets a did-you-mean, in a task and in defaults."""
+        assert f"schedules.yaml:5:5: task 'a': unknown key {key!r} (did you mean {guess!r}?)" == task_error(
+            f"{key}: x"
+        )
+        assert [f"schedules.yaml:1:12: defaults: unknown key {key!r} (did you mean {guess!r}?)"] == problems(
+            f"defaults: {{{key}: x}}\ntasks: {{}}\n"
+        )
+
+
+RETRIES_FORM = "expected a whole number of retries after a failed run, from 0 to 100"
+BACKOFF_FORM = "expected a number from 1 to 100 to multiply the delay by after each retry (1: the same delay)"
+
+
+class TestRetries:
+    def test_defaults(self) -> None:
+        """A task without the keys is not retried; the delays default to 30 s, doubling, at most 10 min."""
+        task = one_task("")
+
+        assert (0, 30.0, 2.0, 600.0) == (
+            DEFAULT_RETRIES,
+            DEFAULT_RETRY_DELAY_S,
+            DEFAULT_RETRY_BACKOFF,
+            DEFAULT_RETRY_MAX_DELAY_S,
+        )
+        assert (0, 30.0, 2.0, 600.0) == (
+            task.retries,
+            task.retry_delay_s,
+            task.retry_backoff,
+            task.retry_max_delay_s,
+        )
+
+    def test_set_in_task(self) -> None:
+        """Each key lands in its TaskSpec field."""
+        task = one_task("retries: 3\nretry_delay: 1m\nretry_backoff: 1.5\nretry_max_delay: 1h")
+
+        assert (3, 60.0, 1.5, 3600.0) == (
+            task.retries,
+            task.retry_delay_s,
+            task.retry_backoff,
+            task.retry_max_delay_s,
+        )
+
+    @pytest.mark.parametrize(("value", "retries"), [("0", 0), ("1", 1), ("100", 100)])
+    def test_retries_accepted(self, value: str, retries: int) -> None:
+        """retries is a whole number from 0 to 100."""
+        assert retries == one_task(f"retries: {value}").retries
+
+    def test_zero_delay(self) -> None:
+        """retry_delay 0 retries at once."""
+        assert 0.0 == one_task("retries: 1\nretry_delay: 0").retry_delay_s
+
+    @pytest.mark.parametrize(("value", "factor"), [("1", 1.0), ("1.5", 1.5), ("3", 3.0), ("100", 100.0)])
+    def test_backoff_accepted(self, value: str, factor: float) -> None:
+        """retry_backoff is an int or a float from 1 to 100, kept as a float."""
+        backoff = one_task(f"retry_backoff: {value}").retry_backoff
+
+        assert factor == backoff
+        assert float is type(backoff)
+
+    def test_defaults_apply_and_task_overrides(self) -> None:
+        """Values under `defaults` apply to every task; a task's own value wins."""
+        config = parse("""
+            defaults:
+              retries: 2
+              retry_delay: 10s
+              retry_backoff: 3
+              retry_max_delay: 5m
+            tasks:
+              a: {schedule: "0 9 * * *", command: run}
+              b: {schedule: "0 9 * * *", command: run, retries: 0, retry_backoff: 1}
+        """)
+        a, b = config.tasks["a"], config.tasks["b"]
+
+        assert (2, 10.0, 3.0, 300.0) == (a.retries, a.retry_delay_s, a.retry_backoff, a.retry_max_delay_s)
+        assert (0, 10.0, 1.0, 300.0) == (b.retries, b.retry_delay_s, b.retry_backoff, b.retry_max_delay_s)
+
+    def test_changed_setting_not_equal(self) -> None:
+        """Changing a retry key makes the specs differ, so a reload touches the task."""
+        for first, second in (
+            ("retries: 1", "retries: 2"),
+            ("retry_delay: 1s", "retry_delay: 2s"),
+            ("retry_backoff: 1", "retry_backoff: 2"),
+            ("retry_max_delay: 1h", "retry_max_delay: 2h"),
+        ):
+            assert one_task(first) != one_task(second), first
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            ("-1", "the number -1"),
+            ("101", "the number 101"),
+            ("1.5", "the number 1.5"),
+            ("true", "the boolean true"),
+            ('"3"', "'3' (write it without quotes)"),
+            ("three", "'three'"),
+            ("null", "null"),
+            ("[3]", "a list"),
+        ],
+    )
+    def test_retries_rejected(self, value: str, shown: str) -> None:
+        """Anything but a whole number from 0 to 100 is an error naming the line, the task and the value."""
+        assert f"schedules.yaml:5:14: task 'a': retries: {RETRIES_FORM}, got {shown}" == task_error(
+            f"retries: {value}"
+        )
+
+    @pytest.mark.parametrize(("value", "number"), [("010", 8), ("0x3", 3), ("1:30", 90)])
+    def test_retries_yaml_11_integers(self, value: str, number: int) -> None:
+        """Octal, hex and base-60 spellings are explained rather than silently read, as for keep_runs."""
+        assert (
+            f"schedules.yaml:5:14: task 'a': retries: {RETRIES_FORM}, got {value}, which YAML 1.1 reads as "
+            f"the number {number}; write it in decimal digits"
+        ) == task_error(f"retries: {value}")
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            ("0.5", "the number 0.5"),
+            ("0", "the number 0"),
+            ("101", "the number 101"),
+            ('"2"', "'2' (write it without quotes)"),
+            ("'1.5'", "'1.5' (write it without quotes)"),
+            ("true", "the boolean true"),
+            ("double", "'double'"),
+            ("null", "null"),
+            (".nan", "the number nan"),
+        ],
+    )
+    def test_backoff_rejected(self, value: str, shown: str) -> None:
+        """Anything but a number from 1 to 100 is an error naming the line, the task and the value."""
+        assert f"schedules.yaml:5:20: task 'a': retry_backoff: {BACKOFF_FORM}, got {shown}" == task_error(
+            f"retry_backoff: {value}"
+        )
+
+    @pytest.mark.parametrize(
+        ("setting", "message"),
+        [
+            ("retry_delay: -1s", "5:18: task 'a': retry_delay: must not be negative, got '-1s'"),
+            (
+                "retry_delay: soon",
+                "5:18: task 'a': retry_delay: expected a duration like 90s, 10m, 1h30m or a number of "
+                "seconds, got 'soon'",
+            ),
+            ("retry_max_delay: 0", "5:22: task 'a': retry_max_delay: must be more than 0"),
+            (
+                "retry_max_delay: -5",
+                "5:22: task 'a': retry_max_delay: must not be negative, got the number -5",
+            ),
+        ],
+    )
+    def test_bad_delay(self, setting: str, message: str) -> None:
+        """retry_delay is a duration of 0 or more; retry_max_delay one above 0."""
+        assert f"schedules.yaml:{message}" == task_error(setting)
+
+    def test_max_delay_shorter_than_delay(self) -> None:
+        """A task that retries with retry_max_delay below retry_delay is an error at its retry_max_delay."""
+        assert "schedules.yaml:6:22: task 'a': retry_max_delay (5s) is shorter than retry_delay (30s)" == (
+            task_error("retries: 2\nretry_max_delay: 5s")
+        )
+
+    def test_delay_longer_than_default_max(self) -> None:
+        """A retry_delay above the default retry_max_delay is reported at the retry_delay."""
+        assert "schedules.yaml:6:18: task 'a': retry_max_delay (10m) is shorter than retry_delay (15m)" == (
+            task_error("retries: 1\nretry_delay: 15m")
+        )
+
+    def test_equal_delays(self) -> None:
+        """retry_max_delay equal to retry_delay is fine: every retry waits the same."""
+        task = one_task("retries: 1\nretry_delay: 1m\nretry_max_delay: 60s")
+
+        assert (60.0, 60.0) == (task.retry_delay_s, task.retry_max_delay_s)
+
+    def test_delays_unchecked_without_retries(self) -> None:
+        """Without retries the two delays are unused, so their order is not checked."""
+        task = one_task("retry_delay: 1h\nretry_max_delay: 5s")
+
+        assert (0, 3600.0, 5.0) == (task.retries, task.retry_delay_s, task.retry_max_delay_s)
+
+    def test_delays_from_defaults(self) -> None:
+        """Once defaults apply, each task that retries is checked: at its own retry setting, else its name."""
+        assert [
+            "schedules.yaml:7:3: task 'b': retry_max_delay (5s) is shorter than retry_delay (30s)",
+            "schedules.yaml:8:53: task 'c': retry_max_delay (5s) is shorter than retry_delay (30s)",
+            "schedules.yaml:9:61: task 'd': retry_max_delay (1s) is shorter than retry_delay (30s)",
+        ] == problems("""
+            defaults:
+              retries: 1
+              retry_max_delay: 5s
+            tasks:
+              a: {schedule: "0 9 * * *", command: run, retries: 0}
+              b: {schedule: "0 9 * * *", command: run}
+              c: {schedule: "0 9 * * *", command: run, retries: 3}
+              d: {schedule: "0 9 * * *", command: run, retry_max_delay: 1s}
+        """)
+
+    def test_bad_delay_reported_once(self) -> None:
+        """An invalid retry_delay is its own problem only, not also an order problem."""
+        assert "schedules.yaml:6:18: task 'a': retry_delay: must not be negative, got '-1m'" == task_error(
+            "retries: 2\nretry_delay: -1m\nretry_max_delay: 5s"
+        )
+
+    @pytest.mark.parametrize(
+        ("key", "guess"),
+        [
+            ("retry", "retries"),
+            ("retry_count", "retries"),
+            ("backoff", "retry_backoff"),
+            ("max_delay", "retry_max_delay"),
+        ],
+    )
+    def test_misspelt_key(self, key: str, guess: str) -> None:
+        """A near miss, or another tool's name for the key, gets a did-you-mean."""
+        assert f"schedules.yaml:5:5: task 'a': unknown key {key!r} (did you mean {guess!r}?)" == task_error(
+            f"{key}: 1"
+        )
+
+    @pytest.mark.parametrize("key", ["retries", "retry_delay", "ping_url", "on_failure", "hook_timeout"])
+    def test_at_top_level(self, key: str) -> None:
+        """A new task key at the top level is pointed at a task or `defaults:`."""
+        assert (
+            f"schedules.yaml:1:1: unknown key {key!r} "
+            "(a task setting: set it in a task, or under 'defaults:' for every task)"
+        ) == top_error(f"{key}: 1")
+
+
 class TestPickling:
     def test_round_trip_keeps_store_settings(self) -> None:
         """A pickled Config keeps store, store_line, keep_runs and each task's store keys."""
@@ -959,6 +1465,41 @@ class TestPickling:
         assert ("postgresql://u:${PGPASS}@h/db", 2, 25) == (copy.store, copy.store_line, copy.keep_runs)
         task = copy.tasks["a"]
         assert (True, True, False, 6) == (task.catch_up, task.require_store, task.store_output, task.line)
+
+    def test_round_trip_keeps_ping_hook_and_retry_settings(self) -> None:
+        """A pickled Config keeps each task's ping, hook and retry keys, from the task and from defaults."""
+        config = parse("""
+            defaults: {ping_url: "https://hc-ping.com/${HC_PING_KEY}/x", retries: 2, hook_timeout: 90s}
+            tasks:
+              a:
+                schedule: "0 9 * * *"
+                command: run
+                ping_exit_code: true
+                ping_timeout: 7s
+                on_failure: [alert, a]
+                on_success: echo ok
+                retry_delay: 1m
+                retry_backoff: 1.5
+                retry_max_delay: 2h
+        """)
+
+        copy = pickle.loads(pickle.dumps(config))
+
+        assert config == copy
+        task = copy.tasks["a"]
+        assert ("https://hc-ping.com/${HC_PING_KEY}/x", True, 7.0) == (
+            task.ping_url,
+            task.ping_exit_code,
+            task.ping_timeout_s,
+        )
+        assert (("alert", "a"), "echo ok", 90.0) == (task.on_failure, task.on_success, task.hook_timeout_s)
+        assert (2, 60.0, 1.5, 7200.0) == (
+            task.retries,
+            task.retry_delay_s,
+            task.retry_backoff,
+            task.retry_max_delay_s,
+        )
+        assert 4 == task.line
 
 
 class TestLoadConfig:
