@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= schedules.example.yaml
+METRICS_ADDR ?= 127.0.0.1:9464
 
 .PHONY: run test lint typecheck unit bench clean
 
@@ -13,7 +14,7 @@ $(BIN)/scheduler: pyproject.toml
 	touch $@
 
 run: $(BIN)/scheduler
-	$(BIN)/scheduler run --config $(CONFIG) --log-format console
+	$(BIN)/scheduler run --config $(CONFIG) --log-format console --metrics-addr $(METRICS_ADDR)
 
 lint: $(BIN)/scheduler
 	$(BIN)/ruff check scheduler tests bench

@@ -733,7 +733,7 @@ class Clock:
         try:
             fd, path = tempfile.mkstemp(prefix=f"scheduler-{spec.name}-", suffix=".out")
             with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
-                f.write(output)
+                f.write(f"{output}\n" if output else "")  # lines, each ending in a newline
         except OSError as exc:
             self._log.warning("hook.failed", task=spec.name, run_id=run.run_id, hook=which, error=str(exc))
             return

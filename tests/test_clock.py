@@ -715,7 +715,7 @@ class TestRetries:
             hook.task.env["SCHEDULER_STATUS"],
         )
         assert "1" == hook.task.env["SCHEDULER_EXIT_CODE"]
-        assert "out" == hook.seen_output_file
+        assert "out\n" == hook.seen_output_file
         assert not os.path.exists(hook.task.env["SCHEDULER_OUTPUT_FILE"])
 
     def test_a_newer_scheduled_run_ends_the_retries(self) -> None:
