@@ -21,7 +21,6 @@ from scheduler import __version__, clock, log, runner
 from scheduler.config import DEFAULT_CONFIG_PATH, Config, TaskSpec, load_config, parse_duration, suggest
 from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
 from scheduler.loader import load_config_isolated
-from scheduler.pings import Pinger
 from scheduler.recorder import Recorder, clock_identity
 from scheduler.store import RunRecord, Store, open_store
 from scheduler.watch import FileWatcher
@@ -213,6 +212,8 @@ def run(
         )
         the_clock.install_signal_handlers()
         await the_clock.run()
+
+    from scheduler.pings import Pinger  # urllib and ssl: only for the clock
 
     pinger = Pinger(log=logger, env=dict(os.environ))
     try:
