@@ -234,7 +234,7 @@ class Clock:
 
     async def run(self) -> None:
         """Fire tasks until a stop is requested, then shut down within the grace."""
-        claimed = await self._recorder.start(self._clock.now()) if self._recorder is not None else None
+        history = await self._recorder.start(self._clock.now()) if self._recorder is not None else None
         now = self._clock.now()
         for spec in self.config.tasks.values():
             self._tasks[spec.name] = state = _TaskState(spec)
@@ -243,8 +243,16 @@ class Clock:
         self._log.info(
             "scheduler.started", tasks=len(self._tasks), config=self.config.path, version=__version__
         )
-        if claimed is not None:
-            self._catch_up(claimed, now)
+        if history is not None:
+            self._catch_up(history.claimed, now)
+            if self._metrics is not None:
+                for name in self._tasks:
+                    last_run, last_success = history.last_run.get(name), history.last_success.get(name)
+                    self._metrics.seed(
+                        name,
+                        last_run=last_run.timestamp() if last_run else None,
+                        last_success=last_success.timestamp() if last_success else None,
+                    )
         last_poll = now
         while not self._stop_signals:
             now = self._clock.now()

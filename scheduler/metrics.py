@@ -126,6 +126,14 @@ class Metrics:
         if status == _SUCCEEDED:
             self._child(self._last_success, task).set(self._now())
 
+    def seed(self, task: str, *, last_run: float | None, last_success: float | None) -> None:
+        """Start the last-run and last-success gauges from the run history (a store), so that after a
+        restart an alert such as "no success in 26 hours" still sees the old success instead of no data."""
+        if last_run is not None:
+            self._child(self._last_run, task).set(last_run)
+        if last_success is not None:
+            self._child(self._last_success, task).set(last_success)
+
     def skipped(self, task: str, reason: str) -> None:
         """A fire of task was not run, for reason (overlap, store, ...)."""
         self._child(self._skipped, task, reason).inc()

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -40,6 +41,15 @@ RECONNECT_MAX_S = 30.0
 PENDING_WRITES_CAP = 10_000
 # At shutdown, queued writes get this long to reach the store.
 FLUSH_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What a starting clock reads from the store, per task."""
+
+    claimed: dict[str, datetime]  # the newest instant any clock claimed: for catch-up
+    last_run: dict[str, datetime]  # when the newest run started: for the metrics
+    last_success: dict[str, datetime]  # when the newest successful run ended: for the metrics
 
 
 def clock_identity() -> str:
@@ -93,22 +103,24 @@ class Recorder:
     def available(self) -> bool:
         return self._available
 
-    async def start(self, now: datetime) -> dict[str, datetime] | None:
+    async def start(self, now: datetime) -> History | None:
         """Connect (creating or upgrading the schema), mark the runs a dead clock left `running` as lost,
-        and read, per task, the newest instant any clock claimed, for catch-up; None when the store cannot
-        be reached (then the outage has begun)."""
+        and read what the clock starts from; None when the store cannot be reached (then the outage has
+        begun)."""
         try:
-            lost, claimed = await self._call(lambda: self._connect_and_read(now), self._call_timeout_s)
+            lost, history = await self._call(lambda: self._connect_and_read(now), self._call_timeout_s)
         except StoreError as exc:
             self._went_down(exc)
             return None
         if lost:
             self._log.warning("store.lost_runs", runs=lost)
-        return claimed
+        return history
 
-    def _connect_and_read(self, now: datetime) -> tuple[int, dict[str, datetime]]:
+    def _connect_and_read(self, now: datetime) -> tuple[int, History]:
         self.store.connect()
-        return self.store.mark_lost(self.claimed_by, now), self.store.last_claimed()
+        lost = self.store.mark_lost(self.claimed_by, now)
+        last_runs = {task: record.started_at for task, record in self.store.last_runs().items()}
+        return lost, History(self.store.last_claimed(), last_runs, self.store.last_successes())
 
     async def claim(self, records: Sequence[RunRecord]) -> list[bool] | None:
         """Whether this clock won each instant; None when the store is unavailable or did not answer within

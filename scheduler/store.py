@@ -165,6 +165,10 @@ _SQL_RETENTION = f"""
         SELECT id FROM scheduler_runs WHERE task = ? AND {_CLAIMED_SQL} ORDER BY scheduled_for DESC LIMIT 1
     )
 """
+_SQL_LAST_SUCCESSES = (
+    "SELECT task, MAX(finished_at) FROM scheduler_runs WHERE status = 'succeeded' AND finished_at IS NOT NULL"
+    " GROUP BY task"
+)
 _SQL_LAST_CLAIMED = f"SELECT task, MAX(scheduled_for) FROM scheduler_runs WHERE {_CLAIMED_SQL} GROUP BY task"
 _SQL_HISTORY = (
     f"SELECT {_COLUMN_LIST} FROM scheduler_runs {{where}} ORDER BY started_at DESC, id DESC LIMIT ?"
@@ -347,6 +351,11 @@ class Store(ABC):
     def last_claimed(self) -> dict[str, datetime]:
         """Per task, the newest scheduled_for it was claimed for (any status; manual runs do not count)."""
         rows = self._call("read the last claims", lambda: self._query(_SQL_LAST_CLAIMED))
+        return {task: self._from_db(at) for task, at in rows}
+
+    def last_successes(self) -> dict[str, datetime]:
+        """Per task, when its newest successful run (among those kept) ended."""
+        rows = self._call("read the last successes", lambda: self._query(_SQL_LAST_SUCCESSES))
         return {task: self._from_db(at) for task, at in rows}
 
     def history(self, task: str | None = None, limit: int = 20) -> list[RunRecord]:

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from scheduler.clock import Clock, newest_missed
 from scheduler.config import Config, TaskSpec
 from scheduler.errors import ConfigError
+from scheduler.recorder import History
 from scheduler.runner import RunResult
 from scheduler.schedule import parse
 from scheduler.store import RunRecord
@@ -437,15 +438,17 @@ class FakeRecorder:
         self.claimed_at: dict[tuple[str, datetime], datetime] = {}
         self.closed = False
         self.race: dict[tuple[str, datetime], str] = {}  # claimed by another clock just after start()
+        self.last_run: dict[str, datetime] = {}
+        self.last_success: dict[str, datetime] = {}
 
-    async def start(self, now: datetime) -> dict[str, datetime] | None:
+    async def start(self, now: datetime) -> History | None:
         if self.down:
             return None
         newest: dict[str, datetime] = {}
         for name, instant in self.claimed:
             newest[name] = max(instant, newest.get(name, instant))
         self.claimed.update(self.race)
-        return newest
+        return History(newest, self.last_run, self.last_success)
 
     async def claim(self, records: list[RunRecord]) -> list[bool] | None:
         if self.down:
@@ -655,9 +658,15 @@ class Recording:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.kwargs: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
 
     def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args: self.calls.append((name, args))
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.calls.append((name, args))
+            if kwargs:
+                self.kwargs.setdefault(name, []).append((args[0] if len(args) == 1 else args, kwargs))
+
+        return record
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
         return [args for n, args in self.calls if n == name]
@@ -761,6 +770,27 @@ class TestMetrics:
         assert [("gone",)] == metrics.named("forget_task")
         assert ("gone", datetime(2027, 1, 1, tzinfo=UTC).timestamp()) in metrics.named("next_fire")
         assert len(metrics.named("heartbeat")) >= 3
+
+    def test_last_run_and_success_come_from_the_store(self) -> None:
+        """With a store, the last-run and last-success gauges start from the history, not from nothing."""
+        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=1))
+        recorder = FakeRecorder()
+        recorder.last_run = {"daily": T0 - timedelta(hours=2)}
+        recorder.last_success = {"daily": T0 - timedelta(days=1)}
+        metrics = Recording()
+        drive(
+            config(task("daily", "@daily"), task("new", "@daily")), fake, recorder=recorder, metrics=metrics
+        )
+        assert metrics.kwargs["seed"] == [
+            (
+                "daily",
+                {
+                    "last_run": (T0 - timedelta(hours=2)).timestamp(),
+                    "last_success": (T0 - timedelta(days=1)).timestamp(),
+                },
+            ),
+            ("new", {"last_run": None, "last_success": None}),
+        ]
 
 
 class TestNewestMissed:

@@ -129,6 +129,19 @@ class TestRuns:
         assert set() == series_of(metrics, "digest")
 
 
+class TestSeed:
+    def test_gauges_start_from_the_history(self, metrics: Metrics) -> None:
+        """Seeded last-run and last-success times are exported until a run moves them on."""
+        metrics.seed("digest", last_run=T0 - 60, last_success=T0 - 3600)
+        metrics.seed("new", last_run=None, last_success=None)
+        assert T0 - 60 == value(metrics, "scheduler_last_run_timestamp_seconds", task="digest")
+        assert T0 - 3600 == value(metrics, "scheduler_last_success_timestamp_seconds", task="digest")
+        assert value(metrics, "scheduler_last_success_timestamp_seconds", task="new") is None
+        metrics.run_started("digest")
+        metrics.run_finished("digest", "succeeded", 1.0)
+        assert T0 == value(metrics, "scheduler_last_success_timestamp_seconds", task="digest")
+
+
 class TestDurationBuckets:
     def test_bounds(self, metrics: Metrics) -> None:
         """The buckets span 0.1 s to 1 h, then +Inf."""

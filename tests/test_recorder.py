@@ -13,7 +13,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from scheduler.errors import StoreError
-from scheduler.recorder import Recorder, clock_identity
+from scheduler.recorder import History, Recorder, clock_identity
 from scheduler.store import RunRecord
 
 T = TypeVar("T")
@@ -53,6 +53,14 @@ class MemoryStore:
     def mark_lost(self, claimed_by: str, at: datetime) -> int:
         self._enter()
         return self.lost
+
+    def last_runs(self) -> dict[str, RunRecord]:
+        self._enter()
+        return {"t": record("r0")}
+
+    def last_successes(self) -> dict[str, datetime]:
+        self._enter()
+        return {"t": T0 - timedelta(days=1)}
 
     def last_claimed(self) -> dict[str, datetime]:
         self._enter()
@@ -140,14 +148,15 @@ class TestClaims:
         store.lost = 2
         store.claimed = {("t", T0), ("t", T0 + timedelta(hours=1))}
 
-        async def main() -> dict[str, datetime] | None:
+        async def main() -> History | None:
             recorder = make(store)
             got = await recorder.start(T0)
             await recorder.close()
             return got
 
         with capture_logs() as logs:
-            assert {"t": T0 + timedelta(hours=1)} == run(main())
+            expected = History({"t": T0 + timedelta(hours=1)}, {"t": T0}, {"t": T0 - timedelta(days=1)})
+            assert expected == run(main())
         assert 1 == store.connects
         assert [2] == [e["runs"] for e in events(logs, "store.lost_runs")]
 

@@ -545,6 +545,20 @@ class TestRecord:
         assert [record] == store.history()
 
 
+class TestLastSuccesses:
+    def test_when_each_task_last_succeeded(self, store: Store) -> None:
+        """Per task, the end of its newest successful run; failures and unfinished runs do not count."""
+        ok, failed, later = run("a", 0), run("a", 10), run("b", 5)
+        store.claim([ok, failed, later, run("c", 1)])
+        finish(store, ok)
+        finish(store, failed, status="failed", exit_code=1)
+        finish(store, later)
+        assert {
+            "a": ok.started_at + timedelta(seconds=1),
+            "b": later.started_at + timedelta(seconds=1),
+        } == store.last_successes()
+
+
 class TestRelease:
     def test_given_back_claim_can_be_claimed_again(self, make_store: Callable[..., Store]) -> None:
         """A released claim is gone: another clock's claim of that instant then wins."""
