@@ -21,12 +21,11 @@ from scheduler import __version__, clock, log, runner
 from scheduler.config import DEFAULT_CONFIG_PATH, Config, TaskSpec, load_config, parse_duration, suggest
 from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
 from scheduler.loader import load_config_isolated
-from scheduler.recorder import Recorder, clock_identity
-from scheduler.store import RunRecord, Store, open_store
 from scheduler.watch import FileWatcher
 
 if TYPE_CHECKING:
     from scheduler.metrics import MetricsServer
+    from scheduler.store import RunRecord, Store
 
 EXIT_USAGE = 2  # bad config, unknown task, bad arguments (click uses 2 as well)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the store named cannot be reached
@@ -107,6 +106,8 @@ def _open_store(config: Config, store_url: str | None) -> Store | None:
     if not store_url and url.startswith(_SQLITE_RELATIVE) and not url.startswith(_SQLITE_RELATIVE + "/"):
         # A relative SQLite path in the file is relative to the file's folder, as a task's cwd is.
         url = _SQLITE_RELATIVE + os.path.join(os.path.dirname(os.path.abspath(config.path)), url[10:])
+    from scheduler.store import open_store  # sqlite3, maybe psycopg: only with a store
+
     return open_store(url, keep_runs=config.keep_runs)
 
 
@@ -195,6 +196,8 @@ def run(
     async def main() -> None:
         recorder = None
         if store is not None:
+            from scheduler.recorder import Recorder
+
             recorder = Recorder(store, log=logger)
             logger.info("store.opened", kind=store.kind, claimed_by=recorder.claimed_by)
         the_clock = clock.Clock(
@@ -270,6 +273,9 @@ def run_now(
     log.configure(log_format, log_level, stream=sys.stderr)
     logger = log.get_logger()
     run_id = uuid.uuid4().hex[:12]
+    from scheduler.recorder import clock_identity
+    from scheduler.store import RunRecord
+
     record = RunRecord(
         task=spec.name,
         scheduled_for=datetime.now(UTC),

@@ -11,7 +11,6 @@ import fcntl
 import math
 import os
 import re
-import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +24,8 @@ from scheduler.config import DEFAULT_KEEP_RUNS
 from scheduler.errors import StoreError
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from psycopg import Connection
 
 OUTPUT_TAIL_BYTES = 4096
@@ -480,6 +481,8 @@ class _SQLiteStore(Store):
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        import sqlite3  # here, not at the top: the clock imports this module, most clocks have no store
+
         self._errors = (sqlite3.Error, OSError)
 
     def lock_single_clock(self) -> None:
@@ -528,6 +531,8 @@ class _SQLiteStore(Store):
         return self._conn is not None
 
     def _open(self) -> None:
+        import sqlite3
+
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         # isolation_level=None: no implicit transactions; _transaction() says BEGIN IMMEDIATE itself, which
         # takes the write lock up front (waiting up to the busy timeout) instead of failing on an upgrade.
@@ -544,7 +549,7 @@ class _SQLiteStore(Store):
         if conn is not None:
             try:
                 conn.close()
-            except sqlite3.Error:
+            except self._errors:
                 pass
 
     @contextmanager
@@ -556,7 +561,7 @@ class _SQLiteStore(Store):
         except BaseException:
             try:
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
+            except self._errors:
                 pass  # the caller drops the connection; closing it rolls back
             raise
         conn.execute("COMMIT")
@@ -676,6 +681,8 @@ def _use_wal(conn: sqlite3.Connection) -> None:
     The switch needs an exclusive lock, and SQLite answers "database is locked" at once, without its busy
     timeout, when connections that created the file together all try it: so it is retried for a while.
     """
+    import sqlite3
+
     deadline = time.monotonic() + CONNECT_TIMEOUT_S
     while True:
         try:
