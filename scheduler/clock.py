@@ -12,21 +12,19 @@ import ctypes
 import gc
 import heapq
 import itertools
-import os
 import random
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
-from scheduler import __version__
+from scheduler import __version__, hooks
 from scheduler.config import Config, TaskSpec
 from scheduler.errors import ConfigError
 from scheduler.schedule import Schedule
@@ -734,25 +732,14 @@ class Clock:
     def _start_hook(
         self, run: Run, result: RunResult, hook: str | tuple[str, ...], which: str, output: str
     ) -> None:
-        """Run on_success or on_failure with the run's environment and SCHEDULER_STATUS, _EXIT_CODE,
-        _DURATION_S and _OUTPUT_FILE (a temporary file with the output tail, removed afterwards), under its
-        own timeout. A hook's failure is logged as hook.failed, never retried, and never fails the task."""
+        """Start on_success or on_failure (see hooks.py), tracked like a run so that a shutdown stops it. A
+        hook's failure is logged as hook.failed, never retried, and never fails the task."""
         spec = run.task
         try:
-            fd, path = tempfile.mkstemp(prefix=f"scheduler-{spec.name}-", suffix=".out")
-            with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
-                f.write(f"{output}\n" if output else "")  # lines, each ending in a newline
+            hook_spec, path = hooks.prepare(spec, hook, result, output)
         except OSError as exc:
             self._log.warning("hook.failed", task=spec.name, run_id=run.run_id, hook=which, error=str(exc))
             return
-        hook_env = {
-            **spec.env,
-            "SCHEDULER_STATUS": result.status,
-            "SCHEDULER_EXIT_CODE": "" if result.exit_code is None else str(result.exit_code),
-            "SCHEDULER_DURATION_S": f"{result.duration_s:.3f}",
-            "SCHEDULER_OUTPUT_FILE": path,
-        }
-        hook_spec = replace(spec, command=hook, timeout_s=spec.hook_timeout_s, env=hook_env)
         try:
             hook_run = self._start_run(
                 hook_spec,
@@ -764,7 +751,7 @@ class Clock:
                 yield_cpu=False,
             )
         except Exception as exc:  # a bug: the runner turns every failure to start into a failed run
-            _remove(path)
+            hooks.cleanup(path)
             self._log.error("scheduler.error", task=spec.name, error=f"{type(exc).__name__}: {exc}")
             return
         self._runs.add(hook_run)
@@ -775,7 +762,7 @@ class Clock:
             result = await hook_run.wait()
         finally:
             self._runs.discard(hook_run)
-            _remove(path)
+            hooks.cleanup(path)
         if result.status != "succeeded":
             self._log.warning(
                 "hook.failed",
@@ -957,13 +944,6 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 
 _malloc_trim = _load_malloc_trim()
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _iso(at: datetime) -> str:
