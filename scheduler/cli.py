@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from scheduler import __version__, clock, log, runner
-from scheduler.config import DEFAULT_CONFIG_PATH, Config, TaskSpec, load_config, parse_duration, suggest
+from scheduler.config import (
+    DEFAULT_CONFIG_PATH,
+    ENV_REFERENCE,
+    Config,
+    TaskSpec,
+    load_config,
+    parse_duration,
+    suggest,
+)
 from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
 from scheduler.loader import load_config_isolated
 from scheduler.watch import FileWatcher
@@ -80,7 +88,6 @@ def _store_option(func: F) -> F:
 
 
 _SQLITE_RELATIVE = "sqlite:///"
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _open_store(config: Config, store_url: str | None) -> Store | None:
@@ -102,7 +109,7 @@ def _open_store(config: Config, store_url: str | None) -> Store | None:
             raise ConfigError([f"{where}: environment variable {name} is not set"])
         return value
 
-    url = _ENV_REFERENCE.sub(fill, url)
+    url = ENV_REFERENCE.sub(fill, url)
     if not store_url and url.startswith(_SQLITE_RELATIVE) and not url.startswith(_SQLITE_RELATIVE + "/"):
         # A relative SQLite path in the file is relative to the file's folder, as a task's cwd is.
         url = _SQLITE_RELATIVE + os.path.join(os.path.dirname(os.path.abspath(config.path)), url[10:])

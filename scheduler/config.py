@@ -293,6 +293,9 @@ _KEY_SYNONYMS = {
 _OVERLAPS: tuple[str, ...] = get_args(Overlap)
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A `${NAME}` reference in `store` or `ping_url`. This module only checks them; the edges (the CLI for the
+# store, the pinger for ping URLs) fill them in from the environment.
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _STORE_SCHEMES = ("sqlite://", "postgresql://", "postgres://")
 _STORE_FORMS = (
     "a store URL starting with sqlite://, postgresql:// or postgres://, "

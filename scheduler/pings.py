@@ -26,6 +26,7 @@ from typing import Literal
 from structlog.typing import FilteringBoundLogger
 
 import scheduler
+from scheduler.config import ENV_REFERENCE
 
 DEFAULT_PING_TIMEOUT_S = 5.0
 PING_RETRIES = 2  # after the first attempt
@@ -37,7 +38,6 @@ _RETRY_DELAYS_S = tuple(float(2**i) for i in range(PING_RETRIES))
 # A ping's answer is read (so the connection ends cleanly) but never used; this much at most.
 _ANSWER_BYTES = 64 * 1024
 _USER_AGENT = f"scheduler/{scheduler.__version__}"
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SCHEMES = ("http", "https")
 _HIDDEN = "…"
 
@@ -52,7 +52,7 @@ def display_url(url: str) -> str:
     User info and the query are dropped too; a URL that is a lone ${NAME} reference is shown as written (a
     variable's name is no secret), and anything without a scheme and host as '…'.
     """
-    if _ENV_REFERENCE.fullmatch(url):
+    if ENV_REFERENCE.fullmatch(url):
         return url
     try:
         parts = urllib.parse.urlsplit(url)
@@ -278,7 +278,7 @@ class Pinger:
             return value
 
         try:
-            parts = urllib.parse.urlsplit(_ENV_REFERENCE.sub(fill, ping.url))
+            parts = urllib.parse.urlsplit(ENV_REFERENCE.sub(fill, ping.url))
         except ValueError:
             raise ValueError("not a valid URL") from None  # urllib's message may quote the URL
         if parts.scheme.lower() not in _SCHEMES or not parts.netloc:
