@@ -112,7 +112,8 @@ def _open_store(config: Config, store_url: str | None) -> Store | None:
     url = ENV_REFERENCE.sub(fill, url)
     if not store_url and url.startswith(_SQLITE_RELATIVE) and not url.startswith(_SQLITE_RELATIVE + "/"):
         # A relative SQLite path in the file is relative to the file's folder, as a task's cwd is.
-        url = _SQLITE_RELATIVE + os.path.join(os.path.dirname(os.path.abspath(config.path)), url[10:])
+        folder = os.path.dirname(os.path.abspath(config.path))
+        url = _SQLITE_RELATIVE + os.path.join(folder, url[len(_SQLITE_RELATIVE) :])
     from scheduler.store import open_store  # sqlite3, maybe psycopg: only with a store
 
     return open_store(url, keep_runs=config.keep_runs)
@@ -283,13 +284,14 @@ def run_now(
     from scheduler.recorder import clock_identity
     from scheduler.store import RunRecord
 
+    now = datetime.now(UTC)
     record = RunRecord(
         task=spec.name,
-        scheduled_for=datetime.now(UTC),
+        scheduled_for=now,
         trigger="manual",
         run_id=run_id,
         claimed_by=clock_identity(),
-        started_at=datetime.now(UTC),
+        started_at=now,
     )
     if store is not None:
         store = _store_call(store, logger, lambda s: s.record(record))

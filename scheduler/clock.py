@@ -390,9 +390,9 @@ class Clock:
             self._track(self._claim_and_fire(due, "catch_up"))
 
     def _claim_ahead(self, now: datetime) -> None:
-        """Claim, in one batch, the fires due within CLAIM_AHEAD_S, so that the store's answer is there
-        when they are due; then release the claims whose fire has passed unused (a reload changed or
-        removed the task) as skipped."""
+        """Release the claims whose fire has passed unused (a reload changed or removed the task), then
+        claim, in one batch, the fires due within CLAIM_AHEAD_S, so that the store's answer is there when
+        they are due."""
         assert self._recorder is not None
         now_ts = now.timestamp()
         for key, claim in list(self._claims.items()):
@@ -405,14 +405,9 @@ class Clock:
             key = (entry.name, entry.instant)
             if not self._is_live(entry) or key in self._claims:
                 continue
-            record = RunRecord(
-                task=entry.name,
-                scheduled_for=entry.instant,
-                trigger="schedule",
-                run_id=_new_run_id(),
-                claimed_by=self._recorder.claimed_by,
-                started_at=datetime.fromtimestamp(max(entry.due, now_ts), UTC),  # when it is to start
-            )
+            # started_at: when it is to start.
+            start = datetime.fromtimestamp(max(entry.due, now_ts), UTC)
+            record = self._new_record(entry.name, entry.instant, "schedule", start)
             claim = _Claim(record, entry.due, asyncio.get_running_loop().create_future())
             self._claims[key] = claim
             batch.append(claim)
@@ -460,16 +455,27 @@ class Clock:
         if claim is None:
             return
         run_id = claim.record.run_id
-        if claim.answer.done():
-            if claim.answer.result():
+
+        def when_answered(answer: asyncio.Future[bool | None]) -> None:
+            if answer.result():
                 self._give_back(run_id)
+
+        if claim.answer.done():
+            when_answered(claim.answer)
         else:
-
-            def when_answered(answer: asyncio.Future[bool | None]) -> None:
-                if answer.result():
-                    self._give_back(run_id)
-
             claim.answer.add_done_callback(when_answered)
+
+    def _new_record(self, name: str, instant: datetime, trigger: str, started_at: datetime) -> RunRecord:
+        """A run as this clock claims or records it, under a new run id."""
+        assert self._recorder is not None
+        return RunRecord(
+            task=name,
+            scheduled_for=instant,
+            trigger=trigger,
+            run_id=_new_run_id(),
+            claimed_by=self._recorder.claimed_by,
+            started_at=started_at,
+        )
 
     def _give_back(self, run_id: str) -> None:
         """A won claim whose run will not start (this clock is stopping, or the task was removed): delete
@@ -482,17 +488,7 @@ class Clock:
         """Claim instants that were not claimed ahead (a late fire, a catch-up) together, then decide each."""
         assert self._recorder is not None
         now = self._clock.now()
-        records = [
-            RunRecord(
-                task=state.spec.name,
-                scheduled_for=instant,
-                trigger=trigger,
-                run_id=_new_run_id(),
-                claimed_by=self._recorder.claimed_by,
-                started_at=now,
-            )
-            for state, instant in due
-        ]
+        records = [self._new_record(state.spec.name, instant, trigger, now) for state, instant in due]
         won = await self._recorder.claim(records)
         answers: Sequence[bool | None] = won if won is not None else [None] * len(due)
         last = max((i for i, ours in enumerate(answers) if ours is not False), default=-1)
@@ -703,18 +699,11 @@ class Clock:
         if state is None or retry is None or retry.due > now_ts:
             return  # superseded by a scheduled run, or the task was removed
         state.retry = None
-        run_id = _new_run_id()
+        run_id = None  # _fire makes one, unless the run is recorded under its own
         if self._recorder is not None:
-            self._recorder.started_unclaimed(
-                RunRecord(
-                    task=name,
-                    scheduled_for=retry.instant,
-                    trigger="retry",
-                    run_id=run_id,
-                    claimed_by=self._recorder.claimed_by,
-                    started_at=self._clock.now(),
-                )
-            )
+            record = self._new_record(name, retry.instant, "retry", self._clock.now())
+            run_id = record.run_id
+            self._recorder.started_unclaimed(record)
             self._recorded.add(run_id)
         if not self._fire(
             state, retry.instant, "retry", run_id=run_id, yield_cpu=True, attempt=retry.attempt

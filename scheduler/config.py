@@ -947,11 +947,7 @@ class _Parser:
 
     def _url(self, node: Node, where: str, expected: str) -> str:
         """A non-empty string without NUL whose `${NAME}` references are well formed; never expanded."""
-        value = self._string(node, where, expected)
-        if not value.strip():
-            self.fail(node, f"{where}: expected {expected}, got an empty string")
-        if "\0" in value:
-            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+        value = self._os_string(node, where, expected)
         if "${" in value:
             self._check_references(value, node, where)
         return value

@@ -57,16 +57,6 @@ def clock_identity() -> str:
     return f"{os.environ.get('DYNO') or socket.gethostname()}:{os.getpid()}"
 
 
-class _Write:
-    """A queued write: insert a run fired without a claim, give back a claim, or record the end of a run."""
-
-    __slots__ = ("args", "kind")
-
-    def __init__(self, kind: str, args: dict[str, Any]) -> None:
-        self.kind = kind
-        self.args = args
-
-
 class Recorder:
     """Claims instants and records runs in a Store, without ever stalling the clock on it."""
 
@@ -92,7 +82,9 @@ class Recorder:
         self._reconnect_max_s = reconnect_max_s
         self._sleep = sleep
         self._worker = _Worker()
-        self._pending: deque[_Write] = deque(maxlen=pending_cap)
+        # Writes waiting for the store's thread, in order: insert a run fired without a claim, give back a
+        # claim, or record the end of a run.
+        self._pending: deque[Callable[[Store], object]] = deque(maxlen=pending_cap)
         self._dropped = 0
         self._available = True
         self._down_since = 0.0
@@ -135,15 +127,15 @@ class Recorder:
 
     def started_unclaimed(self, record: RunRecord) -> None:
         """Note a run that started without a claim (the store was down): it is inserted when it can be."""
-        self._queue(_Write("record", {"record": record}))
+        self._queue(lambda store: store.record(record))
 
     def finished(self, run_id: str, **fields: Any) -> None:
         """Note the end of a run (finish's keyword arguments); written in the background."""
-        self._queue(_Write("finish", {"run_id": run_id, **fields}))
+        self._queue(lambda store: store.finish(run_id, **fields))
 
     def released(self, run_id: str) -> None:
         """Give back a claim whose run will not start; written in the background."""
-        self._queue(_Write("release", {"run_id": run_id}))
+        self._queue(lambda store: store.release(run_id))
 
     async def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Give the queued writes up to timeout_s to reach the store, then let go of it."""
@@ -165,7 +157,7 @@ class Recorder:
 
     # Inside
 
-    def _queue(self, write: _Write) -> None:
+    def _queue(self, write: Callable[[Store], object]) -> None:
         if len(self._pending) == self._pending.maxlen:
             self._dropped += 1
         self._pending.append(write)
@@ -188,12 +180,7 @@ class Recorder:
         while self._pending:
             write = self._pending.popleft()
             try:
-                if write.kind == "record":
-                    self.store.record(write.args["record"])
-                elif write.kind == "release":
-                    self.store.release(write.args["run_id"])
-                else:
-                    self.store.finish(**write.args)
+                write(self.store)
             except BaseException:
                 self._pending.appendleft(write)
                 raise
