@@ -29,6 +29,7 @@ from scheduler.config import (
 )
 from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
 from scheduler.loader import load_config_isolated
+from scheduler.observe import NO_METRICS
 from scheduler.watch import FileWatcher
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ def run(
 
             recorder = Recorder(store, log=logger)
             logger.info("store.opened", kind=store.kind, claimed_by=recorder.claimed_by)
-        the_clock = clock.Clock(
+        the_clock = clock.ClockLoop(
             config,
             start_run=runner.start_run,
             log=logger,
@@ -218,7 +219,7 @@ def run(
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,
             shutdown_grace_s=grace_s,
             recorder=recorder,
-            metrics=metrics_server.metrics if metrics_server is not None else None,
+            metrics=metrics_server.metrics if metrics_server is not None else NO_METRICS,
             pinger=pinger,
         )
         the_clock.install_signal_handlers()

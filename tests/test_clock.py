@@ -15,9 +15,11 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from scheduler.clock import Clock, newest_missed
+from scheduler.claims import newest_missed
+from scheduler.clock import ClockLoop
 from scheduler.config import Config, TaskSpec
 from scheduler.errors import ConfigError
+from scheduler.observe import NO_METRICS, NO_PINGS
 from scheduler.recorder import History
 from scheduler.runner import RunResult
 from scheduler.schedule import parse
@@ -85,7 +87,7 @@ class FakeWatcher:
         return next(self.changes, False)
 
 
-class FakeClock:
+class FakeTime:
     """Moves time only when the loop sleeps; runs scripted actions at their instants."""
 
     def __init__(self, start: datetime, until: datetime) -> None:
@@ -97,7 +99,7 @@ class FakeClock:
         self.statuses: dict[str, list[str]] = {}  # per task, the status of each run in turn (then success)
         self.hooks: list[FakeRun] = []
         self.yields: list[bool] = []
-        self.clock: Clock | None = None
+        self.clock: ClockLoop | None = None
 
     def now(self) -> datetime:
         return self.t
@@ -162,7 +164,7 @@ async def inline(func: Callable[[], Any]) -> Any:
 
 def drive(
     cfg: Config,
-    fake: FakeClock,
+    fake: FakeTime,
     *,
     reload_config: Callable[[], Config] | None = None,
     watcher: Any = None,
@@ -173,20 +175,20 @@ def drive(
     """Run the clock on the fake until `fake.until`; return the logged events."""
 
     async def main() -> None:
-        clock = Clock(
+        clock = ClockLoop(
             cfg,
             start_run=fake.start_run,  # type: ignore[arg-type]
             log=structlog.get_logger(),
             env={},
-            clock=fake,
+            time_source=fake,
             reload_config=reload_config,
             watcher=watcher,
             rng=random.Random(7),
             shutdown_grace_s=5,
             run_blocking=inline,
             recorder=recorder,
-            metrics=metrics,
-            pinger=pinger,
+            metrics=metrics or NO_METRICS,
+            pinger=pinger or NO_PINGS,
         )
         fake.clock = clock
         await clock.run()
@@ -200,18 +202,18 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
-def ran(fake: FakeClock) -> set[str]:
+def ran(fake: FakeTime) -> set[str]:
     return {r.run_id for r in fake.runs}
 
 
-def fired(fake: FakeClock, name: str | None = None) -> list[datetime]:
+def fired(fake: FakeTime, name: str | None = None) -> list[datetime]:
     return [r.scheduled_for for r in fake.runs if name is None or r.task.name == name]
 
 
 class TestFiring:
     def test_per_second_each_instant_once(self) -> None:
         """A per-second task fires at every second, once, at that second."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=10, milliseconds=500))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=10, milliseconds=500))
         logs = drive(config(task("tick", "* * * * * *", overlap="allow")), fake)
         assert [T0 + timedelta(seconds=s) for s in range(1, 11)] == fired(fake)
         assert all(r.started == r.scheduled_for for r in fake.runs)
@@ -222,20 +224,20 @@ class TestFiring:
 
     def test_only_the_first_and_last_of_a_burst_yield_the_cpu(self) -> None:
         """Runs due together start back to back; the first and the last let the new children run."""
-        fake = FakeClock(T0, T0 + timedelta(seconds=1, milliseconds=500))
+        fake = FakeTime(T0, T0 + timedelta(seconds=1, milliseconds=500))
         drive(config(*(task(f"t{i}", "* * * * * *") for i in range(4))), fake)
         assert [True, False, False, True] == fake.yields
 
     def test_disabled_task_never_fires(self) -> None:
         """enabled: false keeps a task out of the schedule."""
-        fake = FakeClock(T0, T0 + timedelta(seconds=5))
+        fake = FakeTime(T0, T0 + timedelta(seconds=5))
         drive(config(task("off", "* * * * * *", enabled=False), task("on", "*/2 * * * * *")), fake)
         assert [] == fired(fake, "off")
         assert [T0 + timedelta(seconds=s) for s in (2, 4)] == fired(fake, "on")
 
     def test_jitter_delays_within_bound(self) -> None:
         """Jitter delays the start by less than `jitter`, and scheduled_for stays the instant."""
-        fake = FakeClock(T0, T0 + timedelta(minutes=5, seconds=30))
+        fake = FakeTime(T0, T0 + timedelta(minutes=5, seconds=30))
         drive(config(task("j", "* * * * *", jitter_s=20.0)), fake)
         assert [T0 + timedelta(minutes=m) for m in range(1, 6)] == fired(fake)
         delays = [(r.started - r.scheduled_for).total_seconds() for r in fake.runs]
@@ -244,7 +246,7 @@ class TestFiring:
 
     def test_a_failing_start_is_logged_and_the_clock_goes_on(self) -> None:
         """A bug while starting a run becomes a scheduler.error event; later fires still happen."""
-        fake = FakeClock(T0, T0 + timedelta(seconds=3, milliseconds=500))
+        fake = FakeTime(T0, T0 + timedelta(seconds=3, milliseconds=500))
         start = fake.start_run
         calls: list[int] = []
 
@@ -263,7 +265,7 @@ class TestFiring:
 class TestMissedFires:
     def test_suspend_collapses_into_one_run(self) -> None:
         """After a 1 h suspend, a per-minute task runs once for the newest instant and reports the rest."""
-        fake = FakeClock(T0 + timedelta(seconds=30), T0 + timedelta(hours=1, minutes=1, seconds=30))
+        fake = FakeTime(T0 + timedelta(seconds=30), T0 + timedelta(hours=1, minutes=1, seconds=30))
         fake.at(T0 + timedelta(minutes=1, seconds=10), fake.step_to(T0 + timedelta(hours=1, seconds=20)))
         logs = drive(config(task("m", "* * * * *")), fake)
         assert [
@@ -279,7 +281,7 @@ class TestMissedFires:
     def test_older_than_grace_is_skipped(self) -> None:
         """A daily instant missed by more than the grace does not run; it is logged as missed."""
         spec = task("daily", "0 0 * * *", grace_s=300.0)
-        fake = FakeClock(T0 + timedelta(hours=23, minutes=59), T0 + timedelta(days=1, hours=1))
+        fake = FakeTime(T0 + timedelta(hours=23, minutes=59), T0 + timedelta(days=1, hours=1))
         fake.at(
             T0 + timedelta(hours=23, minutes=59, seconds=30), fake.step_to(T0 + timedelta(days=1, minutes=10))
         )
@@ -292,7 +294,7 @@ class TestMissedFires:
     def test_late_within_grace_runs(self) -> None:
         """An instant missed by less than the grace still runs, for that instant."""
         spec = task("daily", "0 0 * * *", grace_s=300.0)
-        fake = FakeClock(T0 + timedelta(hours=23, minutes=59), T0 + timedelta(days=1, hours=1))
+        fake = FakeTime(T0 + timedelta(hours=23, minutes=59), T0 + timedelta(days=1, hours=1))
         fake.at(
             T0 + timedelta(hours=23, minutes=59, seconds=30), fake.step_to(T0 + timedelta(days=1, minutes=4))
         )
@@ -302,7 +304,7 @@ class TestMissedFires:
 
     def test_clock_stepping_back_never_refires(self) -> None:
         """When the wall clock steps back, instants already fired are not fired again."""
-        fake = FakeClock(T0 + timedelta(seconds=30), T0 + timedelta(minutes=8, seconds=30))
+        fake = FakeTime(T0 + timedelta(seconds=30), T0 + timedelta(minutes=8, seconds=30))
         fake.at(T0 + timedelta(minutes=5, seconds=30), fake.step_to(T0 + timedelta(minutes=2, seconds=30)))
         drive(config(task("m", "* * * * *")), fake)
         got = fired(fake)
@@ -313,7 +315,7 @@ class TestMissedFires:
 class TestOverlap:
     def test_skip_logs_and_lets_it_finish(self) -> None:
         """overlap: skip starts nothing while a run is going and logs task.skipped."""
-        fake = FakeClock(T0, T0 + timedelta(seconds=6, milliseconds=500))
+        fake = FakeTime(T0, T0 + timedelta(seconds=6, milliseconds=500))
         fake.durations["slow"] = 2.5
         logs = drive(config(task("slow", "* * * * * *", overlap="skip")), fake)
         assert [T0 + timedelta(seconds=s) for s in (1, 4)] == fired(fake)
@@ -325,14 +327,14 @@ class TestOverlap:
 
     def test_allow_runs_side_by_side(self) -> None:
         """overlap: allow starts every instant even while others run."""
-        fake = FakeClock(T0, T0 + timedelta(seconds=4, milliseconds=500))
+        fake = FakeTime(T0, T0 + timedelta(seconds=4, milliseconds=500))
         fake.durations["slow"] = 10
         drive(config(task("slow", "* * * * * *", overlap="allow")), fake)
         assert 4 == len(fired(fake))
 
     def test_replace_stops_the_running_one(self) -> None:
         """overlap: replace stops the running run as a timeout would, then starts the new one."""
-        fake = FakeClock(T0, T0 + timedelta(seconds=3, milliseconds=500))
+        fake = FakeTime(T0, T0 + timedelta(seconds=3, milliseconds=500))
         fake.durations["slow"] = None
         drive(config(task("slow", "* * * * * *", overlap="replace")), fake)
         assert 3 == len(fake.runs)
@@ -346,7 +348,7 @@ class TestReload:
         new = config(
             task("keep", "*/2 * * * * *"), task("edit", "*/5 * * * * *"), task("fresh", "*/3 * * * * *")
         )
-        fake = FakeClock(T0, T0 + timedelta(seconds=10, milliseconds=500))
+        fake = FakeTime(T0, T0 + timedelta(seconds=10, milliseconds=500))
         fake.at(
             T0 + timedelta(seconds=2, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
         )
@@ -368,7 +370,7 @@ class TestReload:
         def broken() -> Config:
             raise ConfigError(["schedules.yaml:3:5: task 'x': unknown key 'comand'"])
 
-        fake = FakeClock(T0, T0 + timedelta(seconds=4, milliseconds=500))
+        fake = FakeTime(T0, T0 + timedelta(seconds=4, milliseconds=500))
         fake.at(
             T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
         )
@@ -381,7 +383,7 @@ class TestReload:
         """A changed file is reloaded on the next poll, with trigger=file; an unchanged one is not."""
         changes = iter([False, False, True])
         new = config(task("a", "*/2 * * * * *"))
-        fake = FakeClock(T0, T0 + timedelta(seconds=6, milliseconds=500))
+        fake = FakeTime(T0, T0 + timedelta(seconds=6, milliseconds=500))
         logs = drive(
             config(task("a", "* * * * * *")),
             fake,
@@ -395,7 +397,7 @@ class TestReload:
     def test_unchanged_task_keeps_its_fire(self) -> None:
         """Reloading an identical file changes nothing and keeps jittered fire times."""
         cfg = config(task("a", "* * * * *", jitter_s=30.0))
-        fake = FakeClock(T0, T0 + timedelta(minutes=3))
+        fake = FakeTime(T0, T0 + timedelta(minutes=3))
         fake.at(T0 + timedelta(seconds=50), lambda: fake.clock and fake.clock.request_reload())
         logs = drive(cfg, fake, reload_config=lambda: replace(cfg))
         (reloaded,) = events(logs, "config.reloaded")
@@ -406,7 +408,7 @@ class TestReload:
 class TestShutdown:
     def test_stop_terminates_running_runs(self) -> None:
         """On stop, every running run is stopped and the clock says stopping then stopped."""
-        fake = FakeClock(T0, T0 + timedelta(seconds=2, milliseconds=500))
+        fake = FakeTime(T0, T0 + timedelta(seconds=2, milliseconds=500))
         fake.durations["long"] = None
         logs = drive(config(task("long", "* * * * * *", overlap="allow")), fake)
         assert 2 == len(fake.runs)
@@ -483,7 +485,7 @@ class FakeRecorder:
 class TestStore:
     def test_each_instant_claimed_and_its_end_recorded(self) -> None:
         """With a store, every instant is claimed before it runs and each run's end is recorded."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
         recorder = FakeRecorder(now=fake.now)
         drive(config(task("tick", "* * * * * *")), fake, recorder=recorder)
         instants = [T0 + timedelta(seconds=s) for s in (1, 2, 3)]
@@ -502,7 +504,7 @@ class TestStore:
 
     def test_a_changed_task_keeps_its_claim(self) -> None:
         """A reload changes a task whose next fire was claimed already: that fire runs, by that claim."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
         fake.at(
             T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
         )
@@ -518,7 +520,7 @@ class TestStore:
 
     def test_claims_of_a_removed_task_are_given_up(self) -> None:
         """A task removed by a reload after its next fire was claimed: that claim is recorded as skipped."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=4, milliseconds=500))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=4, milliseconds=500))
         recorder = FakeRecorder(now=fake.now)
         fake.at(
             T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
@@ -538,7 +540,7 @@ class TestStore:
     def test_a_claim_lost_ahead_is_asked_again_when_due(self) -> None:
         """An instant another clock won ahead but gave back (it stopped) is claimed and run here when due;
         one it keeps is skipped here, logged once."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
         other = {("tick", T0 + timedelta(seconds=s)): "there:2" for s in (2, 3)}
         recorder = FakeRecorder(other)
         fake.at(
@@ -552,13 +554,13 @@ class TestStore:
 
     def test_a_claimed_burst_yields_the_cpu_first_and_last(self) -> None:
         """Runs claimed together start back to back; the first and the last let the new children run."""
-        fake = FakeClock(T0, T0 + timedelta(seconds=1, milliseconds=500))
+        fake = FakeTime(T0, T0 + timedelta(seconds=1, milliseconds=500))
         drive(config(*(task(f"t{i}", "* * * * * *") for i in range(4))), fake, recorder=FakeRecorder())
         assert [True, False, False, True] == fake.yields
 
     def test_instants_claimed_elsewhere_do_not_run(self) -> None:
         """An instant another clock claimed is skipped here; the others run."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=4, milliseconds=500))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=4, milliseconds=500))
         other = {("tick", T0 + timedelta(seconds=s)): "there:2" for s in (2, 3)}
         logs = drive(config(task("tick", "* * * * * *")), fake, recorder=FakeRecorder(other))
         assert [T0 + timedelta(seconds=s) for s in (1, 4)] == fired(fake)
@@ -566,7 +568,7 @@ class TestStore:
 
     def test_store_down_runs_best_effort_unless_required(self) -> None:
         """With the store down, a task runs unclaimed (recorded later), but require_store skips it."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=2, milliseconds=500))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=2, milliseconds=500))
         recorder = FakeRecorder(down=True)
         cfg = config(task("loose", "* * * * * *"), task("strict", "* * * * * *", require_store=True))
         logs = drive(cfg, fake, recorder=recorder)
@@ -579,7 +581,7 @@ class TestStore:
 
     def test_overlap_skip_marks_the_claim_skipped(self) -> None:
         """A claimed instant skipped for overlap is recorded as skipped, not left running."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=2, milliseconds=500))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=2, milliseconds=500))
         fake.durations["slow"] = None
         recorder = FakeRecorder()
         drive(config(task("slow", "* * * * * *", overlap="skip")), fake, recorder=recorder)
@@ -590,7 +592,7 @@ class TestStore:
 
     def test_store_output_false_keeps_no_output(self) -> None:
         """store_output: false records the end of a run without its output."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=1, milliseconds=700))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=1, milliseconds=700))
         recorder = FakeRecorder()
         drive(config(task("quiet", "* * * * * *", store_output=False)), fake, recorder=recorder)
         (run,) = fake.runs
@@ -603,7 +605,7 @@ class TestCatchUp:
     def test_missed_instants_run_once_now(self) -> None:
         """A daily task whose 03:00 passed while no clock ran runs once at start, for that instant."""
         start = T0 + timedelta(days=3, hours=5)
-        fake = FakeClock(start, start + timedelta(seconds=2))
+        fake = FakeTime(start, start + timedelta(seconds=2))
         recorder = FakeRecorder({("daily", T0 + timedelta(hours=3)): "old:1"})
         drive(config(task("daily", "0 3 * * *", catch_up=True)), fake, recorder=recorder)
         (run,) = fake.runs
@@ -617,7 +619,7 @@ class TestCatchUp:
     def test_no_catch_up_without_the_option_or_a_record_or_a_miss(self) -> None:
         """No catch-up for a task without catch_up, a task never run, or one whose last instant ran."""
         start = T0 + timedelta(days=3, hours=5)
-        fake = FakeClock(start, start + timedelta(seconds=2))
+        fake = FakeTime(start, start + timedelta(seconds=2))
         recorder = FakeRecorder(
             {
                 ("plain", T0 + timedelta(hours=3)): "old:1",
@@ -635,7 +637,7 @@ class TestCatchUp:
     def test_catch_up_claimed_by_another_clock_runs_once(self) -> None:
         """When another clock catches up first (claims the missed instant), this one does not."""
         start = T0 + timedelta(days=1, hours=5)
-        fake = FakeClock(start, start + timedelta(seconds=2))
+        fake = FakeTime(start, start + timedelta(seconds=2))
         recorder = FakeRecorder({("daily", T0 + timedelta(hours=3)): "old:1"})
         recorder.race = {("daily", T0 + timedelta(days=1, hours=3)): "other:2"}
         drive(config(task("daily", "0 3 * * *", catch_up=True)), fake, recorder=recorder)
@@ -672,7 +674,7 @@ class Recording:
         return [args for n, args in self.calls if n == name]
 
 
-def seconds(fake: FakeClock, name: str | None = None) -> list[float]:
+def seconds(fake: FakeTime, name: str | None = None) -> list[float]:
     """When each run started, in seconds after T0."""
     return [(r.started - T0).total_seconds() for r in fake.runs if name is None or r.task.name == name]
 
@@ -680,7 +682,7 @@ def seconds(fake: FakeClock, name: str | None = None) -> list[float]:
 class TestRetries:
     def test_failed_runs_retried_with_backoff_until_success(self) -> None:
         """Two failures then a success: retried after 10 s and then 20 s, one final success ping and hook."""
-        fake = FakeClock(T0 - timedelta(seconds=1), T0 + timedelta(minutes=2))
+        fake = FakeTime(T0 - timedelta(seconds=1), T0 + timedelta(minutes=2))
         fake.statuses["flaky"] = ["failed", "timed_out"]
         pinger = FakePinger()
         spec = task(
@@ -700,7 +702,7 @@ class TestRetries:
 
     def test_last_failure_reported_once(self) -> None:
         """Every attempt fails: on_failure and the fail ping come once, after the last; delays are capped."""
-        fake = FakeClock(T0 - timedelta(seconds=1), T0 + timedelta(minutes=5))
+        fake = FakeTime(T0 - timedelta(seconds=1), T0 + timedelta(minutes=5))
         fake.statuses["bad"] = ["failed"] * 5
         pinger = FakePinger()
         spec = task(
@@ -729,7 +731,7 @@ class TestRetries:
 
     def test_a_newer_scheduled_run_ends_the_retries(self) -> None:
         """A scheduled run that starts while a retry waits cancels it, and the failure is reported then."""
-        fake = FakeClock(T0 + timedelta(seconds=30), T0 + timedelta(minutes=2, seconds=30))
+        fake = FakeTime(T0 + timedelta(seconds=30), T0 + timedelta(minutes=2, seconds=30))
         fake.statuses["m"] = ["failed"]
         spec = task("m", "* * * * *", retries=2, retry_delay_s=300.0, on_failure="alert")
         logs = drive(config(spec), fake)
@@ -739,7 +741,7 @@ class TestRetries:
 
     def test_no_retries_hooks_or_pings_at_shutdown(self) -> None:
         """Runs stopped by the shutdown are not retried, pinged as failed, or followed by on_failure."""
-        fake = FakeClock(T0 - timedelta(seconds=1), T0 + timedelta(seconds=2))
+        fake = FakeTime(T0 - timedelta(seconds=1), T0 + timedelta(seconds=2))
         fake.durations["long"] = None
         pinger = FakePinger()
         spec = task("long", "0 * * * *", retries=2, ping_url="https://hc/x", on_failure="alert")
@@ -751,7 +753,7 @@ class TestRetries:
 class TestMetrics:
     def test_what_the_clock_reports(self) -> None:
         """Starts, ends, skips, misses, next fires, heartbeats and reloads reach the metrics."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
         fake.durations["slow"] = 1.5
         metrics = Recording()
         fake.at(
@@ -773,7 +775,7 @@ class TestMetrics:
 
     def test_last_run_and_success_come_from_the_store(self) -> None:
         """With a store, the last-run and last-success gauges start from the history, not from nothing."""
-        fake = FakeClock(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=1))
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=1))
         recorder = FakeRecorder()
         recorder.last_run = {"daily": T0 - timedelta(hours=2)}
         recorder.last_success = {"daily": T0 - timedelta(days=1)}
