@@ -15,7 +15,6 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from scheduler.claims import newest_missed
 from scheduler.clock import ClockLoop
 from scheduler.config import Config, TaskSpec
 from scheduler.errors import ConfigError
@@ -793,24 +792,6 @@ class TestMetrics:
             ),
             ("new", {"last_run": None, "last_success": None}),
         ]
-
-
-class TestNewestMissed:
-    def test_newest_instant_before_now(self) -> None:
-        """The newest instant after the last claimed one and not after now."""
-        hourly = parse("0 * * * *", name="h", zone=ZoneInfo("UTC"))
-        now = T0 + timedelta(days=400, minutes=30)
-        assert T0 + timedelta(days=400) == newest_missed(hourly, T0, now)
-
-    def test_none_when_nothing_was_missed(self) -> None:
-        """None when the next instant after the last one is still ahead."""
-        daily = parse("0 3 * * *", name="d", zone=ZoneInfo("UTC"))
-        assert newest_missed(daily, T0 + timedelta(hours=3), T0 + timedelta(hours=20)) is None
-
-    def test_an_instant_exactly_now_counts(self) -> None:
-        """An instant equal to now is the newest missed one (the clock schedules strictly after now)."""
-        second = parse("* * * * * *", name="s", zone=ZoneInfo("UTC"))
-        assert T0 + timedelta(seconds=5) == newest_missed(second, T0, T0 + timedelta(seconds=5))
 
 
 @pytest.fixture(autouse=True)
