@@ -500,11 +500,12 @@ class Store(ABC):
         if not records:
             return []
         claimers = {record.claimed_by for record in records}
-        if len(claimers) > 1:
-            raise ValueError(f"one claimer per call, not {sorted(claimers)}")
+        if policies and len(claimers) > 1:
+            raise ValueError(f"overlap is checked for one claimer at a time, not {sorted(claimers)}")
         rows = [_row(record, self._to_db) for record in records]
         overlaps = [policies.get(record.task, "allow") for record in records]
-        return self._call("claim runs", lambda: self._claim(rows, overlaps, claimers.pop()))
+        claimer = records[0].claimed_by
+        return self._call("claim runs", lambda: self._claim(rows, overlaps, claimer))
 
     def record(self, record: RunRecord) -> bool:
         """Insert a run that was not claimed beforehand (manual, or fired while the store was down), maybe
@@ -563,8 +564,8 @@ class Store(ABC):
         else:
             name = _clock_name(claimed_by)
             prefix = f"{name}:"
-            sql = f"{_SQL_LOST} AND claimed_by <> ? AND (claimed_by = ? OR substr(claimed_by, 1, ?) = ?)"
-            params = (self._to_db(at), self.namespace, claimed_by, name, len(prefix), prefix)
+            sql = f"{_SQL_LOST} AND (claimed_by = ? OR substr(claimed_by, 1, ?) = ?)"
+            params = (self._to_db(at), self.namespace, name, len(prefix), prefix)
         return self._call("mark lost runs", lambda: self._update(sql, params))
 
     def heartbeat(self, clock: ClockInfo) -> Beat:
