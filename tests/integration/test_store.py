@@ -81,7 +81,7 @@ class TestSeveralClocks:
         assert {r["status"] for r in ran} <= {"succeeded", "killed"}  # killed: stopped at shutdown
         assert len(runs) - len(ran) <= len(clocks)
         by_pid = {c.proc.pid for c in clocks}
-        assert {int(r["claimed_by"].rsplit(":", 1)[1]) for r in runs} <= by_pid
+        assert {int(r["claimed_by"].split(":")[1]) for r in runs} <= by_pid
 
     def test_a_clock_killed_halfway_leaves_the_others_going(
         self, tmp_path: Path, postgres_store_url: str
