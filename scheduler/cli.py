@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import hashlib
 import json
 import os
 import re
 import resource
 import signal
 import sys
+import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -41,8 +44,10 @@ EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the store named cannot be reached
 _PING_FLUSH_S = 1.0  # at exit, pings still queued get this long
 _FD_LIMIT = 65_536
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the message asks for a report instead of showing a traceback
+STORE_CALL_TIMEOUT_S = 5.0  # the longest run-now, list and history wait on the store, per call
 
 F = TypeVar("F", bound=Callable[..., Any])
+_T = TypeVar("_T")
 
 
 def _config_option(func: F) -> F:
@@ -117,7 +122,45 @@ def _open_store(config: Config, store_url: str | None) -> Store | None:
         url = _SQLITE_RELATIVE + os.path.join(folder, url[len(_SQLITE_RELATIVE) :])
     from scheduler.store import open_store  # sqlite3, maybe psycopg: only with a store
 
-    return open_store(url, keep_runs=config.keep_runs)
+    # getattr: `namespace` is a config key of its own, which may not be there yet.
+    return open_store(url, keep_runs=config.keep_runs, namespace=getattr(config, "namespace", ""))
+
+
+def _bounded(store: Store, call: Callable[[Store], _T], timeout_s: float = STORE_CALL_TIMEOUT_S) -> _T:
+    """call(store), given at most timeout_s: a server that stalls (stopped, not gone) answers nothing, not
+    even an error, and TCP keepalives do not notice. The call runs in a daemon thread, which a stuck call
+    leaves behind without holding up the exit; after a StoreError for a timeout, the store must not be
+    used again."""
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call(store))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="store", daemon=True).start()
+    try:
+        return future.result(timeout_s)
+    except concurrent.futures.TimeoutError:
+        raise StoreError(f"run-history store {store.display_url}: no answer within {timeout_s:g} s") from None
+
+
+def _close(store: Store) -> None:
+    """Close the store, given at most the usual bound (closing may write to a stalled server)."""
+    try:
+        _bounded(store, lambda s: s.close())
+    except StoreError:
+        pass
+
+
+def _config_digest(config_path: str) -> str:
+    """A short digest of the config file's bytes: clocks that run different configs tell each other."""
+    try:
+        with open(config_path, "rb") as file:
+            return hashlib.sha256(file.read()).hexdigest()[:12]
+    except OSError:
+        return "unreadable"
 
 
 def _load(config_path: str) -> Config:
@@ -207,14 +250,29 @@ def run(
         if store is not None:
             from scheduler.recorder import Recorder
 
-            recorder = Recorder(store, log=logger)
+            def stop_runs(run_ids: list[str]) -> None:
+                # Another clock started a run of an `overlap: replace` task: stop ours, as replace does here.
+                for run in the_clock.running_runs:
+                    if run.run_id in run_ids:
+                        run.stop("killed")
+
+            recorder = Recorder(
+                store, log=logger, config_digest=_config_digest(config_path), on_stop_requested=stop_runs
+            )
             logger.info("store.opened", kind=store.kind, claimed_by=recorder.claimed_by)
+
+        def reload_config() -> Config:
+            new = load_config_isolated(config_path)
+            if recorder is not None:
+                recorder.config_changed(_config_digest(config_path))
+            return new
+
         the_clock = clock.ClockLoop(
             config,
             start_run=runner.start_run,
             log=logger,
             env=dict(os.environ),  # a snapshot: os.environ decodes every variable on each read
-            reload_config=lambda: load_config_isolated(config_path),
+            reload_config=reload_config,
             watcher=watcher,
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,
             shutdown_grace_s=grace_s,
@@ -273,8 +331,9 @@ def run_now(
 
     The task's output passes straight through; the scheduler's own events go to stderr. SIGINT and SIGTERM
     are passed on to the task. Exit status: the task's; 124 on timeout; 128+N when killed by signal N.
-    With a store, the run is recorded with trigger manual (a store that cannot be reached is logged as
-    store.unavailable and does not stop the run).
+    With a store, the run is recorded with trigger manual, best effort: a store that cannot be reached, or
+    does not answer within 5 s, is logged as store.unavailable and does not stop the run or change its
+    exit status.
     """
     config = _load(config_path)
     spec = _task(config, task)
@@ -298,7 +357,7 @@ def run_now(
         store = _store_call(store, logger, lambda s: s.record(record))
     result = asyncio.run(_run_now(spec, run_id, record.scheduled_for))
     if store is not None:
-        _store_call(
+        store = _store_call(
             store,
             logger,
             lambda s: s.finish(
@@ -311,17 +370,18 @@ def run_now(
                 output=result.error if spec.store_output else None,
             ),
         )
-        store.close()
+        if store is not None:
+            _close(store)
     sys.exit(result.shell_exit_status)
 
 
 def _store_call(store: Store, logger: Any, call: Callable[[Store], object]) -> Store | None:
-    """Make one write for run-now; an unreachable store is logged and the store let go of (None)."""
+    """Make one write for run-now, within the bound; a store that fails or does not answer is logged and
+    let go of (None)."""
     try:
-        call(store)
+        _bounded(store, call)
     except StoreError as exc:
         logger.warning("store.unavailable", store=store.display_url, error=str(exc))
-        store.close()
         return None
     return store
 
@@ -439,12 +499,12 @@ def _last_runs(config: Config, store_url: str | None) -> dict[str, RunRecord] | 
     if store is None:
         return None
     try:
-        return store.last_runs()
+        last = _bounded(store, lambda s: s.last_runs())
     except StoreError as exc:
         click.echo(f"warning: no last runs: {exc}", err=True)
         return None
-    finally:
-        store.close()
+    _close(store)
+    return last
 
 
 @cli.command()
@@ -472,12 +532,11 @@ def history(
             "or pass --store URL"
         )
     try:
-        records = store.history(task, limit)
+        records = _bounded(store, lambda s: s.history(task, limit))
     except StoreError as exc:
         click.echo(f"scheduler: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
-    finally:
-        store.close()
+    _close(store)
     if task is not None and not records and task not in config.tasks:
         _task(config, task)  # an unknown name with no history: say so, with a suggestion
     if as_json:

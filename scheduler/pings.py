@@ -27,6 +27,7 @@ from structlog.typing import FilteringBoundLogger
 
 import scheduler
 from scheduler.config import ENV_REFERENCE
+from scheduler.redact import host_only
 
 DEFAULT_PING_TIMEOUT_S = 5.0
 PING_RETRIES = 2  # after the first attempt
@@ -55,13 +56,12 @@ def display_url(url: str) -> str:
     if ENV_REFERENCE.fullmatch(url):
         return url
     try:
-        parts = urllib.parse.urlsplit(url)
+        urllib.parse.urlsplit(url)  # refuses what no HTTP client would take ('https://[::1/x')
     except ValueError:
         return _HIDDEN
-    host = parts.netloc.rpartition("@")[2]
-    if not parts.scheme or not host:
-        return _HIDDEN
-    return f"{parts.scheme}://{host}/{_HIDDEN}"
+    # Not urlsplit's netloc: a raw '?', '#' or '/' in a password would end it early and show the rest.
+    shown = host_only(url)
+    return _HIDDEN if shown is None else f"{shown}/{_HIDDEN}"
 
 
 @dataclass(slots=True)

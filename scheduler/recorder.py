@@ -6,6 +6,10 @@ fails or overruns, the store counts as unavailable: `store.unavailable` is logge
 "unknown" at once (the clock then fires best-effort, or skips a `require_store` task), writes wait in a
 bounded queue, and a reconnect is tried with exponential backoff until it succeeds; `store.recovered` then
 says how long the outage lasted, and the queued writes are flushed in order.
+
+While started, the recorder renews the clock's lease every HEARTBEAT_S from that same thread; each heartbeat
+also tidies up after dead clocks (`store.lost_runs`), brings the runs another clock asked this one to stop
+(`on_stop_requested`), and warns when the live clocks run different configs (`config.mismatch`).
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ import queue
 import socket
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
+from scheduler import __version__
 from scheduler.errors import StoreError
-from scheduler.store import RunRecord, Store
+from scheduler.store import HEARTBEAT_S, Beat, Claim, ClockInfo, RunRecord, Store
 
 _T = TypeVar("_T")
 
@@ -53,8 +59,17 @@ class History:
 
 
 def clock_identity() -> str:
-    """Who claims a run, as stored in claimed_by: the Heroku dyno name (or the host name) and the pid."""
-    return f"{os.environ.get('DYNO') or socket.gethostname()}:{os.getpid()}"
+    """Who claims a run, as stored in claimed_by: the Heroku dyno name (or the host name), the pid, and a
+    random token, since a restarted dyno often gets the same name and pid: 'clock.1:4:5f0c2a'."""
+    return f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _host() -> str:
+    return os.environ.get("DYNO") or socket.gethostname()
+
+
+def _ignore_stops(run_ids: list[str]) -> None:
+    """The default on_stop_requested: no runs to stop."""
 
 
 class Recorder:
@@ -65,7 +80,10 @@ class Recorder:
         store: Store,
         *,
         log: FilteringBoundLogger,
+        config_digest: str,
         claimed_by: str | None = None,
+        on_stop_requested: Callable[[list[str]], None] = _ignore_stops,
+        heartbeat_s: float = HEARTBEAT_S,
         claim_timeout_s: float = CLAIM_TIMEOUT_S,
         call_timeout_s: float = CALL_TIMEOUT_S,
         reconnect_first_s: float = RECONNECT_FIRST_S,
@@ -75,6 +93,11 @@ class Recorder:
     ) -> None:
         self.store = store
         self.claimed_by = claimed_by or clock_identity()
+        self._info = ClockInfo(self.claimed_by, _host(), os.getpid(), __version__, config_digest)
+        self._on_stop_requested = on_stop_requested
+        self._heartbeat_s = heartbeat_s
+        self._heartbeat_job: asyncio.Task[None] | None = None
+        self._mismatch: frozenset[tuple[str, str]] = frozenset()
         self._log = log.bind(store=store.display_url)
         self._claim_timeout_s = claim_timeout_s
         self._call_timeout_s = call_timeout_s
@@ -96,34 +119,51 @@ class Recorder:
         return self._available
 
     async def start(self, now: datetime) -> History | None:
-        """Connect (creating or upgrading the schema), mark the runs a dead clock left `running` as lost,
-        and read what the clock starts from; None when the store cannot be reached (then the outage has
-        begun)."""
+        """Connect (creating or upgrading the schema), register this clock, mark the runs a dead clock of
+        the same name left `running` as lost, and read what the clock starts from; None when the store
+        cannot be reached (then the outage has begun). The heartbeat runs from here until close()."""
+        self._heartbeat_job = asyncio.get_running_loop().create_task(self._heartbeats())
         try:
-            lost, history = await self._call(lambda: self._connect_and_read(now), self._call_timeout_s)
+            lost, beat, history = await self._call(lambda: self._connect_and_read(now), self._call_timeout_s)
         except StoreError as exc:
             self._went_down(exc)
             return None
         if lost:
-            self._log.warning("store.lost_runs", runs=lost)
+            self._log.warning("store.lost_runs", runs=lost, clock=self.claimed_by)
+        self._beaten(beat)
         return history
 
-    def _connect_and_read(self, now: datetime) -> tuple[int, History]:
+    def _connect_and_read(self, now: datetime) -> tuple[int, Beat, History]:
         self.store.connect()
         lost = self.store.mark_lost(self.claimed_by, now)
+        beat = self.store.heartbeat(self._info)
         last_runs = {task: record.started_at for task, record in self.store.last_runs().items()}
-        return lost, History(self.store.last_claimed(), last_runs, self.store.last_successes())
+        return lost, beat, History(self.store.last_claimed(), last_runs, self.store.last_successes())
 
-    async def claim(self, records: Sequence[RunRecord]) -> list[bool] | None:
-        """Whether this clock won each instant; None when the store is unavailable or did not answer within
-        the claim timeout (an answer that arrives later is not waited for)."""
+    async def claim_runs(
+        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None
+    ) -> list[Claim] | None:
+        """The store's answer for each instant (Store.claim: won, and the clock an overlap was found on);
+        None when the store is unavailable or did not answer within the claim timeout (an answer that
+        arrives later is not waited for). `overlap` maps tasks to `skip` or `replace`, to hold those
+        policies across clocks."""
         if not self._available:
             return None
         try:
-            return await self._call(lambda: self.store.claim(records), self._claim_timeout_s)
+            return await self._call(lambda: self.store.claim(records, overlap), self._claim_timeout_s)
         except StoreError as exc:
             self._went_down(exc)
             return None
+
+    async def claim(self, records: Sequence[RunRecord]) -> list[bool] | None:
+        """Whether this clock won each instant, with no overlap check across clocks: claim_runs() without
+        `overlap`, for a clock that does not pass its policies yet."""
+        claims = await self.claim_runs(records)
+        return None if claims is None else [claim.won for claim in claims]
+
+    def config_changed(self, digest: str) -> None:
+        """Note the config this clock now runs (after a reload); the next heartbeat tells the store."""
+        self._info = replace(self._info, config_digest=digest)
 
     def started_unclaimed(self, record: RunRecord) -> None:
         """Note a run that started without a claim (the store was down): it is inserted when it can be."""
@@ -138,7 +178,10 @@ class Recorder:
         self._queue(lambda store: store.release(run_id))
 
     async def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
-        """Give the queued writes up to timeout_s to reach the store, then let go of it."""
+        """Give the queued writes up to timeout_s to reach the store, note the clean stop (so that nothing
+        of this clock is taken for lost), then let go of it."""
+        if self._heartbeat_job is not None:
+            self._heartbeat_job.cancel()
         if self._reconnect_job is not None:
             self._reconnect_job.cancel()
         deadline = time.monotonic() + timeout_s
@@ -152,10 +195,42 @@ class Recorder:
                 pass
         if self._pending:
             self._log.warning("store.unwritten", runs=len(self._pending))
+        if self._available:
+            remaining = max(deadline - time.monotonic(), 0.01)
+            try:
+                await self._call(lambda: self.store.stop_clock(self.claimed_by), remaining)
+            except StoreError:
+                pass  # the lease runs out instead
         self._worker.submit(self.store.close)
         self._worker.stop()
 
     # Inside
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            if not self._available:
+                continue  # the reconnect job has the store; the next heartbeat after it renews the lease
+            try:
+                beat = await self._call(lambda: self.store.heartbeat(self._info), self._call_timeout_s)
+            except StoreError as exc:
+                self._went_down(exc)
+                continue
+            self._beaten(beat)
+
+    def _beaten(self, beat: Beat) -> None:
+        """Act on a heartbeat's answer, on the event loop."""
+        for clock, (runs, released) in beat.lost.items():
+            self._log.warning("store.lost_runs", runs=runs, released=released, clock=clock)
+        if beat.stop:
+            self._on_stop_requested(beat.stop)
+        digests = frozenset((row.id, row.config_digest) for row in beat.clocks)
+        if len({digest for _, digest in digests}) > 1:
+            if digests != self._mismatch:
+                self._log.warning("config.mismatch", clocks=dict(sorted(digests)))
+            self._mismatch = digests
+        else:
+            self._mismatch = frozenset()
 
     def _queue(self, write: Callable[[Store], object]) -> None:
         if len(self._pending) == self._pending.maxlen:

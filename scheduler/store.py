@@ -3,6 +3,10 @@
 Two backends behind one interface. SQLite (stdlib) serves one clock on one machine; PostgreSQL (psycopg 3,
 imported only for a postgresql:// URL) serves any number of clocks, which race for each (task, instant) with
 `INSERT ... ON CONFLICT DO NOTHING`: the database's unique index, not the clocks, decides who runs it.
+
+Each clock holds a lease: a row in scheduler_clocks that it renews every HEARTBEAT_S. A clock not heard from
+for DEAD_AFTER_S is dead, and the next heartbeat of a live clock tidies up after it. Every row belongs to a
+namespace, so that several apps can share one database without meeting.
 """
 
 from __future__ import annotations
@@ -10,18 +14,17 @@ from __future__ import annotations
 import fcntl
 import math
 import os
-import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import unquote
 
 from scheduler.config import DEFAULT_KEEP_RUNS
 from scheduler.errors import StoreError
+from scheduler.redact import redact, secrets
 
 if TYPE_CHECKING:
     import sqlite3
@@ -34,6 +37,14 @@ CLAIMED_TRIGGERS = ("schedule", "catch_up")
 """Triggers whose (task, scheduled_for) is unique, so that exactly one clock runs each instant."""
 CONNECT_TIMEOUT_S = 2.0
 """No call waits on the database much longer than this: connect, lock and statement timeouts."""
+HEARTBEAT_S = 5.0
+"""A clock renews its lease (its row's heartbeat_at) this often."""
+DEAD_AFTER_S = 30.0
+"""A clock whose lease is older than this is dead: its runs are marked lost and no longer count as running."""
+CLOCK_KEEP_S = 7 * 24 * 3600.0
+"""Rows of clocks stopped or dead for longer than this are deleted."""
+OVERLAP_POLICIES = ("skip", "replace")
+"""The overlap policies claim() enforces across clocks; `allow` needs nothing."""
 
 _T = TypeVar("_T")
 
@@ -46,6 +57,10 @@ _PSYCOPG_MISSING = "the PostgreSQL store needs psycopg: pip install 'scheduler[p
 _MIGRATION_LOCK_KEY = 0x5C4ED
 _TIMEOUT_MS = int(CONNECT_TIMEOUT_S * 1000)
 _WAL_RETRY_S = 0.01
+_PRIVATE_FILE = 0o600
+_PRIVATE_DIR = 0o700
+# SQLite's current time in the stored form ('2026-11-27T10:00:00.000000+00:00'); {} takes a modifier.
+_SQLITE_NOW = "strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now'{})"
 # Our options come first so that an `options` in the user's URL overrides them (PostgreSQL: last -c wins).
 _PG_OPTIONS = f"-c statement_timeout={_TIMEOUT_MS} -c lock_timeout={_TIMEOUT_MS}"
 # Defaults for libpq keywords the URL does not set. TCP keepalives notice a vanished server or network in
@@ -58,7 +73,6 @@ _PG_DEFAULTS = {
     "keepalives_interval": "2",
     "keepalives_count": "3",
 }
-_PASSWORD_PARAM = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
 
 # The claim key's predicate, as the queries use it. The partial unique index spells it out as it was when
 # created: changing CLAIMED_TRIGGERS needs a migration that recreates the index.
@@ -87,6 +101,38 @@ _INDEXES = [
     "CREATE UNIQUE INDEX scheduler_runs_run_id ON scheduler_runs (run_id)",
 ]
 
+
+def _leases(timestamp: str) -> list[str]:
+    """Migration 2, for a backend's timestamp type: namespaces (in the claim key), leases, stop requests."""
+    return [
+        # '' is the namespace of every row written before namespaces existed.
+        "ALTER TABLE scheduler_runs ADD COLUMN namespace TEXT NOT NULL DEFAULT ''",
+        # Set on a run that a clock must stop (overlap: replace on another clock); cleared when it is told.
+        f"ALTER TABLE scheduler_runs ADD COLUMN stop_requested_at {timestamp}",
+        "DROP INDEX scheduler_runs_claim",
+        "CREATE UNIQUE INDEX scheduler_runs_claim ON scheduler_runs (namespace, task, scheduled_for)"
+        " WHERE trigger IN ('schedule', 'catch_up')",
+        "DROP INDEX scheduler_runs_task_started",
+        "CREATE INDEX scheduler_runs_task_started ON scheduler_runs (namespace, task, started_at)",
+        # Few rows are running: the heartbeat's and the overlap check's lookups stay cheap however long
+        # the history.
+        "CREATE INDEX scheduler_runs_running ON scheduler_runs (namespace, claimed_by)"
+        " WHERE status = 'running'",
+        f"""CREATE TABLE scheduler_clocks (
+            namespace TEXT NOT NULL,
+            id TEXT NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            version TEXT NOT NULL,
+            config_digest TEXT NOT NULL,
+            started_at {timestamp} NOT NULL,
+            heartbeat_at {timestamp} NOT NULL,
+            stopped_at {timestamp},
+            PRIMARY KEY (namespace, id)
+        )""",
+    ]
+
+
 # Migration N (counting from 1) takes a database from schema version N-1 to N. Append, never edit: a database
 # records the version it is at. Both backends have the same number of migrations with the same meaning.
 _SQLITE_MIGRATIONS: list[list[str]] = [
@@ -109,6 +155,7 @@ _SQLITE_MIGRATIONS: list[list[str]] = [
         )""",
         *_INDEXES,
     ],
+    _leases("TEXT"),
 ]
 _POSTGRES_MIGRATIONS: list[list[str]] = [
     [
@@ -129,56 +176,212 @@ _POSTGRES_MIGRATIONS: list[list[str]] = [
         )""",
         *_INDEXES,
     ],
+    _leases("TIMESTAMPTZ"),
 ]
 
-_SQL_INSERT = f"INSERT INTO scheduler_runs ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+# A claim renews its clock's lease too: the clock was heard from. Parameters: namespace, clock id.
+_SQL_RENEW = (
+    "UPDATE scheduler_clocks SET heartbeat_at = {now} WHERE namespace = ? AND id = ? AND stopped_at IS NULL"
+)
+# Every statement is scoped to one namespace: its first parameter, unless told otherwise. {now} and
+# {dead_before} are the backend's SQL for the database's current time, and that time less DEAD_AFTER_S: the
+# database's clock, not the clocks' own, decides which leases have run out.
+_SQL_INSERT = (
+    f"INSERT INTO scheduler_runs (namespace, {_COLUMN_LIST}) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})"
+)
 # No conflict target: besides the claim key, a run_id already there (a retried record()) inserts nothing.
 _SQL_INSERT_ONE = f"{_SQL_INSERT} ON CONFLICT DO NOTHING"
-# One statement for a whole batch. Rows go in in key order so that two clocks claiming overlapping batches
-# wait for each other instead of deadlocking.
-_SQL_INSERT_BATCH = f"""
-    INSERT INTO scheduler_runs ({_COLUMN_LIST})
-    SELECT {_COLUMN_LIST} FROM unnest(
-        ?::text[], ?::timestamptz[], ?::text[], ?::text[], ?::text[], ?::timestamptz[],
-        ?::text[], ?::timestamptz[], ?::integer[], ?::text[], ?::double precision[], ?::text[]
-    ) AS batch ({_COLUMN_LIST})
-    ORDER BY task, scheduled_for
-    ON CONFLICT DO NOTHING
-    RETURNING run_id
+# A clock is live while its lease runs and it has not stopped.
+_SQL_LIVE = "(stopped_at IS NULL AND heartbeat_at > {dead_before})"
+# The runs that other live clocks have going, of the tasks given; the overlap check of a claim.
+_SQL_BUSY = """
+    SELECT run.id, run.task, run.claimed_by FROM scheduler_runs AS run
+    JOIN scheduler_clocks AS clock ON clock.namespace = run.namespace AND clock.id = run.claimed_by
+    WHERE run.namespace = ? AND run.status = 'running' AND run.finished_at IS NULL AND run.claimed_by <> ?
+    AND clock.stopped_at IS NULL AND clock.heartbeat_at > {dead_before}
+"""
+# One statement for a whole batch, overlap check included, so that a claim costs one round trip. Rows go in
+# in key order so that two clocks claiming overlapping batches wait for each other instead of deadlocking.
+# A `skip` instant that another live clock's run overlaps is still inserted (so no other clock runs it), as
+# skipped; a `replace` instant that this clock won asks the other clocks to stop their runs of the task.
+# Parameters: the 12 columns and the overlaps as arrays, the namespace, the claimer, the namespace again.
+_SQL_CLAIM_BATCH = f"""
+    WITH batch AS (
+        SELECT * FROM unnest(
+            ?::text[], ?::timestamptz[], ?::text[], ?::text[], ?::text[], ?::timestamptz[],
+            ?::text[], ?::timestamptz[], ?::integer[], ?::text[], ?::double precision[], ?::text[], ?::text[]
+        ) AS batch ({_COLUMN_LIST}, overlap)
+    ),
+    busy AS (
+        {_SQL_BUSY} AND run.task IN (SELECT task FROM batch WHERE overlap <> 'allow')
+    ),
+    inserted AS (
+        INSERT INTO scheduler_runs (namespace, {_COLUMN_LIST})
+        SELECT ?, task, scheduled_for, trigger, run_id, claimed_by, started_at,
+            CASE WHEN skipped THEN 'skipped' ELSE status END,
+            CASE WHEN skipped THEN started_at ELSE finished_at END,
+            exit_code, signal, duration_s, output
+        FROM (
+            SELECT batch.*, overlap = 'skip' AND EXISTS (SELECT 1 FROM busy WHERE busy.task = batch.task)
+                AS skipped
+            FROM batch
+        ) AS decided
+        ORDER BY task, scheduled_for
+        ON CONFLICT DO NOTHING
+        RETURNING run_id, task
+    ),
+    stopping AS (
+        UPDATE scheduler_runs SET stop_requested_at = {{now}}
+        WHERE id IN (
+            SELECT busy.id FROM busy
+            JOIN inserted ON inserted.task = busy.task
+            JOIN batch ON batch.run_id = inserted.run_id
+            WHERE batch.overlap = 'replace'
+        )
+    ),
+    beat AS (
+        {_SQL_RENEW}
+    )
+    SELECT inserted.run_id, (SELECT MIN(busy.claimed_by) FROM busy WHERE busy.task = inserted.task)
+    FROM inserted
 """
 # No RETURNING, here or in SQLite elsewhere: it needs SQLite 3.35, newer than some systems' Python links.
-_SQL_TASK_OF_RUN = "SELECT task FROM scheduler_runs WHERE run_id = ?"
+_SQL_TASK_OF_RUN = "SELECT task FROM scheduler_runs WHERE namespace = ? AND run_id = ?"
 # Only a claim that never started: a run that did start keeps its row whatever happens.
-_SQL_RELEASE = "DELETE FROM scheduler_runs WHERE run_id = ? AND status = 'running' AND finished_at IS NULL"
+_SQL_RELEASE = """
+    DELETE FROM scheduler_runs
+    WHERE namespace = ? AND run_id = ? AND status = 'running' AND finished_at IS NULL
+"""
 _SQL_LOST = """
     UPDATE scheduler_runs SET status = 'lost', finished_at = ?
-    WHERE status = 'running' AND finished_at IS NULL
+    WHERE namespace = ? AND status = 'running' AND finished_at IS NULL
 """
 _SQL_FINISH = """
     UPDATE scheduler_runs
-    SET finished_at = ?, status = ?, exit_code = ?, signal = ?, duration_s = ?, output = ?
-    WHERE run_id = ?
+    SET finished_at = ?, status = ?, exit_code = ?, signal = ?, duration_s = ?, output = ?,
+        stop_requested_at = NULL
+    WHERE namespace = ? AND run_id = ?
 """
+# Parameters: the namespace and the task, three times, and keep_runs.
 _SQL_RETENTION = f"""
-    DELETE FROM scheduler_runs WHERE task = ?
-    AND id NOT IN (SELECT id FROM scheduler_runs WHERE task = ? ORDER BY started_at DESC, id DESC LIMIT ?)
+    DELETE FROM scheduler_runs WHERE namespace = ? AND task = ?
     AND id NOT IN (
-        SELECT id FROM scheduler_runs WHERE task = ? AND {_CLAIMED_SQL} ORDER BY scheduled_for DESC LIMIT 1
+        SELECT id FROM scheduler_runs WHERE namespace = ? AND task = ?
+        ORDER BY started_at DESC, id DESC LIMIT ?
+    )
+    AND id NOT IN (
+        SELECT id FROM scheduler_runs WHERE namespace = ? AND task = ? AND {_CLAIMED_SQL}
+        ORDER BY scheduled_for DESC LIMIT 1
     )
 """
-_SQL_LAST_SUCCESSES = (
-    "SELECT task, MAX(finished_at) FROM scheduler_runs WHERE status = 'succeeded' AND finished_at IS NOT NULL"
-    " GROUP BY task"
-)
-_SQL_LAST_CLAIMED = f"SELECT task, MAX(scheduled_for) FROM scheduler_runs WHERE {_CLAIMED_SQL} GROUP BY task"
-_SQL_HISTORY = (
-    f"SELECT {_COLUMN_LIST} FROM scheduler_runs {{where}} ORDER BY started_at DESC, id DESC LIMIT ?"
-)
+_SQL_LAST_SUCCESSES = """
+    SELECT task, MAX(finished_at) FROM scheduler_runs
+    WHERE namespace = ? AND status = 'succeeded' AND finished_at IS NOT NULL GROUP BY task
+"""
+_SQL_LAST_CLAIMED = f"""
+    SELECT task, MAX(scheduled_for) FROM scheduler_runs WHERE namespace = ? AND {_CLAIMED_SQL} GROUP BY task
+"""
+_SQL_HISTORY = f"""
+    SELECT {_COLUMN_LIST} FROM scheduler_runs WHERE namespace = ? {{where}}
+    ORDER BY started_at DESC, id DESC LIMIT ?
+"""
 _SQL_LAST_RUNS = f"""
-    SELECT {_COLUMN_LIST} FROM scheduler_runs AS run WHERE id = (
-        SELECT id FROM scheduler_runs WHERE task = run.task ORDER BY started_at DESC, id DESC LIMIT 1
+    SELECT {_COLUMN_LIST} FROM scheduler_runs AS run WHERE namespace = ? AND id = (
+        SELECT id FROM scheduler_runs
+        WHERE namespace = run.namespace AND task = run.task ORDER BY started_at DESC, id DESC LIMIT 1
     ) ORDER BY task
 """
+# Clocks. Parameters of the upsert: namespace, id, host, pid, version, config_digest.
+_SQL_CLOCK_BEAT = """
+    INSERT INTO scheduler_clocks
+        (namespace, id, host, pid, version, config_digest, started_at, heartbeat_at, stopped_at)
+    VALUES (?, ?, ?, ?, ?, ?, {now}, {now}, NULL)
+    ON CONFLICT (namespace, id) DO UPDATE
+    SET config_digest = excluded.config_digest, heartbeat_at = excluded.heartbeat_at, stopped_at = NULL
+"""
+_SQL_CLOCK_STOP = "UPDATE scheduler_clocks SET stopped_at = {now} WHERE namespace = ? AND id = ?"
+# Dead clocks that still have runs `running`, with when they were last heard from.
+_SQL_DEAD_CLOCKS = """
+    SELECT id, heartbeat_at FROM scheduler_clocks AS clock
+    WHERE namespace = ? AND id <> ? AND stopped_at IS NULL AND heartbeat_at <= {dead_before}
+    AND EXISTS (
+        SELECT 1 FROM scheduler_runs AS run
+        WHERE run.namespace = clock.namespace AND run.claimed_by = clock.id AND run.status = 'running'
+    )
+    ORDER BY id
+"""
+# A dead clock's claims for instants due after it was last heard from: made ahead, and taken as never
+# started. Parameters: namespace, clock id, its heartbeat_at.
+_SQL_DEAD_CLAIMS = f"""
+    DELETE FROM scheduler_runs
+    WHERE namespace = ? AND claimed_by = ? AND status = 'running' AND finished_at IS NULL AND started_at > ?
+    AND {_CLAIMED_SQL}
+"""
+_SQL_PRUNE_CLOCKS = """
+    DELETE FROM scheduler_clocks
+    WHERE namespace = ? AND COALESCE(stopped_at, heartbeat_at) < {forgotten_before}
+"""
+_SQL_STOP_REQUESTS = """
+    SELECT run_id FROM scheduler_runs
+    WHERE namespace = ? AND claimed_by = ? AND status = 'running' AND stop_requested_at IS NOT NULL
+    ORDER BY run_id
+"""
+_SQL_STOP_TOLD = """
+    UPDATE scheduler_runs SET stop_requested_at = NULL
+    WHERE namespace = ? AND claimed_by = ? AND stop_requested_at IS NOT NULL
+"""
+_SQL_CLOCKS = """
+    SELECT id, host, pid, version, started_at, heartbeat_at, config_digest, {live}
+    FROM scheduler_clocks WHERE namespace = ? ORDER BY started_at, id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The store's answer to one claimed instant.
+
+    won: this clock runs it. running_on: with `skip`, the live clock whose run of the task overlaps (the
+    instant was taken and recorded as skipped, so won is False); with `replace`, the clock asked to stop its
+    run (won is True). None otherwise: won False alone means another clock claimed the instant.
+    """
+
+    won: bool
+    running_on: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClockInfo:
+    """What a clock says of itself in the store. `id`, unique per process, is the claimed_by of its runs."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    config_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClockRow:
+    """A clock as the store knows it: for the dashboard, and for the config digest check."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime
+    alive: bool  # heard from within DEAD_AFTER_S and not stopped
+    config_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """What a heartbeat found: the runs this clock must stop, what it tidied up after dead clocks, and the
+    live clocks (this one included)."""
+
+    stop: list[str]  # run ids
+    lost: dict[str, tuple[int, int]]  # dead clock id -> (runs marked lost, claims deleted)
+    clocks: list[ClockRow]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,36 +421,24 @@ class RunRecord:
         return data
 
 
-def open_store(url: str, *, keep_runs: int = DEFAULT_KEEP_RUNS) -> Store:
+def open_store(url: str, *, keep_runs: int = DEFAULT_KEEP_RUNS, namespace: str = "") -> Store:
     """A store for this URL, not connected yet: parsing only, no I/O.
 
     sqlite:///relative/path.db is relative to the current directory (resolved now, so a later chdir does
     not move it). postgres:// is Heroku's spelling of postgresql://. A PostgreSQL URL's query parameters
-    (sslmode, options, ...) are passed to libpq.
+    (sslmode, options, ...) are passed to libpq. `namespace` keeps the runs and clocks of apps that share
+    one database apart: each sees and claims only its own. The default, '', holds the rows written before
+    namespaces existed.
     """
     if keep_runs < 1:
         raise ValueError(f"keep_runs must be at least 1, not {keep_runs}")
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if sep and scheme == "sqlite":
-        return _SQLiteStore(url, _sqlite_path(url, rest), keep_runs)
+        return _SQLiteStore(url, _sqlite_path(url, rest), keep_runs, namespace)
     if sep and scheme in ("postgresql", "postgres"):
-        return _PostgresStore(url, f"postgresql://{rest}", keep_runs)
+        return _PostgresStore(url, f"postgresql://{rest}", keep_runs, namespace)
     raise StoreError(f"unsupported store URL '{redact(url)}': use {_ACCEPTED_URLS}")
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced by '***' (postgresql://user:***@host/db): safe to log."""
-    scheme, sep, rest = url.partition("://")
-    # A SQLite URL's path may hold ':' and '@'; only a (wrong) sqlite://user:pw@host/... has user info.
-    if sep and not (scheme.lower() == "sqlite" and rest.startswith("/")):
-        before_query, qsep, query = rest.partition("?")
-        # The last '@' ends the user info, even if a careless password holds a raw '@' or '/'.
-        userinfo, at, hostpath = before_query.rpartition("@")
-        if at and ":" in userinfo:
-            user = userinfo.partition(":")[0]
-            url = f"{scheme}{sep}{user}:***@{hostpath}{qsep}{query}"
-    return _PASSWORD_PARAM.sub(r"\1***", url)
 
 
 class Store(ABC):
@@ -260,10 +451,11 @@ class Store(ABC):
     kind: str
     _migrations: list[list[str]]
 
-    def __init__(self, url: str, keep_runs: int) -> None:
+    def __init__(self, url: str, keep_runs: int, namespace: str) -> None:
         self.display_url = redact(url)
         self.keep_runs = keep_runs
-        self._secrets = _secrets(url)
+        self.namespace = namespace
+        self._secrets = secrets(url)
         self._errors: tuple[type[Exception], ...] = ()
 
     def connect(self) -> None:
@@ -284,27 +476,48 @@ class Store(ABC):
             self._drop()
             raise self._error("connect", exc) from exc
 
-    def claim(self, records: Sequence[RunRecord]) -> list[bool]:
-        """Insert these scheduled runs in one transaction; per record, in order: True if this call inserted
-        it and so won the claim, False if another clock (or an earlier call) had claimed that instant.
+    def claim(self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None) -> list[Claim]:
+        """Insert these scheduled runs in one transaction; per record, in order, whether this call won the
+        instant (inserted it) or another clock (or an earlier call) had claimed it.
 
         Only triggers in CLAIMED_TRIGGERS can be claimed. Exactly one of several concurrent claimers of a
-        (task, scheduled_for) gets True: the unique index decides.
+        (task, scheduled_for) wins: the unique index decides.
+
+        Overlap policy across clocks: `overlap` maps a task to `skip` or `replace` (tasks not named allow
+        overlap). When a live clock other than the claimer (records' claimed_by) has a run of the task
+        `running`, a `skip` instant is still taken, so that no other clock runs it, but recorded as skipped
+        and not won; a `replace` instant is won as usual and the other clock is asked to stop its run (its
+        next heartbeat says so). Either way the answer names that clock. The check is made when the instant
+        is claimed (up to a second before it is due) and, in PostgreSQL, in the claim's own statement.
         """
+        policies = dict(overlap or {})
+        for task, policy in policies.items():
+            if policy not in (*OVERLAP_POLICIES, "allow"):
+                raise ValueError(f"task '{task}': unknown overlap policy '{policy}'")
         for record in records:
             if record.trigger not in CLAIMED_TRIGGERS:
                 raise ValueError(f"run {record.run_id}: trigger '{record.trigger}' cannot be claimed")
         if not records:
             return []
+        claimers = {record.claimed_by for record in records}
+        if policies and len(claimers) > 1:
+            raise ValueError(f"overlap is checked for one claimer at a time, not {sorted(claimers)}")
         rows = [_row(record, self._to_db) for record in records]
-        return self._call("claim runs", lambda: self._insert(rows))
+        overlaps = [policies.get(record.task, "allow") for record in records]
+        claimer = records[0].claimed_by
+        return self._call("claim runs", lambda: self._claim(rows, overlaps, claimer))
 
     def record(self, record: RunRecord) -> bool:
         """Insert a run that was not claimed beforehand (manual, or fired while the store was down), maybe
         finished already. False if it conflicts with a claimed (task, scheduled_for) or with its run_id:
         then nothing is inserted."""
-        rows = [_row(record, self._to_db)]
-        return self._call("record a run", lambda: self._insert(rows))[0]
+        row = (self.namespace, *_row(record, self._to_db))
+
+        def insert() -> bool:
+            with self._transaction():
+                return self._update(_SQL_INSERT_ONE, row) == 1
+
+        return self._call("record a run", insert)
 
     def finish(
         self,
@@ -322,41 +535,92 @@ class Store(ABC):
         Retention keeps a task's newest keep_runs runs by started_at, and always its newest claimed run,
         which last_claimed() needs and which keeps that instant from being claimed again.
         """
-        params = (self._to_db(finished_at), status, exit_code, signal, duration_s, _tail(output), run_id)
+        ns = self.namespace
+        params = (self._to_db(finished_at), status, exit_code, signal, duration_s, _tail(output), ns, run_id)
 
         def finish() -> None:
             with self._transaction():
-                for (task,) in self._query(_SQL_TASK_OF_RUN, (run_id,)):
+                for (task,) in self._query(_SQL_TASK_OF_RUN, (ns, run_id)):
                     self._query(_SQL_FINISH, params)
-                    self._query(_SQL_RETENTION, (task, task, self.keep_runs, task))
+                    self._query(_SQL_RETENTION, (ns, task, ns, task, self.keep_runs, ns, task))
 
         self._call("finish a run", finish)
 
     def release(self, run_id: str) -> None:
         """Give back a claim whose run never started (its clock stopped first, or the task was removed), so
         that another clock, or a catch-up, may claim that instant. Unknown run_id: nothing happens."""
-        self._call("release a claim", lambda: self._query(_SQL_RELEASE, (run_id,)))
+        self._call("release a claim", lambda: self._query(_SQL_RELEASE, (self.namespace, run_id)))
 
     def mark_lost(self, claimed_by: str, at: datetime) -> int:
-        """Mark as `lost` the runs still `running` that no living clock can finish: in SQLite, whose clock
-        holds the single-clock lock, all of them; in PostgreSQL, those claimed under `claimed_by`, the
-        starting clock's own name (a restarted Heroku dyno often gets the same name and pid). A run that
-        does finish later (a run-now still going) gets its real status back. Returns how many."""
+        """At a clock's start, mark as `lost` the runs still `running` that no living clock can finish: in
+        SQLite, whose clock holds the single-clock lock, all of them; in PostgreSQL, those of clocks with
+        the starting clock's name, the host (or dyno) and pid that start its claimed_by, since a restarted
+        Heroku dyno often gets the same name and pid. Other dead clocks' runs wait for their lease to run
+        out (heartbeat()). A run that does finish later (a run-now still going) gets its real status back.
+        Returns how many."""
         params: tuple[object, ...]
         if self._owns_all_runs():
-            sql, params = _SQL_LOST, (self._to_db(at),)
+            sql, params = _SQL_LOST, (self._to_db(at), self.namespace)
         else:
-            sql, params = f"{_SQL_LOST} AND claimed_by = ?", (self._to_db(at), claimed_by)
+            name = _clock_name(claimed_by)
+            prefix = f"{name}:"
+            sql = f"{_SQL_LOST} AND (claimed_by = ? OR substr(claimed_by, 1, ?) = ?)"
+            params = (self._to_db(at), self.namespace, name, len(prefix), prefix)
         return self._call("mark lost runs", lambda: self._update(sql, params))
+
+    def heartbeat(self, clock: ClockInfo) -> Beat:
+        """Renew this clock's lease (registering it the first time, or again after an outage), and tidy up
+        after dead ones, in one transaction.
+
+        Lease policy: a clock not heard from (heartbeat or claim) for DEAD_AFTER_S is dead. Its claims for
+        instants due after it was last heard from are deleted, as made ahead and never started, and its
+        other runs still `running` are marked `lost`; a dead clock that comes back gets its runs' real
+        statuses as they finish, and its lease back at its next heartbeat. Rows of clocks stopped or dead
+        for CLOCK_KEEP_S are deleted.
+        """
+        self._check_file()
+        ns = self.namespace
+        beat_params = (ns, clock.id, clock.host, clock.pid, clock.version, clock.config_digest)
+
+        def beat() -> Beat:
+            with self._transaction():
+                self._query(self._sql(_SQL_CLOCK_BEAT), beat_params)
+                lost: dict[str, tuple[int, int]] = {}
+                for dead, last_heard in self._query(self._sql(_SQL_DEAD_CLOCKS), (ns, clock.id)):
+                    deleted = self._update(_SQL_DEAD_CLAIMS, (ns, dead, last_heard))
+                    marked = self._update(f"{_SQL_LOST} AND claimed_by = ?", (self._db_now(), ns, dead))
+                    if deleted or marked:
+                        lost[dead] = (marked, deleted)
+                self._query(self._sql(_SQL_PRUNE_CLOCKS), (ns,))
+                stop = [run_id for (run_id,) in self._query(_SQL_STOP_REQUESTS, (ns, clock.id))]
+                if stop:
+                    self._query(_SQL_STOP_TOLD, (ns, clock.id))
+                clocks = [row for row in self._clocks() if row.alive]
+            return Beat(stop, lost, clocks)
+
+        return self._call("renew the clock's lease", beat)
+
+    def stop_clock(self, clock_id: str) -> None:
+        """Note a clean stop: the clock's lease ends now, and nothing of it is marked lost."""
+        self._call(
+            "note the clock's stop",
+            lambda: self._query(self._sql(_SQL_CLOCK_STOP), (self.namespace, clock_id)),
+        )
+
+    def clocks(self) -> list[ClockRow]:
+        """Every clock of this namespace still remembered, live or not, oldest first."""
+        return self._call("read the clocks", self._clocks)
 
     def last_claimed(self) -> dict[str, datetime]:
         """Per task, the newest scheduled_for it was claimed for (any status; manual runs do not count)."""
-        rows = self._call("read the last claims", lambda: self._query(_SQL_LAST_CLAIMED))
+        rows = self._call("read the last claims", lambda: self._query(_SQL_LAST_CLAIMED, (self.namespace,)))
         return {task: self._from_db(at) for task, at in rows}
 
     def last_successes(self) -> dict[str, datetime]:
         """Per task, when its newest successful run (among those kept) ended."""
-        rows = self._call("read the last successes", lambda: self._query(_SQL_LAST_SUCCESSES))
+        rows = self._call(
+            "read the last successes", lambda: self._query(_SQL_LAST_SUCCESSES, (self.namespace,))
+        )
         return {task: self._from_db(at) for task, at in rows}
 
     def history(self, task: str | None = None, limit: int = 20) -> list[RunRecord]:
@@ -365,15 +629,15 @@ class Store(ABC):
             raise ValueError(f"limit must not be negative, not {limit}")
         params: tuple[object, ...]
         if task is None:
-            sql, params = _SQL_HISTORY.format(where=""), (limit,)
+            sql, params = _SQL_HISTORY.format(where=""), (self.namespace, limit)
         else:
-            sql, params = _SQL_HISTORY.format(where="WHERE task = ?"), (task, limit)
+            sql, params = _SQL_HISTORY.format(where="AND task = ?"), (self.namespace, task, limit)
         rows = self._call("read the history", lambda: self._query(sql, params))
         return [self._record(row) for row in rows]
 
     def last_runs(self) -> dict[str, RunRecord]:
         """Per task, its newest run (as history() orders them), by task name."""
-        rows = self._call("read the last runs", lambda: self._query(_SQL_LAST_RUNS))
+        rows = self._call("read the last runs", lambda: self._query(_SQL_LAST_RUNS, (self.namespace,)))
         return {record.task: record for record in map(self._record, rows)}
 
     @abstractmethod
@@ -401,6 +665,35 @@ class Store(ABC):
         for secret in self._secrets:
             detail = detail.replace(secret, "***")
         return StoreError(f"run-history store {self.display_url}: cannot {action}: {detail}")
+
+    def _clocks(self) -> list[ClockRow]:
+        rows = self._query(self._sql(_SQL_CLOCKS.replace("{live}", _SQL_LIVE)), (self.namespace,))
+        return [
+            ClockRow(
+                id=clock_id,
+                host=host,
+                pid=int(pid),
+                version=version,
+                started_at=self._from_db(started_at),
+                heartbeat_at=self._from_db(heartbeat_at),
+                alive=bool(alive),
+                config_digest=digest,
+            )
+            for clock_id, host, pid, version, started_at, heartbeat_at, digest, alive in rows
+        ]
+
+    def _sql(self, sql: str) -> str:
+        """The statement with the backend's {now}, {dead_before} and {forgotten_before} filled in."""
+        return sql.format(
+            now=self._now_sql, dead_before=self._ago(DEAD_AFTER_S), forgotten_before=self._ago(CLOCK_KEEP_S)
+        )
+
+    def _db_now(self) -> object:
+        """The database's current time, as a parameter."""
+        return self._query(f"SELECT {self._now_sql}")[0][0]
+
+    def _check_file(self) -> None:  # noqa: B027 - most backends have no file to check
+        """Raise StoreError if the database under the open connection is gone (SQLite's file deleted)."""
 
     def _migrate(self) -> None:
         with self._transaction():
@@ -459,9 +752,45 @@ class Store(ABC):
         """Whether this store's clock is the only one (so that any run still `running` is lost)."""
         return False
 
+    def _claim(self, rows: list[tuple[object, ...]], overlaps: list[str], claimer: str) -> list[Claim]:
+        """Insert rows (in _COLUMNS order) under their overlap policies, skipping conflicts, in one
+        transaction: a statement per row, which costs nothing in-process (SQLite). PostgreSQL does it all
+        in one statement."""
+        ns = self.namespace
+        answers: list[Claim] = []
+        with self._transaction():
+            busy: dict[str, list[tuple[int, str]]] = {}
+            checked = sorted(
+                {str(row[0]) for row, policy in zip(rows, overlaps, strict=True) if policy != "allow"}
+            )
+            for task in checked:
+                sql = self._sql(_SQL_BUSY) + " AND run.task = ? ORDER BY run.claimed_by"
+                busy[task] = [(run_id, clock) for run_id, _, clock in self._query(sql, (ns, claimer, task))]
+            for row, policy in zip(rows, overlaps, strict=True):
+                others = busy.get(str(row[0]), [])
+                running_on = others[0][1] if others else None
+                skipped = policy == "skip" and running_on is not None
+                if skipped:
+                    row = (*row[:6], "skipped", row[5], *row[8:])
+                if self._update(_SQL_INSERT_ONE, (ns, *row)) != 1:
+                    answers.append(Claim(False))
+                    continue
+                if policy == "replace":
+                    for run_id, _ in others:
+                        self._query(
+                            self._sql("UPDATE scheduler_runs SET stop_requested_at = {now} WHERE id = ?"),
+                            (run_id,),
+                        )
+                answers.append(Claim(not skipped, running_on if policy != "allow" else None))
+            self._query(self._sql(_SQL_RENEW), (ns, claimer))
+        return answers
+
+    _now_sql: str
+    """The backend's SQL for the database's current time, in its stored form."""
+
     @abstractmethod
-    def _insert(self, rows: list[tuple[object, ...]]) -> list[bool]:
-        """Insert rows (in _COLUMNS order), skipping conflicts; per row, whether it was inserted."""
+    def _ago(self, seconds: float) -> str:
+        """The backend's SQL for the database's current time less this many seconds."""
 
     @abstractmethod
     def _to_db(self, at: datetime) -> object: ...
@@ -476,11 +805,14 @@ class _SQLiteStore(Store):
     kind = "sqlite"
     _migrations = _SQLITE_MIGRATIONS
 
-    def __init__(self, url: str, path: str, keep_runs: int) -> None:
-        super().__init__(url, keep_runs)
+    _now_sql = _SQLITE_NOW.format("")
+
+    def __init__(self, url: str, path: str, keep_runs: int, namespace: str) -> None:
+        super().__init__(url, keep_runs, namespace)
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file the connection opened
         import sqlite3  # here, not at the top: the clock imports this module, most clocks have no store
 
         self._errors = (sqlite3.Error, OSError)
@@ -496,9 +828,9 @@ class _SQLiteStore(Store):
             return
         lock_path = f"{self.path}.lock"
         try:
-            os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+            os.makedirs(os.path.dirname(lock_path), mode=_PRIVATE_DIR, exist_ok=True)
             # O_CLOEXEC: a task's child process must not inherit the lock and hold it after the clock died.
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = _open_private(lock_path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
             raise StoreError(f"run-history store {self.display_url}: cannot open {lock_path}: {exc}") from exc
         try:
@@ -533,7 +865,12 @@ class _SQLiteStore(Store):
     def _open(self) -> None:
         import sqlite3
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        os.makedirs(os.path.dirname(self.path), mode=_PRIVATE_DIR, exist_ok=True)
+        # The history holds task output: the file is created (or tightened) to 0600 before SQLite opens it,
+        # whatever the umask. SQLite gives the -wal and -shm files the database file's mode.
+        os.close(_open_private(self.path, os.O_RDWR | os.O_CLOEXEC))
+        for suffix in ("-wal", "-shm"):
+            _tighten(self.path + suffix)
         # isolation_level=None: no implicit transactions; _transaction() says BEGIN IMMEDIATE itself, which
         # takes the write lock up front (waiting up to the busy timeout) instead of failing on an upgrade.
         self._conn = sqlite3.connect(
@@ -543,9 +880,31 @@ class _SQLiteStore(Store):
         # In WAL mode NORMAL syncs at checkpoints, not at every commit: a claim costs no fsync on the way to
         # a fire. A power cut may lose the last claims (never corrupt the file); a process crash loses none.
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._file_id = _file_id(self.path)
+        for suffix in ("-wal", "-shm"):
+            _tighten(self.path + suffix)
+
+    def _check_file(self) -> None:
+        """A database file deleted (or replaced) under the clock would take its writes into an inode that
+        nobody reads: give the connection up, so that the next connect() opens (or creates) the file at the
+        path again, and say so."""
+        if self._conn is None or self._file_id is None:
+            return
+        try:
+            current: tuple[int, int] | None = _file_id(self.path)
+        except FileNotFoundError:
+            current = None
+        except OSError:
+            return  # cannot tell: the next statement's error, if any, says more
+        if current == self._file_id:
+            return
+        self._drop()
+        what = "deleted" if current is None else "replaced"
+        raise StoreError(f"run-history store {self.display_url}: the database file was {what}; reopening it")
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
+        self._file_id = None
         if conn is not None:
             try:
                 conn.close()
@@ -578,11 +937,8 @@ class _SQLiteStore(Store):
     def _owns_all_runs(self) -> bool:
         return self._lock_fd is not None
 
-    def _insert(self, rows: list[tuple[object, ...]]) -> list[bool]:
-        # One statement per row, but in-process and in one transaction: no round trips to save here.
-        conn = self._connection()
-        with self._transaction():
-            return [conn.execute(_SQL_INSERT_ONE, row).rowcount == 1 for row in rows]
+    def _ago(self, seconds: float) -> str:
+        return _SQLITE_NOW.format(f", '-{seconds:f} seconds'")
 
     def _to_db(self, at: datetime) -> object:
         return _utc(at).isoformat(timespec="microseconds")
@@ -601,8 +957,10 @@ class _PostgresStore(Store):
     kind = "postgresql"
     _migrations = _POSTGRES_MIGRATIONS
 
-    def __init__(self, url: str, conninfo: str, keep_runs: int) -> None:
-        super().__init__(url, keep_runs)
+    _now_sql = "now()"
+
+    def __init__(self, url: str, conninfo: str, keep_runs: int, namespace: str) -> None:
+        super().__init__(url, keep_runs, namespace)
         try:
             import psycopg
             from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -657,11 +1015,21 @@ class _PostgresStore(Store):
     def _update(self, sql: str, params: Sequence[object]) -> int:
         return self._connection().execute(sql.replace("?", "%s"), params).rowcount
 
-    def _insert(self, rows: list[tuple[object, ...]]) -> list[bool]:
-        columns = [list(column) for column in zip(*rows, strict=True)]
-        with self._transaction():
-            inserted = {run_id for (run_id,) in self._query(_SQL_INSERT_BATCH, columns)}
-        return [row[3] in inserted for row in rows]
+    def _claim(self, rows: list[tuple[object, ...]], overlaps: list[str], claimer: str) -> list[Claim]:
+        columns: list[object] = [list(column) for column in zip(*rows, strict=True)]
+        params = [*columns, overlaps, self.namespace, claimer, self.namespace, self.namespace, claimer]
+        answers = dict(self._query(self._sql(_SQL_CLAIM_BATCH), params))
+        claims = []
+        for row, policy in zip(rows, overlaps, strict=True):
+            if row[3] not in answers:
+                claims.append(Claim(False))
+            else:
+                running_on = answers[row[3]]
+                claims.append(Claim(policy != "skip" or running_on is None, running_on))
+        return claims
+
+    def _ago(self, seconds: float) -> str:
+        return f"(now() - interval '{seconds:f} seconds')"
 
     def _to_db(self, at: datetime) -> object:
         return _utc(at)
@@ -673,6 +1041,31 @@ class _PostgresStore(Store):
     def _connection(self) -> Connection[tuple[Any, ...]]:
         assert self._conn is not None, "connect() first"
         return self._conn
+
+
+def _open_private(path: str, flags: int) -> int:
+    """Open (creating) a file that only its owner may read: 0600 whatever the umask, and an existing file
+    with wider permissions (from an older version) is tightened."""
+    fd = os.open(path, flags | os.O_CREAT, _PRIVATE_FILE)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, _PRIVATE_FILE)
+    except OSError:
+        pass  # not ours to change (another user's file): it keeps its mode
+    return fd
+
+
+def _tighten(path: str) -> None:
+    try:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, _PRIVATE_FILE)
+    except OSError:
+        pass  # absent, or not ours
+
+
+def _file_id(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:
@@ -710,19 +1103,6 @@ def _sqlite_path(url: str, rest: str) -> str:
     return os.path.abspath(path)
 
 
-def _secrets(url: str) -> list[str]:
-    """The password in a URL, as written and percent-decoded, to scrub from driver messages."""
-    found = [match.group(2).strip("'") for match in _PASSWORD_PARAM.finditer(url)]
-    _, sep, rest = url.partition("://")
-    if sep:
-        userinfo, at, _ = rest.partition("?")[0].rpartition("@")
-        if at and ":" in userinfo:
-            found.append(userinfo.partition(":")[2])
-    return sorted({variant for secret in found for variant in (secret, unquote(secret)) if variant}, key=len)[
-        ::-1
-    ]
-
-
 def _row(record: RunRecord, to_db: Callable[[datetime], object]) -> tuple[object, ...]:
     return (
         record.task,
@@ -738,6 +1118,11 @@ def _row(record: RunRecord, to_db: Callable[[datetime], object]) -> tuple[object
         record.duration_s,
         _tail(record.output),
     )
+
+
+def _clock_name(claimed_by: str) -> str:
+    """'host:pid' of a claimed_by 'host:pid:token' (or of an older 'host:pid')."""
+    return ":".join(claimed_by.split(":")[:2])
 
 
 def _tail(output: str | None) -> str | None:

@@ -385,6 +385,10 @@ class TestDisplayUrl:
             ("${HC_PING_URL}", "${HC_PING_URL}"),
             ("hc-ping.com/secret", "…"),
             ("https://[::1/secret", "…"),
+            ("https://user:p#w@hc.example.com/ping/x", "https://hc.example.com/…"),
+            ("https://user:pa?ss@hc.example.com/ping/x", "https://hc.example.com/…"),
+            ("https://user:a/b@hc.example.com/ping/x", "https://hc.example.com/…"),
+            ("https://user:p@ss@hc.example.com/ping/x", "https://hc.example.com/…"),
         ],
     )
     def test_only_scheme_and_host(self, url: str, expected: str) -> None:

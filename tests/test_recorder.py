@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from scheduler.errors import StoreError
 from scheduler.recorder import History, Recorder, clock_identity
-from scheduler.store import RunRecord
+from scheduler.store import Beat, Claim, ClockInfo, ClockRow, RunRecord
 
 T = TypeVar("T")
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -36,6 +36,10 @@ class MemoryStore:
         self.connects = 0
         self.calls = 0
         self.lost = 0
+        self.beats: list[ClockInfo] = []
+        self.stopped: list[str] = []
+        self.next_beat = Beat([], {}, [])  # what the next heartbeat answers (then an empty one)
+        self.overlaps: list[Any] = []
 
     def _enter(self) -> None:
         self.calls += 1
@@ -66,14 +70,25 @@ class MemoryStore:
         self._enter()
         return {task: instant for task, instant in sorted(self.claimed)}
 
-    def claim(self, records: Sequence[RunRecord]) -> list[bool]:
+    def claim(self, records: Sequence[RunRecord], overlap: Any = None) -> list[Claim]:
         self._enter()
+        self.overlaps.append(overlap)
         won = []
         for r in records:
             key = (r.task, r.scheduled_for)
-            won.append(key not in self.claimed)
+            won.append(Claim(key not in self.claimed))
             self.claimed.add(key)
         return won
+
+    def heartbeat(self, clock: ClockInfo) -> Beat:
+        self._enter()
+        self.beats.append(clock)
+        beat, self.next_beat = self.next_beat, Beat([], {}, [])
+        return beat
+
+    def stop_clock(self, clock_id: str) -> None:
+        self._enter()
+        self.stopped.append(clock_id)
 
     def record(self, record: RunRecord) -> bool:
         self._enter()
@@ -113,7 +128,13 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def make(store: MemoryStore, **kwargs: Any) -> Recorder:
     options: dict[str, Any] = {"claim_timeout_s": 0.2, "call_timeout_s": 0.5, "reconnect_first_s": 0.01}
     options.update(kwargs)
-    return Recorder(store, log=structlog.get_logger(), claimed_by="here:1", **options)  # type: ignore[arg-type]
+    return Recorder(
+        store,  # type: ignore[arg-type]
+        log=structlog.get_logger(),
+        claimed_by="here:1",
+        config_digest="abc",
+        **options,
+    )
 
 
 async def until(predicate: Callable[[], bool]) -> None:
@@ -264,12 +285,124 @@ class TestOutage:
 
 
 class TestClockIdentity:
-    def test_dyno_name_and_pid(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """On Heroku the dyno's name identifies the clock, with the pid."""
+    def test_dyno_name_pid_and_token(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """On Heroku the dyno's name identifies the clock, with the pid and a token of its own, since a
+        restarted dyno often gets the same name and pid."""
         monkeypatch.setenv("DYNO", "clock.2")
-        name, pid = clock_identity().split(":")
+        name, pid, token = clock_identity().split(":")
         assert "clock.2" == name
         assert pid.isdigit()
+        assert 6 == len(token)
+        assert clock_identity() != clock_identity()
+
+
+def clock_row(clock_id: str, digest: str) -> ClockRow:
+    return ClockRow(clock_id, "h", 1, "0.1", T0, T0, True, digest)
+
+
+class TestHeartbeat:
+    def test_start_registers_and_close_notes_the_stop(self) -> None:
+        """start() renews the lease at once (registering the clock with its digest); close() says it
+        stopped cleanly."""
+        store = MemoryStore()
+
+        async def main() -> None:
+            recorder = make(store)
+            await recorder.start(T0)
+            await recorder.close()
+
+        run(main())
+        assert [("here:1", "abc")] == [(info.id, info.config_digest) for info in store.beats]
+        assert ["here:1"] == store.stopped
+
+    def test_beats_while_started_with_the_new_digest(self) -> None:
+        """The lease is renewed every heartbeat_s, with the digest config_changed() gave."""
+        store = MemoryStore()
+
+        async def main() -> None:
+            recorder = make(store, heartbeat_s=0.01)
+            await recorder.start(T0)
+            recorder.config_changed("def")
+            await until(lambda: len(store.beats) >= 3)
+            await recorder.close()
+
+        run(main())
+        assert "abc" == store.beats[0].config_digest
+        assert "def" == store.beats[-1].config_digest
+
+    def test_dead_clocks_runs_are_logged(self) -> None:
+        """What a heartbeat tidied up after a dead clock is logged as store.lost_runs, naming it."""
+        store = MemoryStore()
+        store.next_beat = Beat([], {"web.1:7:aaaaaa": (2, 1)}, [])
+
+        async def main() -> None:
+            recorder = make(store)
+            await recorder.start(T0)
+            await recorder.close()
+
+        with capture_logs() as logs:
+            run(main())
+        assert [{"runs": 2, "released": 1, "clock": "web.1:7:aaaaaa"}] == [
+            {k: e[k] for k in ("runs", "released", "clock")} for e in events(logs, "store.lost_runs")
+        ]
+
+    def test_stop_requests_reach_the_callback_on_the_loop(self) -> None:
+        """Runs another clock asked this one to stop are handed to on_stop_requested, on the event loop."""
+        store = MemoryStore()
+        store.next_beat = Beat(["r1", "r2"], {}, [])
+        got: list[tuple[list[str], bool]] = []
+
+        def on_stop(run_ids: list[str]) -> None:
+            got.append((run_ids, threading.current_thread() is threading.main_thread()))
+
+        async def main() -> None:
+            recorder = make(store, on_stop_requested=on_stop)
+            await recorder.start(T0)
+            await recorder.close()
+
+        run(main())
+        assert [(["r1", "r2"], True)] == got
+
+    def test_config_mismatch_warned_once_per_change(self) -> None:
+        """Live clocks with different digests: config.mismatch once, again only when the set changes."""
+        store = MemoryStore()
+        mixed = [clock_row("a:1:x", "abc"), clock_row("b:2:y", "old")]
+        answers = [
+            Beat([], {}, mixed),
+            Beat([], {}, mixed),
+            Beat([], {}, [*mixed, clock_row("c:3:z", "old")]),
+            Beat([], {}, [clock_row("a:1:x", "abc")]),
+            Beat([], {}, mixed),
+        ]
+
+        async def main() -> None:
+            recorder = make(store, heartbeat_s=0.01)
+            store.next_beat = answers.pop(0)
+            await recorder.start(T0)
+            while answers:
+                store.next_beat = answers.pop(0)
+                await until(lambda: store.next_beat.clocks == [])
+            await recorder.close()
+
+        with capture_logs() as logs:
+            run(main())
+        mismatches = events(logs, "config.mismatch")
+        assert ["warning"] * 3 == [e["log_level"] for e in mismatches]
+        assert {"a:1:x": "abc", "b:2:y": "old"} == mismatches[0]["clocks"]
+        assert 3 == len(mismatches[1]["clocks"])
+
+    def test_claim_runs_passes_the_overlap(self) -> None:
+        """claim_runs gives the store the overlap policies and returns its answers as they are."""
+        store = MemoryStore()
+
+        async def main() -> list[Claim] | None:
+            recorder = make(store)
+            got = await recorder.claim_runs([record("a")], {"t": "skip"})
+            await recorder.close()
+            return got
+
+        assert [Claim(True)] == run(main())
+        assert [{"t": "skip"}] == store.overlaps
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,8 @@ from scheduler.errors import SchedulerError, StoreError
 from scheduler.store import (
     CLAIMED_TRIGGERS,
     OUTPUT_TAIL_BYTES,
+    Claim,
+    ClockInfo,
     RunRecord,
     Store,
     open_store,
@@ -61,6 +63,11 @@ def run(
     )
 
 
+def won(store: Store, records: list[RunRecord]) -> list[bool]:
+    """Per record, whether this store's claim won it."""
+    return [claim.won for claim in store.claim(records)]
+
+
 def finish(store: Store, record: RunRecord, **fields: Any) -> None:
     """Finish a run as succeeded a second after it started, unless told otherwise."""
     values: dict[str, Any] = {
@@ -88,8 +95,8 @@ def make_store(url: str) -> Iterator[Callable[..., Store]]:
     """Opens stores on the test's database (as several clocks would), and closes them after the test."""
     stores: list[Store] = []
 
-    def make(keep_runs: int = DEFAULT_KEEP_RUNS) -> Store:
-        store = open_store(url, keep_runs=keep_runs)
+    def make(keep_runs: int = DEFAULT_KEEP_RUNS, namespace: str = "") -> Store:
+        store = open_store(url, keep_runs=keep_runs, namespace=namespace)
         stores.append(store)
         return store
 
@@ -376,7 +383,7 @@ class TestConnect:
         """A database at version 0 (a version table and nothing else) gets every migration."""
         raw("CREATE TABLE scheduler_schema (version INTEGER NOT NULL)")
         raw("INSERT INTO scheduler_schema (version) VALUES (0)")
-        assert [True] == store.claim([run()])
+        assert [True] == won(store, [run()])
         assert len(store_module._SQLITE_MIGRATIONS) == schema_version(raw)
 
     def test_upgrades_to_a_later_version(
@@ -446,18 +453,18 @@ class TestConnect:
 class TestClaim:
     def test_wins_once(self, store: Store) -> None:
         """The first claim of an instant wins; claiming it again, under another run id, loses."""
-        assert [True] == store.claim([run()])
-        assert [False] == store.claim([run()])
+        assert [True] == won(store, [run()])
+        assert [False] == won(store, [run()])
 
     def test_other_store_loses(self, make_store: Callable[..., Store]) -> None:
         """Another clock's claim of the same instant loses, whatever its trigger."""
-        assert [True] == make_store().claim([run()])
-        assert [False, False] == make_store().claim([run(), run(trigger="catch_up")])
+        assert [True] == won(make_store(), [run()])
+        assert [False, False] == won(make_store(), [run(), run(trigger="catch_up")])
 
     def test_per_record_in_order(self, store: Store) -> None:
         """One answer per record, in the order given."""
         store.claim([run("a"), run("b")])
-        assert [False, True, False, True] == store.claim([run("a"), run("c"), run("b"), run("a", 1)])
+        assert [False, True, False, True] == won(store, [run("a"), run("c"), run("b"), run("a", 1)])
 
     def test_stored_as_given(self, store: Store) -> None:
         """A claimed run reads back equal, datetimes in UTC."""
@@ -468,8 +475,8 @@ class TestClaim:
 
     def test_thousand_in_one_call(self, store: Store) -> None:
         """A catch-up of 1,000 instants is one call, and a second clock loses all of them."""
-        assert [True] * 1000 == store.claim([run(minutes=i) for i in range(1000)])
-        assert [False] * 1000 == store.claim([run(minutes=i) for i in range(1000)])
+        assert [True] * 1000 == won(store, [run(minutes=i) for i in range(1000)])
+        assert [False] * 1000 == won(store, [run(minutes=i) for i in range(1000)])
 
     def test_concurrent_claims(self, make_store: Callable[..., Store]) -> None:
         """Two clocks claim the same 200 instants at once, in batches in different orders: one winner each."""
@@ -482,12 +489,12 @@ class TestClaim:
         def clock(seed: int) -> dict[tuple[str, int], bool]:
             order = keys[:]
             random.Random(seed).shuffle(order)
-            won: dict[tuple[str, int], bool] = {}
+            wins: dict[tuple[str, int], bool] = {}
             barrier.wait()
             for start in range(0, len(order), 10):
                 batch = order[start : start + 10]
-                won.update(zip(batch, stores[seed].claim([run(t, m) for t, m in batch]), strict=True))
-            return won
+                wins.update(zip(batch, won(stores[seed], [run(t, m) for t, m in batch]), strict=True))
+            return wins
 
         with ThreadPoolExecutor(len(stores)) as pool:
             results = list(pool.map(clock, range(len(stores))))
@@ -507,7 +514,7 @@ class TestClaim:
 
     def test_nothing_to_claim(self, tmp_path: Path) -> None:
         """An empty claim answers without touching the database (here, one that cannot be opened)."""
-        assert [] == open_store(f"sqlite:///{tmp_path}").claim([])
+        assert [] == won(open_store(f"sqlite:///{tmp_path}"), [])
 
 
 class TestRecord:
@@ -519,7 +526,7 @@ class TestRecord:
     def test_manual_does_not_claim(self, store: Store) -> None:
         """A manual run leaves the instant free for the schedule."""
         store.record(run(trigger="manual"))
-        assert [True] == store.claim([run()])
+        assert [True] == won(store, [run()])
 
     def test_conflicting_claim(self, store: Store) -> None:
         """A scheduled run recorded late loses to a claim of the same instant, and inserts nothing."""
@@ -565,10 +572,10 @@ class TestRelease:
         first, second = make_store(), make_store()
         record = run()
         first.claim([record])
-        assert [False] == second.claim([run()])
+        assert [False] == won(second, [run()])
         first.release(record.run_id)
         assert ([], {}) == (first.history(), first.last_claimed())
-        assert [True] == second.claim([run()])
+        assert [True] == won(second, [run()])
 
     def test_a_run_that_started_is_never_released(self, store: Store) -> None:
         """Releasing a finished run, or an unknown run id, deletes nothing."""
@@ -777,3 +784,264 @@ class TestLockSingleClock:
         second.lock_single_clock()
         first.close()
         second.close()
+
+
+def clock(clock_id: str, digest: str = "abc") -> ClockInfo:
+    return ClockInfo(clock_id, clock_id.split(":")[0], int(clock_id.split(":")[1]), "0.1.0", digest)
+
+
+A, B = "a.1:10:aaaaaa", "b.1:20:bbbbbb"
+LONG_AGO = "2000-01-01T00:00:00.000000+00:00"
+
+
+def ago(seconds: float) -> str:
+    """A moment this long before now, as both backends store it."""
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(timespec="microseconds")
+
+
+def started(task: str, by: str, minutes: int = 0) -> RunRecord:
+    """A claimed run of `task` by the clock `by`, started: it is `running` in the store."""
+    return replace(run(task, minutes), claimed_by=by)
+
+
+class TestClocks:
+    def test_registered_by_heartbeat(self, store: Store) -> None:
+        """A clock's first heartbeat registers it; clocks() lists it alive, with what it said of itself."""
+        beat = store.heartbeat(clock(A))
+        [row] = store.clocks()
+        assert (A, "a.1", 10, "0.1.0", "abc", True) == (
+            row.id,
+            row.host,
+            row.pid,
+            row.version,
+            row.config_digest,
+            row.alive,
+        )
+        assert row.started_at <= row.heartbeat_at
+        assert [A] == [c.id for c in beat.clocks]
+        assert ([], {}) == (beat.stop, beat.lost)
+
+    def test_digest_follows_the_heartbeat(self, store: Store) -> None:
+        """A later heartbeat carries the new digest; started_at stays."""
+        store.heartbeat(clock(A))
+        first = store.clocks()[0]
+        store.heartbeat(clock(A, "def"))
+        [row] = store.clocks()
+        assert ("def", first.started_at) == (row.config_digest, row.started_at)
+
+    def test_clean_stop(self, make_store: Callable[..., Store]) -> None:
+        """A stopped clock is not alive, and its runs are never marked lost by the others."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        a.claim([started("t", A)])
+        a.stop_clock(A)
+        beat = b.heartbeat(clock(B))
+        assert {} == beat.lost
+        assert {A: False, B: True} == {c.id: c.alive for c in b.clocks()}
+        assert ["running"] == [r.status for r in b.history("t")]
+
+    def test_dead_clock_runs_lost_and_claims_released(
+        self, make_store: Callable[..., Store], raw: Raw
+    ) -> None:
+        """A clock not heard from for DEAD_AFTER_S is dead: at a live clock's heartbeat its running runs
+        become lost, and its claims for instants due after it was last heard from are deleted, so that
+        another clock can claim them."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        now = datetime.now(UTC)
+        going = replace(started("t", A, 0), started_at=now - timedelta(minutes=5))
+        ahead = replace(started("t", A, 1), started_at=now)
+        a.claim([going, ahead])
+        raw(f"UPDATE scheduler_clocks SET heartbeat_at = '{ago(60)}'")
+        beat = b.heartbeat(clock(B))
+        assert {A: (1, 1)} == beat.lost
+        assert [(going.run_id, "lost")] == [(r.run_id, r.status) for r in b.history("t")]
+        assert [True] == won(b, [replace(ahead, run_id="0" * 12, claimed_by=B)])
+        assert {} == b.heartbeat(clock(B)).lost  # once
+        assert {A: False, B: True} == {c.id: c.alive for c in b.clocks()}
+
+    def test_a_live_clock_is_left_alone(self, make_store: Callable[..., Store]) -> None:
+        """Another clock's runs stay running while its lease runs."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        a.claim([started("t", A)])
+        assert {} == b.heartbeat(clock(B)).lost
+        assert ["running"] == [r.status for r in b.history()]
+
+    def test_old_clocks_pruned(self, store: Store, raw: Raw) -> None:
+        """Clocks stopped or dead for over 7 days are forgotten."""
+        store.heartbeat(clock(A))
+        store.stop_clock(A)
+        raw(f"UPDATE scheduler_clocks SET stopped_at = '{LONG_AGO}'")
+        store.heartbeat(clock(B))
+        assert [B] == [c.id for c in store.clocks()]
+
+    def test_same_name_restarted_marked_at_once(self, make_store: Callable[..., Store], url: str) -> None:
+        """The fast path: a clock starting under the name (host and pid) of one that left runs running
+        marks them lost at once, whatever their token; a longer pid with the same digits is another."""
+        store = make_store()
+        same = replace(run("a"), claimed_by="web.1:42:old000")
+        older = replace(run("b"), claimed_by="web.1:42")
+        other = replace(run("c"), claimed_by="web.1:421:xyz000")
+        store.claim([same])
+        store.claim([older])
+        store.claim([other])
+        assert 2 == store.mark_lost("web.1:42:new000", T0)
+        assert {"a": "lost", "b": "lost", "c": "running"} == {r.task: r.status for r in store.history()}
+
+
+class TestOverlapAcrossClocks:
+    def test_skip_takes_the_instant_as_skipped(self, make_store: Callable[..., Store]) -> None:
+        """skip: while another live clock runs the task, the instant is taken (no clock runs it) and
+        recorded as skipped, and the answer names that clock."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        b.heartbeat(clock(B))
+        a.claim([started("t", A, 0)])
+        nxt = started("t", B, 1)
+        assert [Claim(False, A)] == b.claim([nxt], {"t": "skip"})
+        assert [Claim(False)] == a.claim([replace(nxt, run_id="1" * 12, claimed_by=A)], {"t": "skip"})
+        assert ["skipped", "running"] == [r.status for r in b.history("t")]
+
+    def test_skip_ignores_dead_and_own_runs(self, make_store: Callable[..., Store], raw: Raw) -> None:
+        """The claimer's own runs are its own business, and a dead clock's runs do not count."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        b.heartbeat(clock(B))
+        b.claim([started("t", B, 0)])
+        assert [Claim(True)] == b.claim([started("t", B, 1)], {"t": "skip"})
+        a.claim([started("u", A, 0)])
+        raw(f"UPDATE scheduler_clocks SET heartbeat_at = '{LONG_AGO}' WHERE id = '{A}'")
+        assert [Claim(True)] == b.claim([started("u", B, 1)], {"u": "skip"})
+
+    def test_allow_unchanged(self, make_store: Callable[..., Store]) -> None:
+        """Tasks not named in overlap are claimed as before."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        b.heartbeat(clock(B))
+        a.claim([started("t", A, 0)])
+        assert [Claim(True)] == b.claim([started("t", B, 1)], {"other": "skip"})
+
+    def test_replace_asks_the_other_clock_to_stop(self, make_store: Callable[..., Store]) -> None:
+        """replace: the claimer wins, and the other clock's next heartbeat returns the runs to stop, once."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        b.heartbeat(clock(B))
+        old = started("t", A, 0)
+        a.claim([old])
+        assert [Claim(True, A)] == b.claim([started("t", B, 1)], {"t": "replace"})
+        assert [] == b.heartbeat(clock(B)).stop
+        assert [old.run_id] == a.heartbeat(clock(A)).stop
+        assert [] == a.heartbeat(clock(A)).stop
+
+    def test_concurrent_skip_claims_one_winner(self, make_store: Callable[..., Store]) -> None:
+        """Two clocks claiming the same instants together, with overlap checks: each instant is taken once."""
+        stores = [make_store() for _ in range(2)]
+        ids = [A, B]
+        for s, i in zip(stores, ids, strict=True):
+            s.heartbeat(clock(i))
+        barrier = threading.Barrier(2)
+
+        def claim(n: int) -> list[bool]:
+            barrier.wait()
+            records = [started(f"t{m}", ids[n], m) for m in range(50)]
+            return won(stores[n], records) if n else [c.won for c in stores[n].claim(records, {"t1": "skip"})]
+
+        with ThreadPoolExecutor(2) as pool:
+            first, second = pool.map(claim, range(2))
+        assert [1] * 50 == [x + y for x, y in zip(first, second, strict=True)]
+
+    def test_unknown_policy(self, store: Store) -> None:
+        """Only skip, replace and allow are policies."""
+        with pytest.raises(ValueError, match="unknown overlap policy 'sometimes'"):
+            store.claim([run()], {"backup": "sometimes"})
+
+
+class TestNamespace:
+    def test_apps_never_meet(self, make_store: Callable[..., Store]) -> None:
+        """Two apps on one database claim the same task's instants each, and see only their own runs and
+        clocks."""
+        one, two = make_store(namespace="one"), make_store(namespace="two")
+        record = run("cleanup")
+        assert [True] == won(one, [record])
+        assert [True] == won(two, [replace(record, run_id="2" * 12)])
+        one.heartbeat(clock(A))
+        two.heartbeat(clock(B))
+        assert [A] == [c.id for c in one.clocks()]
+        assert [record.run_id] == [r.run_id for r in one.history()]
+        assert ["2" * 12] == [r.run_id for r in two.last_runs().values()]
+        assert 1 == two.mark_lost(f"{record.claimed_by}:000000", T0)  # its own run only
+        assert ["running"] == [r.status for r in one.history()]
+
+    def test_default_namespace_keeps_todays_rows(self, make_store: Callable[..., Store]) -> None:
+        """'' is the namespace of the rows written before namespaces: a store without one sees them."""
+        record = run()
+        make_store().claim([record])
+        assert [record.run_id] == [r.run_id for r in make_store().history()]
+        assert [] == make_store(namespace="other").history()
+
+
+class TestUpgrade:
+    def test_version_1_database_upgraded_in_place(self, make_store: Callable[..., Store], raw: Raw) -> None:
+        """A database at schema version 1 (before leases) keeps its runs, in the '' namespace."""
+        old = make_store()
+        old.connect()
+        record = run()
+        old.claim([record])
+        old.close()
+        raw("DROP TABLE scheduler_clocks")
+        for index in ("claim", "task_started", "running"):
+            raw(f"DROP INDEX scheduler_runs_{index}")
+        for column in ("namespace", "stop_requested_at"):
+            raw(f"ALTER TABLE scheduler_runs DROP COLUMN {column}")
+        for statement in store_module._INDEXES[:2]:
+            raw(statement)
+        raw("UPDATE scheduler_schema SET version = 1")
+        store = make_store()
+        assert [record.run_id] == [r.run_id for r in store.history()]
+        assert [False] == won(store, [replace(record, run_id="3" * 12)])
+        assert 2 == schema_version(raw)
+
+
+class TestPrivacy:
+    def test_sqlite_files_private_whatever_the_umask(self, tmp_path: Path) -> None:
+        """The database, its -wal and -shm files and the lock file are 0600, under umask 022."""
+        old = os.umask(0o022)
+        try:
+            store = open_store(f"sqlite:///{tmp_path / 'private' / 'state.db'}")
+            store.lock_single_clock()
+            store.claim([run()])
+            names = ["state.db", "state.db-wal", "state.db-shm", "state.db.lock"]
+            modes = {name: (tmp_path / "private" / name).stat().st_mode & 0o777 for name in names}
+            store.close()
+        finally:
+            os.umask(old)
+        assert {name: 0o600 for name in names} == modes
+
+    def test_existing_file_tightened(self, tmp_path: Path) -> None:
+        """A database file an older version left readable by all is made private."""
+        path = tmp_path / "state.db"
+        path.touch(0o644)
+        os.chmod(path, 0o644)
+        store = open_store(f"sqlite:///{path}")
+        store.connect()
+        store.close()
+        assert 0o600 == path.stat().st_mode & 0o777
+
+    @pytest.mark.parametrize("how", ["deleted", "replaced"])
+    def test_file_deleted_under_the_clock(self, tmp_path: Path, how: str) -> None:
+        """A database file deleted or replaced under an open store is noticed at the heartbeat (StoreError),
+        and the next call opens the file at the path again: no write goes to a deleted inode."""
+        path = tmp_path / "state.db"
+        store = open_store(f"sqlite:///{path}")
+        store.heartbeat(clock(A))
+        for name in ("state.db", "state.db-wal", "state.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        if how == "replaced":
+            sqlite3.connect(path).close()
+        with pytest.raises(StoreError, match=f"the database file was {how}"):
+            store.heartbeat(clock(A))
+        record = run()
+        assert [True] == won(store, [record])
+        store.close()
+        assert [record.run_id] == [r.run_id for r in open_store(f"sqlite:///{path}").history()]

@@ -81,7 +81,7 @@ class TestSeveralClocks:
         assert {r["status"] for r in ran} <= {"succeeded", "killed"}  # killed: stopped at shutdown
         assert len(runs) - len(ran) <= len(clocks)
         by_pid = {c.proc.pid for c in clocks}
-        assert {int(r["claimed_by"].rsplit(":", 1)[1]) for r in runs} <= by_pid
+        assert {int(r["claimed_by"].split(":")[1]) for r in runs} <= by_pid
 
     def test_a_clock_killed_halfway_leaves_the_others_going(
         self, tmp_path: Path, postgres_store_url: str
@@ -361,3 +361,114 @@ class TestHistory:
         assert "unknown task 'b'" in unknown.stderr
         for result in (none, unset, unknown):
             assert "Traceback" not in result.stderr
+
+
+class _Stalling(_Proxy):
+    """A proxy that, once the client sends `marker`, forwards nothing more either way: a server stopped
+    with SIGSTOP, whose TCP stays up while nothing answers."""
+
+    def __init__(self, target: tuple[str, int], marker: bytes) -> None:
+        self.marker = marker
+        self.stalled = threading.Event()
+        super().__init__(target)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if self.marker in data:
+                    self.stalled.set()
+                if self.stalled.is_set():
+                    continue  # swallowed: no answer, no error
+                dst.sendall(data)
+        except OSError:
+            pass
+
+
+def _stalling(postgres_store_url: str, marker: bytes) -> tuple[_Stalling, str]:
+    host_port = postgres_store_url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host, _, port = host_port.partition(":")
+    proxy = _Stalling((host or "127.0.0.1", int(port or 5432)), marker)
+    return proxy, _via(postgres_store_url, proxy.port)
+
+
+class _Silent:
+    """A TCP listener that accepts connections and never answers: a stalled server from the first byte."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"postgresql://u:pa?ss@127.0.0.1:{self.server.getsockname()[1]}/db"
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.conns.append(self.server.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.conns:
+            conn.close()
+
+
+STALL_DEADLINE_S = 20.0  # the bound is 5 s per call; generous for a loaded machine
+TASKS = "tasks:\n  fails:\n    schedule: '@daily'\n    command: 'sleep 0.2; exit 3'\n"
+
+
+class TestStalledStore:
+    def test_silent_server(self, tmp_path: Path) -> None:
+        """A server that never answers: history exits 69, list shows the tasks, run-now exits with the
+        task's status; all quickly, and the password never shows."""
+        (tmp_path / "schedules.yaml").write_text(TASKS)
+        silent = _Silent()
+        try:
+            began = time.monotonic()
+            history = run_cli("history", "--store", silent.url, cwd=tmp_path, timeout=60)
+            listing = run_cli("list", "--store", silent.url, cwd=tmp_path, timeout=60)
+            manual = run_cli("run-now", "fails", "--store", silent.url, cwd=tmp_path, timeout=60)
+            elapsed = time.monotonic() - began
+        finally:
+            silent.close()
+        assert (69, 0, 3) == (history.returncode, listing.returncode, manual.returncode)
+        assert elapsed < 3 * STALL_DEADLINE_S
+        assert "fails" in listing.stdout
+        assert "store.unavailable" in manual.stderr
+        for result in (history, listing, manual):
+            assert "pa?ss" not in result.stdout + result.stderr
+            assert "Traceback" not in result.stderr
+
+    def test_history_against_a_server_that_stalls(self, tmp_path: Path, postgres_store_url: str) -> None:
+        """A server that stops answering once connected (SIGSTOP): history gives up within the bound and
+        exits 69 with a clear message."""
+        (tmp_path / "schedules.yaml").write_text(TASKS)
+        proxy, url = _stalling(postgres_store_url, b"ORDER BY started_at DESC")
+        try:
+            began = time.monotonic()
+            result = run_cli("history", "--store", url, cwd=tmp_path, timeout=60)
+            elapsed = time.monotonic() - began
+        finally:
+            proxy.close()
+        assert proxy.stalled.is_set()
+        assert 69 == result.returncode, result.stderr
+        assert "no answer within 5 s" in result.stderr
+        assert elapsed < STALL_DEADLINE_S
+
+    def test_run_now_when_the_server_stalls_after_the_start(
+        self, tmp_path: Path, postgres_store_url: str
+    ) -> None:
+        """run-now whose store stalls once the task has started still exits with the task's status, with
+        a store.unavailable warning: the record is best effort."""
+        (tmp_path / "schedules.yaml").write_text(TASKS)
+        proxy, url = _stalling(postgres_store_url, b"SET finished_at")
+        try:
+            began = time.monotonic()
+            result = run_cli("run-now", "fails", "--store", url, cwd=tmp_path, timeout=60)
+            elapsed = time.monotonic() - began
+        finally:
+            proxy.close()
+        assert proxy.stalled.is_set()
+        assert 3 == result.returncode, result.stderr
+        assert "store.unavailable" in result.stderr
+        assert elapsed < STALL_DEADLINE_S
