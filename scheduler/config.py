@@ -8,12 +8,14 @@ raised together in one `ConfigError`, so that a user fixes them all in one pass.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
+import hashlib
 import math
 import re
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -53,6 +55,10 @@ MAX_RETRY_BACKOFF = 100.0
 DEFAULT_RETRY_MAX_DELAY_S = 600.0
 # Longer durations are almost certainly typos, and they would overflow datetime arithmetic in the clock.
 MAX_DURATION_S = 366 * 86400.0
+# The most mapping entries and list items a parse walks, each alias and `<<` merge counted once per use: a
+# few hundred bytes of nested aliases could otherwise stand for billions. The 100,000-task benchmark file
+# walks 500,000; a 100,000-task file with 40 settings and variables per task fits too.
+MAX_CONFIG_NODES = 5_000_000
 
 
 @pickle_by_fields
@@ -109,7 +115,9 @@ class Config:
 
     `store` is the run-history store's URL exactly as written: `${NAME}` references are left for the caller
     to expand (this module never reads the environment). `store_line` is its line, so that a caller can name
-    the place when a variable is unset; like `TaskSpec.line`, it is not compared.
+    the place when a variable is unset; like `TaskSpec.line`, it is not compared. `namespace` keeps apps
+    that share one store apart. `digest` is the hex SHA-256 of the file's bytes (of the text's UTF-8 when
+    parsed from text), for a caller to tell a changed file from a touched one; it is not compared either.
     """
 
     path: str
@@ -118,26 +126,39 @@ class Config:
     store: str | None = None
     store_line: int | None = field(default=None, compare=False)
     keep_runs: int = DEFAULT_KEEP_RUNS
+    namespace: str = ""
+    digest: str = field(default="", compare=False)
 
 
 def load_config(path: str) -> Config:
-    """Read and validate the config file at `path`.
+    """Read and validate the config file at `path`: `loader.load_config`, which owns the reading (bounded,
+    regular files only). Kept here for callers that know only this module."""
+    from scheduler.loader import load_config as load  # the edge that opens files; it imports this module
 
-    A file that is missing, is a directory, cannot be read or is not UTF-8 raises `ConfigError` with one
-    problem naming the path and the reason; an invalid file raises it with every problem found.
+    return load(path)
+
+
+def parse_config(text: str | bytes, path: str, *, base_dir: str | None = None) -> Config:
+    """Validate schedules.yaml `text` (or the file's raw bytes, which must be UTF-8) into a `Config`.
+
+    `path` only names the file in messages. Relative `cwd`s are joined onto `base_dir`, by default the folder
+    of `path`, made absolute. Raises `ConfigError` listing every problem as ``PATH:LINE:COL: message``,
+    ordered by line.
     """
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    digest = hashlib.sha256(data).hexdigest()
+    if isinstance(text, bytes):
+        text = _decode(text, path)
+    base = Path(base_dir) if base_dir is not None else Path(path).parent
+    with without_cycle_collection():
+        config = _Parser(text, path, base.absolute()).parse()
+    return dataclasses.replace(config, digest=digest)
+
+
+def _decode(data: bytes, path: str) -> str:
+    """The file's bytes as text; not UTF-8 is one problem naming the line, the column and the byte."""
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except IsADirectoryError:
-        raise ConfigError([f"{path}: is a directory, not a file"]) from None
-    except PermissionError:
-        raise ConfigError([f"{path}: permission denied"]) from None
-    except OSError as error:
-        raise ConfigError([f"{path}: cannot read the file: {error.strerror or error}"]) from None
-    try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
@@ -145,19 +166,21 @@ def load_config(path: str) -> Config:
         raise ConfigError(
             [f"{path}:{line}:{column}: not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8"]
         ) from None
-    return parse_config(text, path)
 
 
-def parse_config(text: str, path: str, *, base_dir: str | None = None) -> Config:
-    """Validate schedules.yaml `text` into a `Config`.
+def expand_env(text: str, env: Mapping[str, str], where: str) -> str:
+    """`text` with each `${NAME}` replaced by `env[NAME]`. An unset or empty variable raises ConfigError
+    naming `where` (the place the text came from, e.g. "schedules.yaml:4: store") and the variable, never
+    the text: it may hold a password."""
 
-    `path` only names the file in messages. Relative `cwd`s are joined onto `base_dir`, by default the folder
-    of `path`, made absolute. Raises `ConfigError` listing every problem as ``PATH:LINE:COL: message``,
-    ordered by line.
-    """
-    base = Path(base_dir) if base_dir is not None else Path(path).parent
-    with without_cycle_collection():
-        return _Parser(text, path, base.absolute()).parse()
+    def fill(match: re.Match[str]) -> str:
+        value = env.get(match.group(1))
+        if not value:
+            prefix = f"{where}: " if where else ""
+            raise ConfigError([f"{prefix}environment variable {match.group(1)} is not set"])
+        return value
+
+    return ENV_REFERENCE.sub(fill, text)
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:
@@ -242,46 +265,7 @@ def _duration_seconds(text: str) -> float | None:
     return total if position else None
 
 
-_TOP_KEYS = ("timezone", "store", "keep_runs", "defaults", "tasks")
-_TASK_KEYS = (
-    "schedule",
-    "command",
-    "timezone",
-    "timeout",
-    "overlap",
-    "grace",
-    "jitter",
-    "env",
-    "cwd",
-    "shell",
-    "kill_grace",
-    "enabled",
-    "catch_up",
-    "require_store",
-    "store_output",
-    "ping_url",
-    "ping_exit_code",
-    "ping_timeout",
-    "on_failure",
-    "on_success",
-    "hook_timeout",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "retry_max_delay",
-)
-_REQUIRED_KEYS = ("schedule", "command")
-_DEFAULTS_KEYS = tuple(key for key in _TASK_KEYS if key not in _REQUIRED_KEYS)
-_FIELD_NAMES = {
-    "timeout": "timeout_s",
-    "grace": "grace_s",
-    "jitter": "jitter_s",
-    "kill_grace": "kill_grace_s",
-    "ping_timeout": "ping_timeout_s",
-    "hook_timeout": "hook_timeout_s",
-    "retry_delay": "retry_delay_s",
-    "retry_max_delay": "retry_max_delay_s",
-}
+_TOP_KEYS = ("timezone", "store", "keep_runs", "namespace", "defaults", "tasks")
 # Names other tools give these keys, too far from ours for difflib to suggest them.
 _KEY_SYNONYMS = {
     "retry_count": "retries",
@@ -291,6 +275,8 @@ _KEY_SYNONYMS = {
     "heartbeat_url": "ping_url",
 }
 _OVERLAPS: tuple[str, ...] = get_args(Overlap)
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
+_NAMESPACE_FORM = "up to 40 lowercase letters, digits and '_', starting with a letter or digit, like billing"
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A `${NAME}` reference in `store` or `ping_url`. This module only checks them; the edges (the CLI for the
@@ -393,15 +379,18 @@ def _braces_hint(value: str) -> str:
     return ""
 
 
-def _format_duration(seconds: float) -> str:
-    """A duration as a user would write it: 90 -> '1m30s', 5400 -> '1h30m', 0.5 -> '0.5s'."""
-    if seconds != int(seconds):
-        return f"{seconds:g}s"
-    days, rest = divmod(int(seconds), 86400)
+def format_duration(seconds: float) -> str:
+    """A duration as a user would write it, which `parse_duration` reads back: 90 -> '1m30s',
+    5400 -> '1h30m', 86400 -> '1d', 0.5 -> '0.5s', 90.5 -> '1m30.5s'."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = zip((days, hours, minutes, secs), "dhms", strict=True)
-    return "".join(f"{count}{unit}" for count, unit in parts if count) or "0s"
+    parts = [f"{count}{unit}" for count, unit in zip((days, hours, minutes), "dhm", strict=True) if count]
+    fraction = seconds - whole
+    if secs or fraction:
+        parts.append(f"{round(secs + fraction, 6):g}s")
+    return "".join(parts) or "0s"
 
 
 def _describe(value: object) -> str:
@@ -806,7 +795,7 @@ class _Parser:
         settings = {**defaults, **values, "env": {**defaults.get("env", {}), **values.get("env", {})}}
         del settings["schedule"]
         settings["timezone"] = zone
-        fields = {_FIELD_NAMES.get(key, key): value for key, value in settings.items()}
+        fields = {_SETTINGS[key].field: value for key, value in settings.items()}
         return TaskSpec(name=name, schedule=schedule, line=key_node.start_mark.line + 1, **fields)
 
     def _retry_delays_agree(
@@ -822,17 +811,13 @@ class _Parser:
         retry_delay. Checked per task once defaults apply: either may come from defaults, and retries may
         be off for some tasks. Reported at the task's own setting if it has one, else at its name."""
         effective: dict[str, Any] = {}
-        for key, fallback in (
-            ("retries", DEFAULT_RETRIES),
-            ("retry_delay", DEFAULT_RETRY_DELAY_S),
-            ("retry_max_delay", DEFAULT_RETRY_MAX_DELAY_S),
-        ):
+        for key in ("retries", "retry_delay", "retry_max_delay"):
             if key in values:
                 effective[key] = values[key]
             elif key in value_nodes or key in failed_defaults:
                 return True  # an invalid value, already reported
             else:
-                effective[key] = defaults.get(key, fallback)
+                effective[key] = defaults.get(key, _SETTINGS[key].default)
         delay, most = effective["retry_delay"], effective["retry_max_delay"]
         if effective["retries"] == 0 or most >= delay:
             return True
@@ -841,51 +826,20 @@ class _Parser:
         ]
         self.report(
             own[0] if own else key_node,
-            f"{where}: retry_max_delay ({_format_duration(most)}) is shorter than retry_delay "
-            f"({_format_duration(delay)})",
+            f"{where}: retry_max_delay ({format_duration(most)}) is shorter than retry_delay "
+            f"({format_duration(delay)})",
         )
         return False
 
     def _setting(self, key: str, node: Node, where: str) -> Any:
         """The parsed value of one task setting (schedule is returned as text: it needs the zone)."""
-        match key:
-            case "schedule":
-                return self._string(node, where, "a schedule like \"0 9 * * MON-FRI\" or 'every 10 minutes'")
-            case "command":
-                return self._command(node, where)
-            case "timezone":
-                return self._timezone(node, where)
-            case "timeout":
-                return self._duration(node, where, positive=True, allow_none=True)
-            case "grace" | "jitter" | "retry_delay":
-                return self._duration(node, where, positive=False, allow_none=False)
-            case "kill_grace" | "hook_timeout" | "retry_max_delay":
-                return self._duration(node, where, positive=True, allow_none=False)
-            case "ping_timeout":
-                return self._duration(node, where, positive=True, allow_none=False, most=MAX_PING_TIMEOUT_S)
-            case "overlap":
-                return self._overlap(node, where)
-            case "env":
-                return self._env(node, where)
-            case "cwd":
-                return self._cwd(node, where)
-            case "shell":
-                return self._os_string(node, where, "a shell path like /bin/bash")
-            case "ping_url":
-                return self._ping_url(node, where)
-            case "on_failure" | "on_success":
-                return self._command(node, where)
-            case "retries":
-                return self._number(node, where, _RETRIES_FORM, 0, MAX_RETRIES, whole=True)
-            case "retry_backoff":
-                factor = self._number(node, where, _RETRY_BACKOFF_FORM, 1, MAX_RETRY_BACKOFF, whole=False)
-                return float(factor)
-            case "enabled" | "catch_up" | "require_store" | "store_output" | "ping_exit_code":
-                value = self._value(node, where)
-                if isinstance(value, bool):
-                    return value
-                self.fail(node, f"{where}: expected true or false, got {_describe(value)}")
-        raise AssertionError(key)  # pragma: no cover - _TASK_KEYS and this match agree
+        return _SETTINGS[key].parse(self, node, where)
+
+    def _boolean(self, node: Node, where: str) -> bool:
+        value = self._value(node, where)
+        if isinstance(value, bool):
+            return value
+        self.fail(node, f"{where}: expected true or false, got {_describe(value)}")
 
     # -- values -------------------------------------------------------------------------------------------
 
@@ -1120,3 +1074,71 @@ class _Parser:
             )
         folder = Path(value)
         return str(folder if folder.is_absolute() else self.base_dir / folder)
+
+
+_Parse = Callable[[_Parser, Node, str], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    """One task key: the TaskSpec field it sets, how its value is parsed, and (from TaskSpec) its default."""
+
+    key: str
+    field: str
+    parse: _Parse
+    required: bool = False
+
+    @property
+    def default(self) -> Any:
+        spec_field = _SPEC_FIELDS[self.field]
+        if spec_field.default_factory is not dataclasses.MISSING:
+            return spec_field.default_factory()
+        return spec_field.default
+
+
+def _duration_setting(*, positive: bool, allow_none: bool = False, most: float = MAX_DURATION_S) -> _Parse:
+    return lambda parser, node, where: parser._duration(
+        node, where, positive=positive, allow_none=allow_none, most=most
+    )
+
+
+_SPEC_FIELDS = {spec_field.name: spec_field for spec_field in dataclasses.fields(TaskSpec)}
+_SCHEDULE_FORM = "a schedule like \"0 9 * * MON-FRI\" or 'every 10 minutes'"
+# Every task key, in the order the README lists them. Adding a setting: a TaskSpec field, and a line here.
+_TASK_SETTINGS = (
+    _Setting("schedule", "schedule", lambda p, n, w: p._string(n, w, _SCHEDULE_FORM), required=True),
+    _Setting("command", "command", _Parser._command, required=True),
+    _Setting("timezone", "timezone", _Parser._timezone),
+    _Setting("timeout", "timeout_s", _duration_setting(positive=True, allow_none=True)),
+    _Setting("overlap", "overlap", _Parser._overlap),
+    _Setting("grace", "grace_s", _duration_setting(positive=False)),
+    _Setting("jitter", "jitter_s", _duration_setting(positive=False)),
+    _Setting("env", "env", _Parser._env),
+    _Setting("cwd", "cwd", _Parser._cwd),
+    _Setting("shell", "shell", lambda p, n, w: p._os_string(n, w, "a shell path like /bin/bash")),
+    _Setting("kill_grace", "kill_grace_s", _duration_setting(positive=True)),
+    _Setting("enabled", "enabled", _Parser._boolean),
+    _Setting("catch_up", "catch_up", _Parser._boolean),
+    _Setting("require_store", "require_store", _Parser._boolean),
+    _Setting("store_output", "store_output", _Parser._boolean),
+    _Setting("ping_url", "ping_url", _Parser._ping_url),
+    _Setting("ping_exit_code", "ping_exit_code", _Parser._boolean),
+    _Setting("ping_timeout", "ping_timeout_s", _duration_setting(positive=True, most=MAX_PING_TIMEOUT_S)),
+    _Setting("on_failure", "on_failure", _Parser._command),
+    _Setting("on_success", "on_success", _Parser._command),
+    _Setting("hook_timeout", "hook_timeout_s", _duration_setting(positive=True)),
+    _Setting(
+        "retries", "retries", lambda p, n, w: p._number(n, w, _RETRIES_FORM, 0, MAX_RETRIES, whole=True)
+    ),
+    _Setting("retry_delay", "retry_delay_s", _duration_setting(positive=False)),
+    _Setting(
+        "retry_backoff",
+        "retry_backoff",
+        lambda p, n, w: float(p._number(n, w, _RETRY_BACKOFF_FORM, 1, MAX_RETRY_BACKOFF, whole=False)),
+    ),
+    _Setting("retry_max_delay", "retry_max_delay_s", _duration_setting(positive=True)),
+)
+_SETTINGS = {setting.key: setting for setting in _TASK_SETTINGS}
+_TASK_KEYS = tuple(_SETTINGS)
+_REQUIRED_KEYS = tuple(setting.key for setting in _TASK_SETTINGS if setting.required)
+_DEFAULTS_KEYS = tuple(setting.key for setting in _TASK_SETTINGS if not setting.required)

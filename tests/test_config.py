@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import textwrap
 from pathlib import Path
@@ -23,7 +24,6 @@ from scheduler.config import (
     DEFAULT_SHELL,
     Config,
     TaskSpec,
-    load_config,
     parse_config,
     parse_duration,
     suggest,
@@ -1502,45 +1502,23 @@ class TestPickling:
         assert 4 == task.line
 
 
-class TestLoadConfig:
-    def test_reads_file(self, tmp_path: Path) -> None:
-        """A file on disk parses, with cwd relative to its folder and its path in the Config."""
-        path = tmp_path / "schedules.yaml"
-        path.write_text('tasks:\n  a: {schedule: "0 9 * * *", command: run, cwd: jobs}\n', encoding="utf-8")
+class TestDigest:
+    def test_digest_of_bytes(self) -> None:
+        """Config.digest is the hex SHA-256 of the file's bytes, whether given as bytes or as text."""
+        data = b'tasks:\n  a: {schedule: "0 9 * * *", command: run}\n'
+        expected = hashlib.sha256(data).hexdigest()
+        assert expected == parse_config(data, "schedules.yaml").digest
+        assert expected == parse_config(data.decode(), "schedules.yaml").digest
 
-        config = load_config(str(path))
+    def test_digest_not_compared(self) -> None:
+        """Two files that differ only in a comment give equal configs, with different digests."""
+        one, two = parse("tasks: {}\n"), parse("# a comment\ntasks: {}\n")
+        assert (True, False) == (one == two, one.digest == two.digest)
 
-        assert str(path) == config.path
-        assert str(tmp_path / "jobs") == config.tasks["a"].cwd
-
-    def test_errors_name_the_path(self, tmp_path: Path) -> None:
-        """Problems in a file on disk start with its path."""
-        path = tmp_path / "clock.yaml"
-        path.write_text("tasks:\n  a: {schedule: '0 9 * * *'}\n", encoding="utf-8")
-
-        with pytest.raises(ConfigError, match=rf"^{path}:2:3: task 'a': missing required key 'command'$"):
-            load_config(str(path))
-
-    def test_missing_file(self, tmp_path: Path) -> None:
-        """A missing file is one problem naming the path."""
-        path = tmp_path / "nope.yaml"
-
-        with pytest.raises(ConfigError, match=rf"^{path}: no such file$") as info:
-            load_config(str(path))
-        assert 1 == len(info.value.problems)
-
-    def test_directory(self, tmp_path: Path) -> None:
-        """A directory is reported as such."""
-        with pytest.raises(ConfigError, match=rf"^{tmp_path}: is a directory"):
-            load_config(str(tmp_path))
-
-    def test_not_utf8(self, tmp_path: Path) -> None:
-        """A file that is not UTF-8 names the path, the line and the byte."""
-        path = tmp_path / "latin1.yaml"
-        path.write_bytes("tasks: {}\n# caf\u00e9\n".encode("latin-1"))
-
-        with pytest.raises(ConfigError, match=rf"^{path}:2:6: not UTF-8 text \(byte 0xe9\)"):
-            load_config(str(path))
+    def test_bytes_not_utf8(self) -> None:
+        """Bytes that are not UTF-8 name the line, the column and the byte."""
+        with pytest.raises(ConfigError, match=r"^schedules\.yaml:2:6: not UTF-8 text \(byte 0xe9\)"):
+            parse_config("tasks: {}\n# caf\u00e9\n".encode("latin-1"), "schedules.yaml")
 
 
 class TestParseDuration:
