@@ -435,6 +435,15 @@ def _describe_node(value: object, node: Node) -> str:
     return f"{_describe(value)}: {hint}" if hint else _describe(value)
 
 
+def _misread_number(node: Node, value: object) -> bool:
+    """Whether YAML 1.1 read `value` from digits that are not decimal: 010 (octal 8), 0_10, 0x10, 0b10,
+    1:30 (base 60, 90). Every numeric setting is checked with this, so none reads them silently."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    raw = str(node.value).strip()
+    return ":" in raw or (isinstance(value, int) and not _DECIMAL.fullmatch(raw.lstrip("-")))
+
+
 def _tag_problem(node: Node) -> str:
     tag = str(node.tag)
     shown = "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
@@ -933,21 +942,25 @@ class _Parser:
         if isinstance(value, str) and (_DECIMAL if whole else _NUMBER).fullmatch(value.strip()):
             hint = " (write it without quotes)"
             self.fail(node, f"{where}: expected {expected}, got {_quote(value)}{hint}")
+        if _misread_number(node, value):
+            self._not_decimal(node, value, where, expected)
         if not isinstance(value, int if whole else int | float) or isinstance(value, bool):
             # No quoting hint for an unquoted yes: quoted, it is no number either.
             shown = _describe_node(value, node) if value is None else _describe(value)
             self.fail(node, f"{where}: expected {expected}, got {shown}")
-        raw = str(node.value).strip()
-        if ":" in raw or (isinstance(value, int) and not _DECIMAL.fullmatch(raw.lstrip("-"))):
-            # A quoting hint would not help here: say how YAML 1.1 read it and ask for decimal digits.
-            self.fail(
-                node,
-                f"{where}: expected {expected}, got {raw}, which YAML 1.1 reads as the number "
-                f"{value}; write it in decimal digits",
-            )
         if not least <= value <= most:
             self.fail(node, f"{where}: expected {expected}, got {_describe(value)}")
         return value
+
+    def _not_decimal(self, node: Node, value: object, where: str, expected: str) -> NoReturn:
+        """A number YAML 1.1 read from octal, hex, binary or base-60 digits: a quoting hint would not help
+        (quoted, 010 is still no decimal), so say how it was read and ask for decimal digits."""
+        raw = str(node.value).strip()
+        self.fail(
+            node,
+            f"{where}: expected {expected}, got {raw}, which YAML 1.1 reads as the number {value}; "
+            "write it in decimal digits",
+        )
 
     def _timezone(self, node: Node, where: str) -> str:
         key = self._string(node, where, "an IANA time zone name like Europe/London")
@@ -969,6 +982,8 @@ class _Parser:
             return None
         if isinstance(value, int | float) and not isinstance(value, bool) and ":" in str(node.value):
             self.fail(node, f"{where}: expected {_DURATION_FORMS}, got {_describe_node(value, node)}")
+        if _misread_number(node, value):
+            self._not_decimal(node, value, where, _DURATION_FORMS)
         try:
             seconds = parse_duration(value)
         except ValueError as error:

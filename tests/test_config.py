@@ -1502,6 +1502,77 @@ class TestPickling:
         assert 4 == task.line
 
 
+DURATION_KEYS = (
+    "timeout",
+    "grace",
+    "jitter",
+    "kill_grace",
+    "ping_timeout",
+    "hook_timeout",
+    "retry_delay",
+    "retry_max_delay",
+)
+NUMBER_KEYS = ("retries", "retry_backoff")
+# Spellings YAML 1.1 reads as numbers that are not the decimal the user probably meant.
+MISREAD_NUMBERS = [("010", 8), ("0_10", 8), ("0x10", 16), ("0b10", 2), ("0x3", 3), ("0b11", 3)]
+
+
+class TestNumericForms:
+    @pytest.mark.parametrize("key", DURATION_KEYS + NUMBER_KEYS)
+    @pytest.mark.parametrize(("value", "number"), MISREAD_NUMBERS)
+    def test_octal_hex_binary_are_errors(self, key: str, value: str, number: int) -> None:
+        """No numeric setting silently reads 010 as 8, 0x10 as 16 or 0b10 as 2: the error says how YAML 1.1
+        read it and asks for decimal digits."""
+        error = task_error(f"{key}: {value}")
+        assert error.startswith(f"schedules.yaml:5:{len(key) + 7}: task 'a': {key}: expected "), error
+        assert error.endswith(
+            f", got {value}, which YAML 1.1 reads as the number {number}; write it in decimal digits"
+        ), error
+
+    @pytest.mark.parametrize("key", DURATION_KEYS + NUMBER_KEYS)
+    @pytest.mark.parametrize("value", ["1:30", "1:30.5", "-1:30"])
+    def test_sexagesimal_is_an_error(self, key: str, value: str) -> None:
+        """Base-60 (1:30 is 90 in YAML 1.1) is an error for every numeric setting."""
+        error = task_error(f"{key}: {value}")
+        assert f"task 'a': {key}: expected " in error
+        assert "base-60" in error or "decimal digits" in error, error
+
+    @pytest.mark.parametrize("key", DURATION_KEYS + NUMBER_KEYS)
+    @pytest.mark.parametrize("value", ["0o10", "0O10", "1e3", "0x1p3", "0b"])
+    def test_other_radix_text_is_an_error(self, key: str, value: str) -> None:
+        """YAML 1.2's 0o10 and other number-like text is not a number, and is reported as the text."""
+        assert f"task 'a': {key}: expected " in task_error(f"{key}: {value}")
+
+    @pytest.mark.parametrize(("value", "number"), MISREAD_NUMBERS)
+    def test_in_defaults(self, value: str, number: int) -> None:
+        """A default is checked the same way."""
+        assert [
+            "schedules.yaml:3:12: defaults: timeout: expected a duration like 90s, 10m, 1h30m or a number "
+            f"of seconds, got {value}, which YAML 1.1 reads as the number {number}; write it in decimal "
+            "digits"
+        ] == problems(f"""
+            defaults:
+              timeout: {value}
+            tasks: {{}}
+        """)
+
+    @pytest.mark.parametrize(
+        ("value", "seconds"),
+        [
+            ("10", 10.0),
+            ("+10", 10.0),
+            ("0", 0.0),
+            ("1_000", 1000.0),
+            ("010.5", 10.5),
+            ("0.5", 0.5),
+            ("'010'", 10.0),
+        ],
+    )
+    def test_decimal_forms_still_read(self, value: str, seconds: float) -> None:
+        """Decimal digits, with a fraction or `_` separators, and quoted digits, read as written."""
+        assert seconds == one_task(f"grace: {value}").grace_s
+
+
 class TestDigest:
     def test_digest_of_bytes(self) -> None:
         """Config.digest is the hex SHA-256 of the file's bytes, whether given as bytes or as text."""
