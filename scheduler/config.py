@@ -57,8 +57,9 @@ DEFAULT_RETRY_MAX_DELAY_S = 600.0
 MAX_DURATION_S = 366 * 86400.0
 # The most mapping entries and list items a parse walks, each alias and `<<` merge counted once per use: a
 # few hundred bytes of nested aliases could otherwise stand for billions. The 100,000-task benchmark file
-# walks 500,000; a 100,000-task file with 40 settings and variables per task fits too.
-MAX_CONFIG_NODES = 5_000_000
+# walks 500,000 (a task, its two settings, its command's two arguments); at about 15 us each, the limit
+# bounds a parse to half a minute.
+MAX_CONFIG_NODES = 2_000_000
 
 
 @pickle_by_fields
@@ -352,6 +353,10 @@ class _Invalid(Exception):
     """The value at hand is invalid and its problem is already recorded: go on with the next key."""
 
 
+class _TooLarge(Exception):
+    """The file expands past MAX_CONFIG_NODES (reported): stop the whole parse."""
+
+
 def _quote(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:57] + "...")
 
@@ -462,6 +467,9 @@ class _Parser:
         # Nodes whose tag SafeLoader cannot construct, by id; reported in context when met, else at the end.
         self.bad_nodes: dict[int, Node] = {}
         self.reported_bad: set[int] = set()
+        # The (key, key node, value node)s of each mapping merged with `<<`, by id (the node is kept alive).
+        self.expanded: dict[int, tuple[Node, list[tuple[str, Node, Node]]]] = {}
+        self.walked = 0  # mapping entries and list items walked so far, each alias and merge once per use
 
     # -- reporting ----------------------------------------------------------------------------------------
 
@@ -472,6 +480,17 @@ class _Parser:
     def fail(self, at: Node | Mark, message: str) -> NoReturn:
         self.report(at, message)
         raise _Invalid
+
+    def count(self, node: Node, walked: int) -> None:
+        """Count `walked` more entries or items; past MAX_CONFIG_NODES, report at `node` and stop parsing."""
+        self.walked += walked
+        if self.walked > MAX_CONFIG_NODES:
+            self.report(
+                node,
+                f"the file expands to more than {MAX_CONFIG_NODES:,} mapping entries and list items, "
+                "counting every use of an alias or a '<<' merge (the limit); use fewer of them",
+            )
+            raise _TooLarge
 
     def check_safe(self, node: Node, where: str) -> None:
         """Report and raise `_Invalid` if `node` carries a tag that SafeLoader will not construct."""
@@ -485,7 +504,10 @@ class _Parser:
     def parse(self) -> Config:
         try:
             config = self._document()
+        except _TooLarge:
+            config = None
         finally:
+            self.expanded.clear()
             if self.loader is not None:
                 self.loader.dispose()
         for node_id, node in self.bad_nodes.items():
@@ -655,7 +677,13 @@ class _Parser:
                 for source in self._merge_sources(value_node, where):
                     if id(source) in seen:
                         continue
-                    for key, source_key, source_value in self._items(source, where, noun, seen | {id(node)}):
+                    # Each merged mapping is expanded once: aliases to mappings that merge the one before
+                    # twice would otherwise cost 2**depth (a 600-byte file, a minute).
+                    expanded = self.expanded.get(id(source))
+                    if expanded is None:
+                        expanded = (source, self._items(source, where, noun, seen | {id(node)}))
+                        self.expanded[id(source)] = expanded
+                    for key, source_key, source_value in expanded[1]:
                         merged.setdefault(key, (source_key, source_value))
                 continue
             try:
@@ -673,6 +701,7 @@ class _Parser:
                 first_lines[key] = key_node.start_mark.line + 1
             own.append((key, key_node, value_node))
         items = [(key, *nodes) for key, nodes in merged.items() if key not in first_lines]
+        self.count(node, len(items) + len(own))
         return items + own
 
     def _merge_sources(self, node: Node, where: str) -> list[MappingNode]:
@@ -1010,6 +1039,7 @@ class _Parser:
         if isinstance(node, SequenceNode):
             if not node.value:
                 self.fail(node, f"{where}: the list is empty; give the program, then its arguments")
+            self.count(node, len(node.value))
             args: list[str] = []
             valid = True
             for index, item in enumerate(node.value):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import signal
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from scheduler import config as config_module
 from scheduler import schedule
 from scheduler.config import (
     DEFAULT_GRACE_S,
@@ -1571,6 +1575,68 @@ class TestNumericForms:
     def test_decimal_forms_still_read(self, value: str, seconds: float) -> None:
         """Decimal digits, with a fraction or `_` separators, and quoted digits, read as written."""
         assert seconds == one_task(f"grace: {value}").grace_s
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail with TimeoutError if the block takes longer than `seconds` (a runaway parse, not a hang)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"took longer than {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def merge_bomb(levels: int) -> str:
+    """Each task merges the one before twice: 2**levels expansions if each merge is expanded every time."""
+    lines = ["tasks:", '  t0: &t0 {schedule: "@daily", command: run}']
+    lines += [f"  t{i}: &t{i} {{<<: [*t{i - 1}, *t{i - 1}]}}" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+class TestExpansionLimits:
+    def test_merge_bomb_loads_fast(self) -> None:
+        """A 760-byte file whose merges double at each of 25 levels loads at once: each merge is expanded once
+        (it took minutes when every reference expanded it again)."""
+        text = merge_bomb(25)
+        assert len(text) < 800
+        with deadline(5.0):
+            config = parse_config(text, "schedules.yaml", base_dir=BASE)
+        assert 25 == len(config.tasks)
+        assert "run" == config.tasks["t24"].command
+
+    def test_too_many_nodes(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A file that expands past the limit is one more problem, at the place where it crossed it, and
+        the parse stops there."""
+        monkeypatch.setattr(config_module, "MAX_CONFIG_NODES", 50)
+        text = "tasks:\n" + "".join(
+            f'  t{i}: {{schedule: "@daily", command: run, env: &e{i} {{A: "1", B: "2"}}}}\n'
+            for i in range(20)
+        )
+        found = problems(text)
+        assert [
+            "schedules.yaml:7:47: the file expands to more than 50 mapping entries and list items, counting "
+            "every use of an alias or a '<<' merge (the limit); use fewer of them"
+        ] == found
+
+    def test_aliased_mapping_counts_each_use(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A mapping used through an alias in many tasks counts once per use, not once."""
+        monkeypatch.setattr(config_module, "MAX_CONFIG_NODES", 1000)
+        env = "{" + ", ".join(f"V{i}: x" for i in range(100)) + "}"
+        text = f'tasks:\n  t0: {{schedule: "@daily", command: run, env: &e {env}}}\n' + "".join(
+            f'  t{i}: {{schedule: "@daily", command: run, env: *e}}\n' for i in range(1, 20)
+        )
+        assert "the file expands to more than 1,000" in problems(text)[-1]
+
+    def test_limit_fits_the_benchmark(self) -> None:
+        """The 100,000-task benchmark file (a task, 2 settings, a 2-item command each) fits 4 times over."""
+        assert 4 * 100_000 * 5 <= config_module.MAX_CONFIG_NODES
 
 
 class TestDigest:
