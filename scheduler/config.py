@@ -276,6 +276,8 @@ _KEY_SYNONYMS = {
     "heartbeat_url": "ping_url",
 }
 _OVERLAPS: tuple[str, ...] = get_args(Overlap)
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_PLAIN_REFERENCE = re.compile(r"\$\{[^:@/?#]{0,40}\}")  # a reference with no URL or default in it
 _NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
 _NAMESPACE_FORM = "up to 40 lowercase letters, digits and '_', starting with a letter or digit, like billing"
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -375,6 +377,30 @@ def _suggest_key(key: str, choices: tuple[str, ...]) -> str | None:
 def _top_only_hint(key: str) -> str:
     """For a top-level setting written in a task or in defaults."""
     return f" ({key!r} is a top-level setting, not a task's)" if key in ("store", "keep_runs") else ""
+
+
+def _shown_url(value: str, *, keep_path: bool) -> str:
+    """A URL as an error may show it: the password (and any query) as ***, and with `keep_path` false
+    nothing after the host. A value that is `$NAME` is shown with a hint; other text is not shown at all."""
+    hint = _braces_hint(value)
+    if hint:
+        return _quote(value) + hint
+    scheme, separator, rest = value.partition("://")
+    if not separator or not _URL_SCHEME.fullmatch(scheme):
+        if ":" in value or "@" in value:
+            return "text that is not a URL (not shown: it may hold a password)"
+        host, slash, path = value.partition("/")  # no scheme, no password: a path, or a host and a path
+        return _quote(value if keep_path else host + ("/…" if path else slash))
+    end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"{userinfo}@{host}"
+    if not keep_path:
+        return _quote(f"{scheme}://{netloc}" + ("/…" if tail.strip("/") else tail))
+    path, question, _query = tail.partition("?")
+    return _quote(f"{scheme}://{netloc}{path}" + ("?***" if question else ""))
 
 
 def _braces_hint(value: str) -> str:
@@ -541,6 +567,7 @@ class _Parser:
         store: str | None = None
         store_line: int | None = None
         keep_runs = DEFAULT_KEEP_RUNS
+        namespace = ""
         for key, key_node, value_node in self._items(root, "", "key"):
             if key == "timezone":
                 try:
@@ -555,6 +582,11 @@ class _Parser:
             elif key == "keep_runs":
                 try:
                     keep_runs = self._keep_runs(value_node, "keep_runs")
+                except _Invalid:
+                    pass
+            elif key == "namespace":
+                try:
+                    namespace = self._namespace(value_node, "namespace")
                 except _Invalid:
                     pass
             elif key == "defaults":
@@ -581,6 +613,7 @@ class _Parser:
             store=store,
             store_line=store_line,
             keep_runs=keep_runs,
+            namespace=namespace,
         )
 
     def _compose(self) -> Node | None:
@@ -881,8 +914,9 @@ class _Parser:
 
     # -- values -------------------------------------------------------------------------------------------
 
-    def _value(self, node: Node, where: str) -> object:
-        """A scalar node's Python value, or a `_Shape` for a list or mapping node."""
+    def _value(self, node: Node, where: str, *, secret: bool = False) -> object:
+        """A scalar node's Python value, or a `_Shape` for a list or mapping node. A `secret` value is never
+        shown in an error."""
         self.check_safe(node, where)
         if isinstance(node, SequenceNode):
             return _A_LIST
@@ -897,7 +931,8 @@ class _Parser:
         except (yaml.YAMLError, ValueError, OverflowError) as error:
             # e.g. an unquoted 2024-02-30 matches YAML's date pattern but is no date.
             prefix = f"{where}: " if where else ""
-            self.fail(node, f"{prefix}cannot read {_quote(str(node.value))} ({error}); quote it")
+            shown = "the value" if secret else _quote(str(node.value))
+            self.fail(node, f"{prefix}cannot read {shown} ({error}); quote it")
 
     def _shape(self, node: Node) -> str:
         try:
@@ -912,53 +947,67 @@ class _Parser:
         shown = _describe_node(value, node) if hints else _describe(value)
         self.fail(node, f"{where}: expected {expected}, got {shown}")
 
-    def _os_string(self, node: Node, where: str, expected: str) -> str:
-        """A non-empty string that goes to the OS as a path, so has no NUL character."""
+    def _os_string(self, node: Node, where: str, expected: str, *, secret: bool = False) -> str:
+        """A non-empty string that goes to the OS as a path, so has no NUL character. A `secret` one is
+        never shown."""
         value = self._string(node, where, expected)
         if not value.strip():
             self.fail(node, f"{where}: expected {expected}, got an empty string")
         if "\0" in value:
-            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+            self.fail(node, f"{where}: {'the value' if secret else _quote(value)} contains a NUL character")
         return value
 
     def _store(self, node: Node, where: str) -> str:
-        """The store URL as written; `${NAME}` references are checked for form, never expanded."""
+        """The store URL as written; `${NAME}` references are checked for form, never expanded. Errors show
+        it with its password as *** (its query too), as it may hold one."""
         value = self._url(node, where, _STORE_FORMS)
         if "${" not in value and not value.startswith(_STORE_SCHEMES):
-            self.fail(node, f"{where}: expected {_STORE_FORMS}, got {_quote(value)}{_braces_hint(value)}")
+            self.fail(node, f"{where}: expected {_STORE_FORMS}, got {_shown_url(value, keep_path=True)}")
         return value
 
     def _ping_url(self, node: Node, where: str) -> str:
         """The ping URL as written. Only its text before the first `${` is checked for a scheme, so that a
-        reference may supply the whole URL (`${PING_URL}`) or its scheme."""
+        reference may supply the whole URL (`${PING_URL}`) or its scheme. Errors show its scheme and host
+        only: the path holds the check's key."""
         value = self._url(node, where, _PING_URL_FORMS)
         before = value.partition("${")[0]
         if not any(before.startswith(scheme) or scheme.startswith(before) for scheme in _PING_SCHEMES):
-            self.fail(node, f"{where}: expected {_PING_URL_FORMS}, got {_quote(value)}{_braces_hint(value)}")
+            self.fail(node, f"{where}: expected {_PING_URL_FORMS}, got {_shown_url(value, keep_path=False)}")
         return value
 
     def _url(self, node: Node, where: str, expected: str) -> str:
         """A non-empty string without NUL whose `${NAME}` references are well formed; never expanded."""
-        value = self._os_string(node, where, expected)
+        value = self._os_string(node, where, expected, secret=True)
         if "${" in value:
             self._check_references(value, node, where)
         return value
 
     def _check_references(self, value: str, node: Node, where: str) -> None:
-        """Each `${` in `value` must open a `${NAME}` reference: no defaults, no nesting, no escapes."""
+        """Each `${` in `value` must open a `${NAME}` reference: no defaults, no nesting, no escapes. The
+        value is a URL that may hold a secret: errors show the reference only, and not even that if it
+        holds more than a name might."""
         start = value.find("${")
         while start != -1:
             end = value.find("}", start + 2)
             if end == -1:
-                self.fail(node, f"{where}: unclosed '${{' in {_quote(value)}; write ${{NAME}}")
+                self.fail(node, f"{where}: unclosed '${{'; write ${{NAME}}")
             if not _ENV_NAME.fullmatch(value[start + 2 : end]):
-                reference = _quote(value[start : end + 1])
+                written = value[start : end + 1]
+                reference = _quote(written) if _PLAIN_REFERENCE.fullmatch(written) else "'${...}'"
                 self.fail(
                     node,
-                    f"{where}: invalid variable reference {reference} in {_quote(value)}: "
+                    f"{where}: invalid variable reference {reference}: "
                     "write ${NAME}, with letters, digits and '_', not starting with a digit",
                 )
             start = value.find("${", end + 1)
+
+    def _namespace(self, node: Node, where: str) -> str:
+        value = self._string(node, where, _NAMESPACE_FORM)
+        if not value:
+            self.fail(node, f"{where}: expected {_NAMESPACE_FORM}, got an empty string")
+        if not _NAMESPACE.fullmatch(value):
+            self.fail(node, f"{where}: expected {_NAMESPACE_FORM}, got {_quote(value)}")
+        return value
 
     def _keep_runs(self, node: Node, where: str) -> int:
         return int(self._number(node, where, _KEEP_RUNS_FORM, 1, MAX_KEEP_RUNS, whole=True))
@@ -1070,7 +1119,7 @@ class _Parser:
         if not isinstance(value, str):
             self.fail(node, f"{where}: expected a string or a number, got {_describe_node(value, node)}")
         if "\0" in value:
-            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+            self.fail(node, f"{where}: the argument contains a NUL character")  # it may be a password
         return value
 
     def _env(self, node: Node, where: str) -> dict[str, str]:
@@ -1093,20 +1142,23 @@ class _Parser:
         return env
 
     def _env_value(self, node: Node, where: str) -> str:
-        value = self._value(node, where)
+        """A variable's value. It may be a secret: errors say what is wrong, never what the value is."""
+        value = self._value(node, where, secret=True)
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, int | float):
             # The text as written: an unquoted 0755 stays "0755", not YAML 1.1's octal 493.
             return str(node.value)
         if not isinstance(value, str):
-            hint = " (write '' for an empty value)" if value is None else ""
-            self.fail(
-                node,
-                f"{where}: expected a string, number or boolean, got {_describe_node(value, node)}{hint}",
-            )
+            if value is None:
+                shown = _describe_node(value, node) + " (write '' for an empty value)"
+            elif isinstance(value, date):
+                shown = "a date: YAML reads an unquoted date as one; quote it"
+            else:
+                shown = _describe(value)  # a list, a mapping or binary data
+            self.fail(node, f"{where}: expected a string, number or boolean, got {shown}")
         if "\0" in value:
-            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+            self.fail(node, f"{where}: the value contains a NUL character")
         return value
 
     def _cwd(self, node: Node, where: str) -> str:

@@ -607,7 +607,9 @@ class TestErrors:
 
     def test_bad_date_value(self) -> None:
         """A date-like value that is no date (2024-02-30) is a problem, not a crash."""
-        assert "task 'a': env: D: cannot read '2024-02-30'" in task_error("env: {D: 2024-02-30}")
+        assert "task 'a': env: D: cannot read the value (day is out of range for month)" in task_error(
+            "env: {D: 2024-02-30}"
+        )
 
     def test_errors_collected_and_ordered(self) -> None:
         """Every problem is reported in one ConfigError, ordered by line."""
@@ -756,10 +758,8 @@ class TestStore:
         "url", ["${DATABASE_URL", "postgresql://u:${PGPASS@h/db", "${A}${B", "postgresql://h/${"]
     )
     def test_unclosed_reference(self, url: str) -> None:
-        """A `${` without its `}` is an error naming the line and the value."""
-        assert f"schedules.yaml:1:8: store: unclosed '${{' in {url!r}; write ${{NAME}}" == top_error(
-            f"store: {url}"
-        )
+        """A `${` without its `}` is an error naming the line, not the value: it may hold a password."""
+        assert "schedules.yaml:1:8: store: unclosed '${'; write ${NAME}" == top_error(f"store: {url}")
 
     @pytest.mark.parametrize(
         ("url", "reference"),
@@ -767,20 +767,20 @@ class TestStore:
             ("${1x}", "${1x}"),
             ("${}", "${}"),
             ("${DATABASE-URL}", "${DATABASE-URL}"),
-            ("${A:-sqlite:///a.db}", "${A:-sqlite:///a.db}"),
+            ("${A:-postgresql://u:secret@h/db}", "${...}"),
             ("postgresql://${USER}@${2HOST}/db", "${2HOST}"),
         ],
     )
     def test_invalid_reference(self, url: str, reference: str) -> None:
         """A reference must be `${NAME}`, NAME being letters, digits and '_', not starting with a digit."""
         assert (
-            f"schedules.yaml:1:8: store: invalid variable reference {reference!r} in {url!r}: "
+            f"schedules.yaml:1:8: store: invalid variable reference {reference!r}: "
             "write ${NAME}, with letters, digits and '_', not starting with a digit"
         ) == top_error(f"store: {url}")
 
     def test_error_names_its_line(self) -> None:
         """A bad store further down the file is reported at its own line and column."""
-        expected = "schedules.yaml:4:10: store: unclosed '${' in '${DATABASE_URL'; write ${NAME}"
+        expected = "schedules.yaml:4:10: store: unclosed '${'; write ${NAME}"
 
         assert [expected] == problems("""
             timezone: UTC
@@ -1054,11 +1054,21 @@ class TestPing:
         )
 
     @pytest.mark.parametrize(
-        "url", ["ftp://x", "hc-ping.com/abc", "hc-ping.com/${KEY}", "ftp://${HOST}/x", "mailto:a@b.example"]
+        ("url", "shown"),
+        [
+            ("ftp://x", "'ftp://x'"),
+            ("ftp://hc-ping.com/secret-key", "'ftp://hc-ping.com/…'"),
+            ("hc-ping.com/abc", "'hc-ping.com/…'"),
+            ("hc-ping.com/${KEY}", "'hc-ping.com/…'"),
+            ("ftp://${HOST}/x", "'ftp://${HOST}/…'"),
+            ("ftp://user:secret@h/x", "'ftp://user:***@h/…'"),
+            ("mailto:a@b.example", "text that is not a URL (not shown: it may hold a password)"),
+        ],
     )
-    def test_bad_scheme(self, url: str) -> None:
-        """The text before any `${` must be, or begin, http:// or https://."""
-        assert f"schedules.yaml:5:15: task 'a': ping_url: {PING_URL_FORMS}, got {url!r}" == task_error(
+    def test_bad_scheme(self, url: str, shown: str) -> None:
+        """The text before any `${` must be, or begin, http:// or https://. The error shows the scheme and
+        the host only: a ping URL's path is its check's key."""
+        assert f"schedules.yaml:5:15: task 'a': ping_url: {PING_URL_FORMS}, got {shown}" == task_error(
             f"ping_url: {url}"
         )
 
@@ -1071,19 +1081,19 @@ class TestPing:
 
     @pytest.mark.parametrize("url", ["https://hc-ping.com/${KEY", "${PING_URL", "https://h/${A}/${"])
     def test_unclosed_reference(self, url: str) -> None:
-        """A `${` without its `}` is an error naming the line, the task and the value."""
-        assert f"schedules.yaml:5:15: task 'a': ping_url: unclosed '${{' in {url!r}; write ${{NAME}}" == (
+        """A `${` without its `}` is an error naming the line and the task, not the URL: it holds a key."""
+        assert "schedules.yaml:5:15: task 'a': ping_url: unclosed '${'; write ${NAME}" == (
             task_error(f"ping_url: {url}")
         )
 
     @pytest.mark.parametrize(
         ("url", "reference"),
-        [("https://hc-ping.com/${1KEY}", "${1KEY}"), ("${}", "${}"), ("https://h/${A:-x}", "${A:-x}")],
+        [("https://hc-ping.com/${1KEY}", "${1KEY}"), ("${}", "${}"), ("https://h/${A:-x}", "${...}")],
     )
     def test_invalid_reference(self, url: str, reference: str) -> None:
         """A reference must be `${NAME}`, as in `store`."""
         assert (
-            f"schedules.yaml:5:15: task 'a': ping_url: invalid variable reference {reference!r} in {url!r}: "
+            f"schedules.yaml:5:15: task 'a': ping_url: invalid variable reference {reference!r}: "
             "write ${NAME}, with letters, digits and '_', not starting with a digit"
         ) == task_error(f"ping_url: {url}")
 
@@ -1637,6 +1647,105 @@ class TestExpansionLimits:
     def test_limit_fits_the_benchmark(self) -> None:
         """The 100,000-task benchmark file (a task, 2 settings, a 2-item command each) fits 4 times over."""
         assert 4 * 100_000 * 5 <= config_module.MAX_CONFIG_NODES
+
+
+SECRET = "hunter2"
+
+
+class TestSecretsNeverEchoed:
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            ("mysql://user:hunter2@h/db", "'mysql://user:***@h/db'"),
+            ("mysql://h/db?password=hunter2", "'mysql://h/db?***'"),
+            ("user:hunter2@h/db", "text that is not a URL (not shown: it may hold a password)"),
+        ],
+    )
+    def test_store_password(self, url: str, shown: str) -> None:
+        """A store URL in an error has its password (and its query) replaced by ***."""
+        error = top_error(f"store: {url}")
+        assert f"schedules.yaml:1:8: store: {STORE_FORMS}, got {shown}" == error
+        assert SECRET not in error
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "postgresql://u:hunter2@h/${DB",
+            "postgresql://u:hunter2@h/${1DB}",
+            "${DB:-postgresql://u:hunter2@h/db}",
+            "postgresql://u:hunter2\\0@h/db",
+        ],
+    )
+    def test_store_reference_and_nul_errors(self, url: str) -> None:
+        """Reference and NUL errors in a store URL do not show the URL."""
+        assert SECRET not in top_error(f'store: "{url}"')
+
+    @pytest.mark.parametrize(
+        "url",
+        ["ftp://hc-ping.com/hunter2", "https://hc-ping.com/hunter2/${K", "https://hc-ping.com/hunter2\\0"],
+    )
+    def test_ping_url_key(self, url: str) -> None:
+        """A ping URL's path is its check's key: errors never show it."""
+        assert SECRET not in task_error(f'ping_url: "{url}"')
+
+    @pytest.mark.parametrize(
+        "value",
+        ['"hunter2\\0"', "2024-02-30", "2024-01-01"],
+    )
+    def test_env_values(self, value: str) -> None:
+        """An env value's error says what is wrong, never the value."""
+        error = task_error(f"env: {{TOKEN: {value}}}")
+        assert error.startswith("schedules.yaml:5:18: task 'a': env: TOKEN: "), error
+        for shown in ("hunter2", "2024"):
+            assert shown not in error
+
+    def test_command_argument(self) -> None:
+        """A NUL in a command's argument is reported without the argument, which may be a password."""
+        assert "schedules.yaml:5:26: task 'a': on_failure[1]: the argument contains a NUL character" == (
+            task_error('on_failure: [notify, "hunter2\\0"]')
+        )
+
+
+class TestNamespace:
+    def test_default(self) -> None:
+        """No namespace is the empty string."""
+        assert "" == parse("tasks: {}\n").namespace
+
+    @pytest.mark.parametrize("name", ["billing", "app_2", "2fa", "a" * 40])
+    def test_valid(self, name: str) -> None:
+        """Lowercase letters, digits and '_', starting with a letter or digit, up to 40 characters."""
+        assert name == parse(f"namespace: {name}\ntasks: {{}}\n").namespace
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            ("Billing", "'Billing'"),
+            ("_app", "'_app'"),
+            ("my-app", "'my-app'"),
+            ("a" * 41, repr("a" * 41)),
+            ("''", "an empty string"),
+            ("5", "the number 5"),
+            ("[a]", "a list"),
+        ],
+    )
+    def test_invalid(self, value: str, shown: str) -> None:
+        """Anything else is an error naming the line, the key and the value."""
+        assert (
+            "schedules.yaml:1:12: namespace: expected up to 40 lowercase letters, digits and '_', starting "
+            f"with a letter or digit, like billing, got {shown}"
+        ) == top_error(f"namespace: {value}")
+
+    def test_compared_and_pickled(self) -> None:
+        """The namespace takes part in equality and survives pickling."""
+        config = parse("namespace: billing\ntasks: {}\n")
+        assert config != parse("tasks: {}\n")
+        assert "billing" == pickle.loads(pickle.dumps(config)).namespace
+
+    def test_misspelt(self) -> None:
+        """A near miss of `namespace` gets a did-you-mean."""
+        assert "schedules.yaml:1:1: unknown key 'namespce' (did you mean 'namespace'?)" == top_error(
+            "namespce: x"
+        )
 
 
 class TestDigest:
