@@ -28,6 +28,8 @@ from scheduler.config import (
     DEFAULT_SHELL,
     Config,
     TaskSpec,
+    expand_env,
+    format_duration,
     parse_config,
     parse_duration,
     suggest,
@@ -1746,6 +1748,52 @@ class TestNamespace:
         assert "schedules.yaml:1:1: unknown key 'namespce' (did you mean 'namespace'?)" == top_error(
             "namespce: x"
         )
+
+
+class TestFormatDuration:
+    @pytest.mark.parametrize(
+        ("seconds", "text"),
+        [
+            (0, "0s"),
+            (0.5, "0.5s"),
+            (45, "45s"),
+            (90, "1m30s"),
+            (90.5, "1m30.5s"),
+            (3600, "1h"),
+            (5400, "1h30m"),
+            (86400, "1d"),
+            (90061, "1d1h1m1s"),
+            (600.0, "10m"),
+        ],
+    )
+    def test_forms(self, seconds: float, text: str) -> None:
+        """Largest units first, each at most once, a fraction kept in the seconds."""
+        assert text == format_duration(seconds)
+
+    @pytest.mark.parametrize("seconds", [0.25, 59.5, 61, 3599.5, 86399, 90061, 31_622_400])
+    def test_round_trip(self, seconds: float) -> None:
+        """parse_duration reads back what format_duration writes."""
+        assert seconds == parse_duration(format_duration(seconds))
+
+
+class TestExpandEnv:
+    def test_fills_references(self) -> None:
+        """Each ${NAME} is replaced by its variable; other text stays."""
+        assert "postgresql://u:pw@h/db" == expand_env(
+            "postgresql://u:${PW}@${H}/db", {"PW": "pw", "H": "h"}, "x"
+        )
+
+    @pytest.mark.parametrize("env", [{}, {"PW": ""}])
+    def test_unset_or_empty(self, env: dict[str, str]) -> None:
+        """An unset or empty variable is a ConfigError naming the place and the variable, not the text."""
+        with pytest.raises(ConfigError) as info:
+            expand_env("postgresql://u:${PW}@h/db", env, "schedules.yaml:4: store")
+        assert ["schedules.yaml:4: store: environment variable PW is not set"] == info.value.problems
+
+    def test_no_place(self) -> None:
+        """Without a place, the message is the variable alone."""
+        with pytest.raises(ConfigError, match=r"^environment variable KEY is not set$"):
+            expand_env("https://hc-ping.com/${KEY}", {}, "")
 
 
 class TestDigest:
