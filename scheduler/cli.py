@@ -7,7 +7,6 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import re
 import resource
 import signal
 import sys
@@ -23,9 +22,10 @@ import click
 from scheduler import __version__, clock, log, runner
 from scheduler.config import (
     DEFAULT_CONFIG_PATH,
-    ENV_REFERENCE,
     Config,
     TaskSpec,
+    expand_env,
+    format_duration,
     load_config,
     parse_duration,
     suggest,
@@ -107,15 +107,7 @@ def _open_store(config: Config, store_url: str | None) -> Store | None:
         url = config.store
     else:
         return None
-
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(1)
-        value = os.environ.get(name)
-        if not value:
-            raise ConfigError([f"{where}: environment variable {name} is not set"])
-        return value
-
-    url = ENV_REFERENCE.sub(fill, url)
+    url = expand_env(url, os.environ, where)
     if not store_url and url.startswith(_SQLITE_RELATIVE) and not url.startswith(_SQLITE_RELATIVE + "/"):
         # A relative SQLite path in the file is relative to the file's folder, as a task's cwd is.
         folder = os.path.dirname(os.path.abspath(config.path))
@@ -242,7 +234,7 @@ def run(
         needing = sorted(n for n, t in config.tasks.items() if t.catch_up or t.require_store)
         if needing:
             logger.warning("store.missing", tasks=needing, detail="catch_up and require_store need a store")
-    watcher = None if no_watch else FileWatcher(config_path)
+    watcher = None if no_watch else FileWatcher(config_path, config.digest)
     _raise_fd_limit()
 
     async def main() -> None:
@@ -592,17 +584,6 @@ def _table(rows: Iterable[Sequence[str]]) -> list[str]:
     rows = list(rows)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-
-
-def format_duration(seconds: float) -> str:
-    """90 -> '1m30s', 5400 -> '1h30m', 0.5 -> '0.5s'."""
-    if seconds < 60 and seconds != int(seconds):
-        return f"{seconds:g}s"
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
-    return "".join(parts) or "0s"
 
 
 def main() -> None:

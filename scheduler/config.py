@@ -8,12 +8,14 @@ raised together in one `ConfigError`, so that a user fixes them all in one pass.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
+import hashlib
 import math
 import re
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -53,6 +55,11 @@ MAX_RETRY_BACKOFF = 100.0
 DEFAULT_RETRY_MAX_DELAY_S = 600.0
 # Longer durations are almost certainly typos, and they would overflow datetime arithmetic in the clock.
 MAX_DURATION_S = 366 * 86400.0
+# The most mapping entries and list items a parse walks, each alias and `<<` merge counted once per use: a
+# few hundred bytes of nested aliases could otherwise stand for billions. The 100,000-task benchmark file
+# walks 500,000 (a task, its two settings, its command's two arguments); at about 15 us each, the limit
+# bounds a parse to half a minute.
+MAX_CONFIG_NODES = 2_000_000
 
 
 @pickle_by_fields
@@ -109,7 +116,9 @@ class Config:
 
     `store` is the run-history store's URL exactly as written: `${NAME}` references are left for the caller
     to expand (this module never reads the environment). `store_line` is its line, so that a caller can name
-    the place when a variable is unset; like `TaskSpec.line`, it is not compared.
+    the place when a variable is unset; like `TaskSpec.line`, it is not compared. `namespace` keeps apps
+    that share one store apart. `digest` is the hex SHA-256 of the file's bytes (of the text's UTF-8 when
+    parsed from text), for a caller to tell a changed file from a touched one; it is not compared either.
     """
 
     path: str
@@ -118,26 +127,39 @@ class Config:
     store: str | None = None
     store_line: int | None = field(default=None, compare=False)
     keep_runs: int = DEFAULT_KEEP_RUNS
+    namespace: str = ""
+    digest: str = field(default="", compare=False)
 
 
 def load_config(path: str) -> Config:
-    """Read and validate the config file at `path`.
+    """Read and validate the config file at `path`: `loader.load_config`, which owns the reading (bounded,
+    regular files only). Kept here for callers that know only this module."""
+    from scheduler.loader import load_config as load  # the edge that opens files; it imports this module
 
-    A file that is missing, is a directory, cannot be read or is not UTF-8 raises `ConfigError` with one
-    problem naming the path and the reason; an invalid file raises it with every problem found.
+    return load(path)
+
+
+def parse_config(text: str | bytes, path: str, *, base_dir: str | None = None) -> Config:
+    """Validate schedules.yaml `text` (or the file's raw bytes, which must be UTF-8) into a `Config`.
+
+    `path` only names the file in messages. Relative `cwd`s are joined onto `base_dir`, by default the folder
+    of `path`, made absolute. Raises `ConfigError` listing every problem as ``PATH:LINE:COL: message``,
+    ordered by line.
     """
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    digest = hashlib.sha256(data).hexdigest()
+    if isinstance(text, bytes):
+        text = _decode(text, path)
+    base = Path(base_dir) if base_dir is not None else Path(path).parent
+    with without_cycle_collection():
+        config = _Parser(text, path, base.absolute()).parse()
+    return dataclasses.replace(config, digest=digest)
+
+
+def _decode(data: bytes, path: str) -> str:
+    """The file's bytes as text; not UTF-8 is one problem naming the line, the column and the byte."""
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except IsADirectoryError:
-        raise ConfigError([f"{path}: is a directory, not a file"]) from None
-    except PermissionError:
-        raise ConfigError([f"{path}: permission denied"]) from None
-    except OSError as error:
-        raise ConfigError([f"{path}: cannot read the file: {error.strerror or error}"]) from None
-    try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
@@ -145,19 +167,21 @@ def load_config(path: str) -> Config:
         raise ConfigError(
             [f"{path}:{line}:{column}: not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8"]
         ) from None
-    return parse_config(text, path)
 
 
-def parse_config(text: str, path: str, *, base_dir: str | None = None) -> Config:
-    """Validate schedules.yaml `text` into a `Config`.
+def expand_env(text: str, env: Mapping[str, str], where: str) -> str:
+    """`text` with each `${NAME}` replaced by `env[NAME]`. An unset or empty variable raises ConfigError
+    naming `where` (the place the text came from, e.g. "schedules.yaml:4: store") and the variable, never
+    the text: it may hold a password."""
 
-    `path` only names the file in messages. Relative `cwd`s are joined onto `base_dir`, by default the folder
-    of `path`, made absolute. Raises `ConfigError` listing every problem as ``PATH:LINE:COL: message``,
-    ordered by line.
-    """
-    base = Path(base_dir) if base_dir is not None else Path(path).parent
-    with without_cycle_collection():
-        return _Parser(text, path, base.absolute()).parse()
+    def fill(match: re.Match[str]) -> str:
+        value = env.get(match.group(1))
+        if not value:
+            prefix = f"{where}: " if where else ""
+            raise ConfigError([f"{prefix}environment variable {match.group(1)} is not set"])
+        return value
+
+    return ENV_REFERENCE.sub(fill, text)
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:
@@ -242,46 +266,7 @@ def _duration_seconds(text: str) -> float | None:
     return total if position else None
 
 
-_TOP_KEYS = ("timezone", "store", "keep_runs", "defaults", "tasks")
-_TASK_KEYS = (
-    "schedule",
-    "command",
-    "timezone",
-    "timeout",
-    "overlap",
-    "grace",
-    "jitter",
-    "env",
-    "cwd",
-    "shell",
-    "kill_grace",
-    "enabled",
-    "catch_up",
-    "require_store",
-    "store_output",
-    "ping_url",
-    "ping_exit_code",
-    "ping_timeout",
-    "on_failure",
-    "on_success",
-    "hook_timeout",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "retry_max_delay",
-)
-_REQUIRED_KEYS = ("schedule", "command")
-_DEFAULTS_KEYS = tuple(key for key in _TASK_KEYS if key not in _REQUIRED_KEYS)
-_FIELD_NAMES = {
-    "timeout": "timeout_s",
-    "grace": "grace_s",
-    "jitter": "jitter_s",
-    "kill_grace": "kill_grace_s",
-    "ping_timeout": "ping_timeout_s",
-    "hook_timeout": "hook_timeout_s",
-    "retry_delay": "retry_delay_s",
-    "retry_max_delay": "retry_max_delay_s",
-}
+_TOP_KEYS = ("timezone", "store", "keep_runs", "namespace", "defaults", "tasks")
 # Names other tools give these keys, too far from ours for difflib to suggest them.
 _KEY_SYNONYMS = {
     "retry_count": "retries",
@@ -291,6 +276,10 @@ _KEY_SYNONYMS = {
     "heartbeat_url": "ping_url",
 }
 _OVERLAPS: tuple[str, ...] = get_args(Overlap)
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_PLAIN_REFERENCE = re.compile(r"\$\{[^:@/?#]{0,40}\}")  # a reference with no URL or default in it
+_NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
+_NAMESPACE_FORM = "up to 40 lowercase letters, digits and '_', starting with a letter or digit, like billing"
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A `${NAME}` reference in `store` or `ping_url`. This module only checks them; the edges (the CLI for the
@@ -366,6 +355,10 @@ class _Invalid(Exception):
     """The value at hand is invalid and its problem is already recorded: go on with the next key."""
 
 
+class _TooLarge(Exception):
+    """The file expands past MAX_CONFIG_NODES (reported): stop the whole parse."""
+
+
 def _quote(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:57] + "...")
 
@@ -386,6 +379,30 @@ def _top_only_hint(key: str) -> str:
     return f" ({key!r} is a top-level setting, not a task's)" if key in ("store", "keep_runs") else ""
 
 
+def _shown_url(value: str, *, keep_path: bool) -> str:
+    """A URL as an error may show it: the password (and any query) as ***, and with `keep_path` false
+    nothing after the host. A value that is `$NAME` is shown with a hint; other text is not shown at all."""
+    hint = _braces_hint(value)
+    if hint:
+        return _quote(value) + hint
+    scheme, separator, rest = value.partition("://")
+    if not separator or not _URL_SCHEME.fullmatch(scheme):
+        if ":" in value or "@" in value:
+            return "text that is not a URL (not shown: it may hold a password)"
+        host, slash, path = value.partition("/")  # no scheme, no password: a path, or a host and a path
+        return _quote(value if keep_path else host + ("/…" if path else slash))
+    end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, host = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"{userinfo}@{host}"
+    if not keep_path:
+        return _quote(f"{scheme}://{netloc}" + ("/…" if tail.strip("/") else tail))
+    path, question, _query = tail.partition("?")
+    return _quote(f"{scheme}://{netloc}{path}" + ("?***" if question else ""))
+
+
 def _braces_hint(value: str) -> str:
     """For a whole value written `$NAME`, which is not a reference: suggest `${NAME}`."""
     if value.startswith("$") and _ENV_NAME.fullmatch(value[1:]):
@@ -393,15 +410,18 @@ def _braces_hint(value: str) -> str:
     return ""
 
 
-def _format_duration(seconds: float) -> str:
-    """A duration as a user would write it: 90 -> '1m30s', 5400 -> '1h30m', 0.5 -> '0.5s'."""
-    if seconds != int(seconds):
-        return f"{seconds:g}s"
-    days, rest = divmod(int(seconds), 86400)
+def format_duration(seconds: float) -> str:
+    """A duration as a user would write it, which `parse_duration` reads back: 90 -> '1m30s',
+    5400 -> '1h30m', 86400 -> '1d', 0.5 -> '0.5s', 90.5 -> '1m30.5s'."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = zip((days, hours, minutes, secs), "dhms", strict=True)
-    return "".join(f"{count}{unit}" for count, unit in parts if count) or "0s"
+    parts = [f"{count}{unit}" for count, unit in zip((days, hours, minutes), "dhm", strict=True) if count]
+    fraction = seconds - whole
+    if secs or fraction:
+        parts.append(f"{round(secs + fraction, 6):g}s")
+    return "".join(parts) or "0s"
 
 
 def _describe(value: object) -> str:
@@ -446,6 +466,15 @@ def _describe_node(value: object, node: Node) -> str:
     return f"{_describe(value)}: {hint}" if hint else _describe(value)
 
 
+def _misread_number(node: Node, value: object) -> bool:
+    """Whether YAML 1.1 read `value` from digits that are not decimal: 010 (octal 8), 0_10, 0x10, 0b10,
+    1:30 (base 60, 90). Every numeric setting is checked with this, so none reads them silently."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    raw = str(node.value).strip()
+    return ":" in raw or (isinstance(value, int) and not _DECIMAL.fullmatch(raw.lstrip("-")))
+
+
 def _tag_problem(node: Node) -> str:
     tag = str(node.tag)
     shown = "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
@@ -464,6 +493,9 @@ class _Parser:
         # Nodes whose tag SafeLoader cannot construct, by id; reported in context when met, else at the end.
         self.bad_nodes: dict[int, Node] = {}
         self.reported_bad: set[int] = set()
+        # The (key, key node, value node)s of each mapping merged with `<<`, by id (the node is kept alive).
+        self.expanded: dict[int, tuple[Node, list[tuple[str, Node, Node]]]] = {}
+        self.walked = 0  # mapping entries and list items walked so far, each alias and merge once per use
 
     # -- reporting ----------------------------------------------------------------------------------------
 
@@ -474,6 +506,17 @@ class _Parser:
     def fail(self, at: Node | Mark, message: str) -> NoReturn:
         self.report(at, message)
         raise _Invalid
+
+    def count(self, node: Node, walked: int) -> None:
+        """Count `walked` more entries or items; past MAX_CONFIG_NODES, report at `node` and stop parsing."""
+        self.walked += walked
+        if self.walked > MAX_CONFIG_NODES:
+            self.report(
+                node,
+                f"the file expands to more than {MAX_CONFIG_NODES:,} mapping entries and list items, "
+                "counting every use of an alias or a '<<' merge (the limit); use fewer of them",
+            )
+            raise _TooLarge
 
     def check_safe(self, node: Node, where: str) -> None:
         """Report and raise `_Invalid` if `node` carries a tag that SafeLoader will not construct."""
@@ -487,7 +530,10 @@ class _Parser:
     def parse(self) -> Config:
         try:
             config = self._document()
+        except _TooLarge:
+            config = None
         finally:
+            self.expanded.clear()
             if self.loader is not None:
                 self.loader.dispose()
         for node_id, node in self.bad_nodes.items():
@@ -521,6 +567,7 @@ class _Parser:
         store: str | None = None
         store_line: int | None = None
         keep_runs = DEFAULT_KEEP_RUNS
+        namespace = ""
         for key, key_node, value_node in self._items(root, "", "key"):
             if key == "timezone":
                 try:
@@ -535,6 +582,11 @@ class _Parser:
             elif key == "keep_runs":
                 try:
                     keep_runs = self._keep_runs(value_node, "keep_runs")
+                except _Invalid:
+                    pass
+            elif key == "namespace":
+                try:
+                    namespace = self._namespace(value_node, "namespace")
                 except _Invalid:
                     pass
             elif key == "defaults":
@@ -561,6 +613,7 @@ class _Parser:
             store=store,
             store_line=store_line,
             keep_runs=keep_runs,
+            namespace=namespace,
         )
 
     def _compose(self) -> Node | None:
@@ -657,7 +710,13 @@ class _Parser:
                 for source in self._merge_sources(value_node, where):
                     if id(source) in seen:
                         continue
-                    for key, source_key, source_value in self._items(source, where, noun, seen | {id(node)}):
+                    # Each merged mapping is expanded once: aliases to mappings that merge the one before
+                    # twice would otherwise cost 2**depth (a 600-byte file, a minute).
+                    expanded = self.expanded.get(id(source))
+                    if expanded is None:
+                        expanded = (source, self._items(source, where, noun, seen | {id(node)}))
+                        self.expanded[id(source)] = expanded
+                    for key, source_key, source_value in expanded[1]:
                         merged.setdefault(key, (source_key, source_value))
                 continue
             try:
@@ -675,6 +734,7 @@ class _Parser:
                 first_lines[key] = key_node.start_mark.line + 1
             own.append((key, key_node, value_node))
         items = [(key, *nodes) for key, nodes in merged.items() if key not in first_lines]
+        self.count(node, len(items) + len(own))
         return items + own
 
     def _merge_sources(self, node: Node, where: str) -> list[MappingNode]:
@@ -806,7 +866,7 @@ class _Parser:
         settings = {**defaults, **values, "env": {**defaults.get("env", {}), **values.get("env", {})}}
         del settings["schedule"]
         settings["timezone"] = zone
-        fields = {_FIELD_NAMES.get(key, key): value for key, value in settings.items()}
+        fields = {_SETTINGS[key].field: value for key, value in settings.items()}
         return TaskSpec(name=name, schedule=schedule, line=key_node.start_mark.line + 1, **fields)
 
     def _retry_delays_agree(
@@ -822,17 +882,13 @@ class _Parser:
         retry_delay. Checked per task once defaults apply: either may come from defaults, and retries may
         be off for some tasks. Reported at the task's own setting if it has one, else at its name."""
         effective: dict[str, Any] = {}
-        for key, fallback in (
-            ("retries", DEFAULT_RETRIES),
-            ("retry_delay", DEFAULT_RETRY_DELAY_S),
-            ("retry_max_delay", DEFAULT_RETRY_MAX_DELAY_S),
-        ):
+        for key in ("retries", "retry_delay", "retry_max_delay"):
             if key in values:
                 effective[key] = values[key]
             elif key in value_nodes or key in failed_defaults:
                 return True  # an invalid value, already reported
             else:
-                effective[key] = defaults.get(key, fallback)
+                effective[key] = defaults.get(key, _SETTINGS[key].default)
         delay, most = effective["retry_delay"], effective["retry_max_delay"]
         if effective["retries"] == 0 or most >= delay:
             return True
@@ -841,56 +897,26 @@ class _Parser:
         ]
         self.report(
             own[0] if own else key_node,
-            f"{where}: retry_max_delay ({_format_duration(most)}) is shorter than retry_delay "
-            f"({_format_duration(delay)})",
+            f"{where}: retry_max_delay ({format_duration(most)}) is shorter than retry_delay "
+            f"({format_duration(delay)})",
         )
         return False
 
     def _setting(self, key: str, node: Node, where: str) -> Any:
         """The parsed value of one task setting (schedule is returned as text: it needs the zone)."""
-        match key:
-            case "schedule":
-                return self._string(node, where, "a schedule like \"0 9 * * MON-FRI\" or 'every 10 minutes'")
-            case "command":
-                return self._command(node, where)
-            case "timezone":
-                return self._timezone(node, where)
-            case "timeout":
-                return self._duration(node, where, positive=True, allow_none=True)
-            case "grace" | "jitter" | "retry_delay":
-                return self._duration(node, where, positive=False, allow_none=False)
-            case "kill_grace" | "hook_timeout" | "retry_max_delay":
-                return self._duration(node, where, positive=True, allow_none=False)
-            case "ping_timeout":
-                return self._duration(node, where, positive=True, allow_none=False, most=MAX_PING_TIMEOUT_S)
-            case "overlap":
-                return self._overlap(node, where)
-            case "env":
-                return self._env(node, where)
-            case "cwd":
-                return self._cwd(node, where)
-            case "shell":
-                return self._os_string(node, where, "a shell path like /bin/bash")
-            case "ping_url":
-                return self._ping_url(node, where)
-            case "on_failure" | "on_success":
-                return self._command(node, where)
-            case "retries":
-                return self._number(node, where, _RETRIES_FORM, 0, MAX_RETRIES, whole=True)
-            case "retry_backoff":
-                factor = self._number(node, where, _RETRY_BACKOFF_FORM, 1, MAX_RETRY_BACKOFF, whole=False)
-                return float(factor)
-            case "enabled" | "catch_up" | "require_store" | "store_output" | "ping_exit_code":
-                value = self._value(node, where)
-                if isinstance(value, bool):
-                    return value
-                self.fail(node, f"{where}: expected true or false, got {_describe(value)}")
-        raise AssertionError(key)  # pragma: no cover - _TASK_KEYS and this match agree
+        return _SETTINGS[key].parse(self, node, where)
+
+    def _boolean(self, node: Node, where: str) -> bool:
+        value = self._value(node, where)
+        if isinstance(value, bool):
+            return value
+        self.fail(node, f"{where}: expected true or false, got {_describe(value)}")
 
     # -- values -------------------------------------------------------------------------------------------
 
-    def _value(self, node: Node, where: str) -> object:
-        """A scalar node's Python value, or a `_Shape` for a list or mapping node."""
+    def _value(self, node: Node, where: str, *, secret: bool = False) -> object:
+        """A scalar node's Python value, or a `_Shape` for a list or mapping node. A `secret` value is never
+        shown in an error."""
         self.check_safe(node, where)
         if isinstance(node, SequenceNode):
             return _A_LIST
@@ -905,7 +931,8 @@ class _Parser:
         except (yaml.YAMLError, ValueError, OverflowError) as error:
             # e.g. an unquoted 2024-02-30 matches YAML's date pattern but is no date.
             prefix = f"{where}: " if where else ""
-            self.fail(node, f"{prefix}cannot read {_quote(str(node.value))} ({error}); quote it")
+            shown = "the value" if secret else _quote(str(node.value))
+            self.fail(node, f"{prefix}cannot read {shown} ({error}); quote it")
 
     def _shape(self, node: Node) -> str:
         try:
@@ -920,53 +947,67 @@ class _Parser:
         shown = _describe_node(value, node) if hints else _describe(value)
         self.fail(node, f"{where}: expected {expected}, got {shown}")
 
-    def _os_string(self, node: Node, where: str, expected: str) -> str:
-        """A non-empty string that goes to the OS as a path, so has no NUL character."""
+    def _os_string(self, node: Node, where: str, expected: str, *, secret: bool = False) -> str:
+        """A non-empty string that goes to the OS as a path, so has no NUL character. A `secret` one is
+        never shown."""
         value = self._string(node, where, expected)
         if not value.strip():
             self.fail(node, f"{where}: expected {expected}, got an empty string")
         if "\0" in value:
-            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+            self.fail(node, f"{where}: {'the value' if secret else _quote(value)} contains a NUL character")
         return value
 
     def _store(self, node: Node, where: str) -> str:
-        """The store URL as written; `${NAME}` references are checked for form, never expanded."""
+        """The store URL as written; `${NAME}` references are checked for form, never expanded. Errors show
+        it with its password as *** (its query too), as it may hold one."""
         value = self._url(node, where, _STORE_FORMS)
         if "${" not in value and not value.startswith(_STORE_SCHEMES):
-            self.fail(node, f"{where}: expected {_STORE_FORMS}, got {_quote(value)}{_braces_hint(value)}")
+            self.fail(node, f"{where}: expected {_STORE_FORMS}, got {_shown_url(value, keep_path=True)}")
         return value
 
     def _ping_url(self, node: Node, where: str) -> str:
         """The ping URL as written. Only its text before the first `${` is checked for a scheme, so that a
-        reference may supply the whole URL (`${PING_URL}`) or its scheme."""
+        reference may supply the whole URL (`${PING_URL}`) or its scheme. Errors show its scheme and host
+        only: the path holds the check's key."""
         value = self._url(node, where, _PING_URL_FORMS)
         before = value.partition("${")[0]
         if not any(before.startswith(scheme) or scheme.startswith(before) for scheme in _PING_SCHEMES):
-            self.fail(node, f"{where}: expected {_PING_URL_FORMS}, got {_quote(value)}{_braces_hint(value)}")
+            self.fail(node, f"{where}: expected {_PING_URL_FORMS}, got {_shown_url(value, keep_path=False)}")
         return value
 
     def _url(self, node: Node, where: str, expected: str) -> str:
         """A non-empty string without NUL whose `${NAME}` references are well formed; never expanded."""
-        value = self._os_string(node, where, expected)
+        value = self._os_string(node, where, expected, secret=True)
         if "${" in value:
             self._check_references(value, node, where)
         return value
 
     def _check_references(self, value: str, node: Node, where: str) -> None:
-        """Each `${` in `value` must open a `${NAME}` reference: no defaults, no nesting, no escapes."""
+        """Each `${` in `value` must open a `${NAME}` reference: no defaults, no nesting, no escapes. The
+        value is a URL that may hold a secret: errors show the reference only, and not even that if it
+        holds more than a name might."""
         start = value.find("${")
         while start != -1:
             end = value.find("}", start + 2)
             if end == -1:
-                self.fail(node, f"{where}: unclosed '${{' in {_quote(value)}; write ${{NAME}}")
+                self.fail(node, f"{where}: unclosed '${{'; write ${{NAME}}")
             if not _ENV_NAME.fullmatch(value[start + 2 : end]):
-                reference = _quote(value[start : end + 1])
+                written = value[start : end + 1]
+                reference = _quote(written) if _PLAIN_REFERENCE.fullmatch(written) else "'${...}'"
                 self.fail(
                     node,
-                    f"{where}: invalid variable reference {reference} in {_quote(value)}: "
+                    f"{where}: invalid variable reference {reference}: "
                     "write ${NAME}, with letters, digits and '_', not starting with a digit",
                 )
             start = value.find("${", end + 1)
+
+    def _namespace(self, node: Node, where: str) -> str:
+        value = self._string(node, where, _NAMESPACE_FORM)
+        if not value:
+            self.fail(node, f"{where}: expected {_NAMESPACE_FORM}, got an empty string")
+        if not _NAMESPACE.fullmatch(value):
+            self.fail(node, f"{where}: expected {_NAMESPACE_FORM}, got {_quote(value)}")
+        return value
 
     def _keep_runs(self, node: Node, where: str) -> int:
         return int(self._number(node, where, _KEEP_RUNS_FORM, 1, MAX_KEEP_RUNS, whole=True))
@@ -979,21 +1020,25 @@ class _Parser:
         if isinstance(value, str) and (_DECIMAL if whole else _NUMBER).fullmatch(value.strip()):
             hint = " (write it without quotes)"
             self.fail(node, f"{where}: expected {expected}, got {_quote(value)}{hint}")
+        if _misread_number(node, value):
+            self._not_decimal(node, value, where, expected)
         if not isinstance(value, int if whole else int | float) or isinstance(value, bool):
             # No quoting hint for an unquoted yes: quoted, it is no number either.
             shown = _describe_node(value, node) if value is None else _describe(value)
             self.fail(node, f"{where}: expected {expected}, got {shown}")
-        raw = str(node.value).strip()
-        if ":" in raw or (isinstance(value, int) and not _DECIMAL.fullmatch(raw.lstrip("-"))):
-            # A quoting hint would not help here: say how YAML 1.1 read it and ask for decimal digits.
-            self.fail(
-                node,
-                f"{where}: expected {expected}, got {raw}, which YAML 1.1 reads as the number "
-                f"{value}; write it in decimal digits",
-            )
         if not least <= value <= most:
             self.fail(node, f"{where}: expected {expected}, got {_describe(value)}")
         return value
+
+    def _not_decimal(self, node: Node, value: object, where: str, expected: str) -> NoReturn:
+        """A number YAML 1.1 read from octal, hex, binary or base-60 digits: a quoting hint would not help
+        (quoted, 010 is still no decimal), so say how it was read and ask for decimal digits."""
+        raw = str(node.value).strip()
+        self.fail(
+            node,
+            f"{where}: expected {expected}, got {raw}, which YAML 1.1 reads as the number {value}; "
+            "write it in decimal digits",
+        )
 
     def _timezone(self, node: Node, where: str) -> str:
         key = self._string(node, where, "an IANA time zone name like Europe/London")
@@ -1015,6 +1060,8 @@ class _Parser:
             return None
         if isinstance(value, int | float) and not isinstance(value, bool) and ":" in str(node.value):
             self.fail(node, f"{where}: expected {_DURATION_FORMS}, got {_describe_node(value, node)}")
+        if _misread_number(node, value):
+            self._not_decimal(node, value, where, _DURATION_FORMS)
         try:
             seconds = parse_duration(value)
         except ValueError as error:
@@ -1041,6 +1088,7 @@ class _Parser:
         if isinstance(node, SequenceNode):
             if not node.value:
                 self.fail(node, f"{where}: the list is empty; give the program, then its arguments")
+            self.count(node, len(node.value))
             args: list[str] = []
             valid = True
             for index, item in enumerate(node.value):
@@ -1071,7 +1119,7 @@ class _Parser:
         if not isinstance(value, str):
             self.fail(node, f"{where}: expected a string or a number, got {_describe_node(value, node)}")
         if "\0" in value:
-            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+            self.fail(node, f"{where}: the argument contains a NUL character")  # it may be a password
         return value
 
     def _env(self, node: Node, where: str) -> dict[str, str]:
@@ -1094,20 +1142,23 @@ class _Parser:
         return env
 
     def _env_value(self, node: Node, where: str) -> str:
-        value = self._value(node, where)
+        """A variable's value. It may be a secret: errors say what is wrong, never what the value is."""
+        value = self._value(node, where, secret=True)
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, int | float):
             # The text as written: an unquoted 0755 stays "0755", not YAML 1.1's octal 493.
             return str(node.value)
         if not isinstance(value, str):
-            hint = " (write '' for an empty value)" if value is None else ""
-            self.fail(
-                node,
-                f"{where}: expected a string, number or boolean, got {_describe_node(value, node)}{hint}",
-            )
+            if value is None:
+                shown = _describe_node(value, node) + " (write '' for an empty value)"
+            elif isinstance(value, date):
+                shown = "a date: YAML reads an unquoted date as one; quote it"
+            else:
+                shown = _describe(value)  # a list, a mapping or binary data
+            self.fail(node, f"{where}: expected a string, number or boolean, got {shown}")
         if "\0" in value:
-            self.fail(node, f"{where}: {_quote(value)} contains a NUL character")
+            self.fail(node, f"{where}: the value contains a NUL character")
         return value
 
     def _cwd(self, node: Node, where: str) -> str:
@@ -1120,3 +1171,71 @@ class _Parser:
             )
         folder = Path(value)
         return str(folder if folder.is_absolute() else self.base_dir / folder)
+
+
+_Parse = Callable[[_Parser, Node, str], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    """One task key: the TaskSpec field it sets, how its value is parsed, and (from TaskSpec) its default."""
+
+    key: str
+    field: str
+    parse: _Parse
+    required: bool = False
+
+    @property
+    def default(self) -> Any:
+        spec_field = _SPEC_FIELDS[self.field]
+        if spec_field.default_factory is not dataclasses.MISSING:
+            return spec_field.default_factory()
+        return spec_field.default
+
+
+def _duration_setting(*, positive: bool, allow_none: bool = False, most: float = MAX_DURATION_S) -> _Parse:
+    return lambda parser, node, where: parser._duration(
+        node, where, positive=positive, allow_none=allow_none, most=most
+    )
+
+
+_SPEC_FIELDS = {spec_field.name: spec_field for spec_field in dataclasses.fields(TaskSpec)}
+_SCHEDULE_FORM = "a schedule like \"0 9 * * MON-FRI\" or 'every 10 minutes'"
+# Every task key, in the order the README lists them. Adding a setting: a TaskSpec field, and a line here.
+_TASK_SETTINGS = (
+    _Setting("schedule", "schedule", lambda p, n, w: p._string(n, w, _SCHEDULE_FORM), required=True),
+    _Setting("command", "command", _Parser._command, required=True),
+    _Setting("timezone", "timezone", _Parser._timezone),
+    _Setting("timeout", "timeout_s", _duration_setting(positive=True, allow_none=True)),
+    _Setting("overlap", "overlap", _Parser._overlap),
+    _Setting("grace", "grace_s", _duration_setting(positive=False)),
+    _Setting("jitter", "jitter_s", _duration_setting(positive=False)),
+    _Setting("env", "env", _Parser._env),
+    _Setting("cwd", "cwd", _Parser._cwd),
+    _Setting("shell", "shell", lambda p, n, w: p._os_string(n, w, "a shell path like /bin/bash")),
+    _Setting("kill_grace", "kill_grace_s", _duration_setting(positive=True)),
+    _Setting("enabled", "enabled", _Parser._boolean),
+    _Setting("catch_up", "catch_up", _Parser._boolean),
+    _Setting("require_store", "require_store", _Parser._boolean),
+    _Setting("store_output", "store_output", _Parser._boolean),
+    _Setting("ping_url", "ping_url", _Parser._ping_url),
+    _Setting("ping_exit_code", "ping_exit_code", _Parser._boolean),
+    _Setting("ping_timeout", "ping_timeout_s", _duration_setting(positive=True, most=MAX_PING_TIMEOUT_S)),
+    _Setting("on_failure", "on_failure", _Parser._command),
+    _Setting("on_success", "on_success", _Parser._command),
+    _Setting("hook_timeout", "hook_timeout_s", _duration_setting(positive=True)),
+    _Setting(
+        "retries", "retries", lambda p, n, w: p._number(n, w, _RETRIES_FORM, 0, MAX_RETRIES, whole=True)
+    ),
+    _Setting("retry_delay", "retry_delay_s", _duration_setting(positive=False)),
+    _Setting(
+        "retry_backoff",
+        "retry_backoff",
+        lambda p, n, w: float(p._number(n, w, _RETRY_BACKOFF_FORM, 1, MAX_RETRY_BACKOFF, whole=False)),
+    ),
+    _Setting("retry_max_delay", "retry_max_delay_s", _duration_setting(positive=True)),
+)
+_SETTINGS = {setting.key: setting for setting in _TASK_SETTINGS}
+_TASK_KEYS = tuple(_SETTINGS)
+_REQUIRED_KEYS = tuple(setting.key for setting in _TASK_SETTINGS if setting.required)
+_DEFAULTS_KEYS = tuple(setting.key for setting in _TASK_SETTINGS if not setting.required)

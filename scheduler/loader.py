@@ -1,59 +1,267 @@
-"""Load the config for a reload in a forked child process.
+"""Read the config file, boundedly, and load it for a reload in a forked child process.
+
+Any kind of file can sit at the config path: a FIFO (a read would wait for a writer forever), /dev/zero (it
+never ends), a socket, a directory, a file that grows while it is read. So every load opens the path
+without blocking, refuses anything but a regular file, and reads at most `MAX_CONFIG_BYTES`.
 
 A reload's parse would otherwise run on the clock's own interpreter: it would hold the GIL against the
 event loop for as long as it takes (fires late by up to that much), and leave its peak memory behind (the
 YAML node tree is several times the size of the result, and the allocator keeps arenas that a few
-long-lived objects still pin). So the clock forks: the child reads and validates the file and sends the
-finished `Config` back through a pipe, pickled; the clock only unpickles it. A crash or a runaway file in
-the child cannot take the clock down with it. The first load, before the clock starts, is in-process: it
-is faster, and config.py lets each task's nodes go as soon as the task is built.
+long-lived objects still pin). So `load_isolated` forks: the child reads, hashes and validates the file and
+sends the result back through a pipe, pickled; the loop reads the pipe as it fills and only unpickles. A
+crash, a runaway file or a hang in the child cannot take the clock down with it. The first load, before
+the clock starts, is in-process (`load_config`): it is faster, and config.py lets each task's nodes go as
+soon as the task is built.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import gc
+import hashlib
 import os
 import pickle
 import signal
+import stat
 import warnings
+from dataclasses import dataclass
 
-from scheduler.config import Config, load_config
+from scheduler.config import Config, parse_config
 from scheduler.errors import ConfigError
 from scheduler.frozen import without_cycle_collection
 
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+# A parse of the 100,000-task benchmark file takes about 10 s on a slow machine: a child still busy after
+# ten times that is stuck (a file on a hung network mount, a bug) and is killed.
+DEFAULT_LOAD_TIMEOUT_S = 120.0
+
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_CHUNK = 1 << 20
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
-def load_config_isolated(path: str) -> Config:
-    """`load_config(path)`, run in a forked child; raises ConfigError exactly as it would.
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """The outcome of one `load_isolated`.
 
-    Falls back to loading in-process where fork is not available.
+    `digest` is the hex SHA-256 of the bytes read (None when the file could not be read at all), so that a
+    caller can skip a reload whose content did not change; `config` is the valid config, else None and
+    `problems` holds every problem found, each ``PATH:LINE:COL: message``.
+    """
+
+    digest: str | None
+    config: Config | None
+    problems: tuple[str, ...] = ()
+
+
+def read_config_file(path: str, *, max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
+    """The bytes of the regular file at `path`, at most `max_bytes` of them.
+
+    Never blocks on a FIFO or a device and never reads more than `max_bytes` + 1 bytes, even from a file
+    that grows meanwhile. Anything else raises ConfigError with one problem naming the path and the reason.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: permission denied"]) from None
+    except OSError as error:
+        if error.errno == errno.ENXIO:  # a socket, or a device with no driver behind it
+            raise ConfigError([f"{path}: not a regular file ({_kind_at(path)})"]) from None
+        raise ConfigError([f"{path}: cannot read the file: {error.strerror or error}"]) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError([f"{path}: not a regular file ({_kind(mode)})"])
+        chunks: list[bytes] = []
+        total = 0
+        while total <= max_bytes:
+            chunk = os.read(fd, min(_CHUNK, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > max_bytes:
+            raise ConfigError(
+                [f"{path}: the file is larger than {_size(max_bytes)}, the most a config may be"]
+            )
+        return b"".join(chunks)
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read the file: {error.strerror or error}"]) from None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "an unknown kind of file")
+
+
+def _kind_at(path: str) -> str:
+    try:
+        return _kind(os.stat(path).st_mode)
+    except OSError:
+        return "an unknown kind of file"
+
+
+def _size(count: int) -> str:
+    return f"{count // (1 << 20)} MiB" if count >= 1 << 20 and count % (1 << 20) == 0 else f"{count} bytes"
+
+
+def load_config(path: str) -> Config:
+    """Read (bounded, as `read_config_file`) and validate the config file at `path`, in this process.
+
+    Every problem raises `ConfigError`: one naming the path and the reason when the file cannot be read or
+    is not UTF-8, else every problem found in it.
+    """
+    return parse_config(read_config_file(path), path)
+
+
+def _load_with_digest(path: str) -> Loaded:
+    """What the child computes: the file's digest as soon as it is read, then the config or the problems."""
+    try:
+        data = read_config_file(path)
+    except ConfigError as exc:
+        return Loaded(None, None, tuple(exc.problems))
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return Loaded(digest, parse_config(data, path), ())
+    except ConfigError as exc:
+        return Loaded(digest, None, tuple(exc.problems))
+
+
+async def load_isolated(path: str, *, timeout_s: float = DEFAULT_LOAD_TIMEOUT_S) -> Loaded:
+    """Read, hash and validate the config file at `path` in a forked child, without blocking the loop.
+
+    Problems with the file come back in `Loaded.problems`, never as an exception. A child that is still
+    busy after `timeout_s`, or that dies, is a problem too. Cancellation policy: if the awaiting task is
+    cancelled (the clock shuts down during a reload), the child is killed and reaped at once and
+    CancelledError propagates: a shutdown never waits for a parse. Loads in-process where fork is missing.
     """
     if not hasattr(os, "fork"):
-        return load_config(path)
+        return _load_with_digest(path)
+    loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about forking a process that has threads (a reload runs in one). The child
-        # only parses and writes to its pipe, then leaves with os._exit: it takes no lock that another
-        # thread could hold (stdout, logging), and the interpreter resets the import lock after a fork.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about forking a process that has threads (the pinger's, the metrics
+            # server's). The child only parses and writes to its pipe, then leaves with os._exit: it takes
+            # no lock that another thread could hold (stdout, logging), and the interpreter resets the
+            # import lock after a fork.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except BaseException:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
     if pid == 0:  # the child: never returns
         os.close(read_fd)
         _child(path, write_fd)
     os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
+    reaped = False
+    try:
+        os.set_blocking(read_fd, False)
+        try:
+            data = await asyncio.wait_for(_read_all(loop, read_fd), timeout_s)
+        except TimeoutError:
+            _kill(pid)
+            await _reap(loop, pid)
+            reaped = True
+            return Loaded(None, None, (f"{path}: reading the file took longer than {timeout_s:g}s; gave up",))
+        status = await _reap(loop, pid)
+        reaped = True
+    finally:
+        os.close(read_fd)
+        if not reaped:  # cancelled, or a bug: the child must not outlive this call
+            _kill(pid)
+            _reap_now(pid)
     if not data:
         code = os.waitstatus_to_exitcode(status)
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        raise ConfigError([f"{path}: the process that reads the file {how}"])
+        return Loaded(None, None, (f"{path}: the process that reads the file {how}",))
     with without_cycle_collection():
-        kind, payload = pickle.loads(data)
-    if kind == "error":
-        raise ConfigError(payload)
-    return payload  # type: ignore[no-any-return]
+        loaded: Loaded = pickle.loads(data)
+    return loaded
+
+
+async def _read_all(loop: asyncio.AbstractEventLoop, fd: int) -> bytes:
+    """Everything written to the pipe `fd` (non-blocking) until its end, read as it becomes readable."""
+    chunks: list[bytes] = []
+    done: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        try:
+            while True:
+                chunk = os.read(fd, _CHUNK)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except BlockingIOError:
+            return  # drained for now: wait for more
+        except OSError as error:
+            if not done.done():
+                done.set_exception(error)
+            return
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def _reap(loop: asyncio.AbstractEventLoop, pid: int) -> int:
+    """The child's wait status, waiting for its exit on the loop: through a pidfd, else by polling."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = -1
+    if pidfd >= 0:
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return _reap_now(pid)
+    delay = 0.001
+    while True:
+        found, status = os.waitpid(pid, os.WNOHANG)
+        if found:
+            return status
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _reap_now(pid: int) -> int:
+    """Wait for a child that has exited or was just SIGKILLed: a matter of microseconds."""
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return 0  # reaped elsewhere
 
 
 def _child(path: str, write_fd: int) -> None:
@@ -64,14 +272,10 @@ def _child(path: str, write_fd: int) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
         try:
-            result: tuple[str, object] = ("ok", load_config(path))
-        except ConfigError as exc:
-            result = ("error", exc.problems)
+            result = _load_with_digest(path)
         except BaseException as exc:  # a bug: report it as a problem with the file rather than hang
-            result = (
-                "error",
-                [f"{path}: internal error while reading the file: {type(exc).__name__}: {exc}"],
-            )
+            problem = f"{path}: internal error while reading the file: {type(exc).__name__}: {exc}"
+            result = Loaded(None, None, (problem,))
         gc.disable()  # this process exits next: never collect
         data = pickle.dumps(result, protocol=_PROTOCOL)
         view = memoryview(data)
@@ -79,3 +283,15 @@ def _child(path: str, write_fd: int) -> None:
             view = view[os.write(write_fd, view) :]
     finally:
         os._exit(0)
+
+
+def load_config_isolated(path: str) -> Config:
+    """`load_isolated` for a caller in a thread, raising ConfigError like `load_config`.
+
+    Transitional: the clock calls this through `run_blocking` until it awaits `load_isolated` itself (and
+    compares `Loaded.digest` instead of `FileWatcher.changed`); then this goes.
+    """
+    loaded = asyncio.run(load_isolated(path))
+    if loaded.config is None:
+        raise ConfigError(loaded.problems)
+    return loaded.config

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import queue
-import re
 import socket
 import ssl
 import threading
@@ -26,7 +25,8 @@ from typing import Literal
 from structlog.typing import FilteringBoundLogger
 
 import scheduler
-from scheduler.config import ENV_REFERENCE
+from scheduler.config import ENV_REFERENCE, expand_env
+from scheduler.errors import ConfigError
 from scheduler.redact import host_only
 
 DEFAULT_PING_TIMEOUT_S = 5.0
@@ -229,8 +229,8 @@ class Pinger:
     def _send_with_retries(self, ping: _Ping) -> None:
         try:
             url = self._url(ping)
-        except KeyError as exc:
-            self._failed(ping, 0, f"environment variable {exc.args[0]} is not set")
+        except ConfigError as exc:
+            self._failed(ping, 0, str(exc))
             return
         except ValueError as exc:
             self._failed(ping, 0, str(exc))
@@ -268,17 +268,11 @@ class Pinger:
 
     def _url(self, ping: _Ping) -> str:
         """The URL to request: ${NAME}s filled from env, the kind's suffix after the path (less any trailing
-        '/'), and rid added to the query as written. Raises KeyError(NAME) for an unset or empty variable and
+        '/'), and rid added to the query as written. Raises ConfigError for an unset or empty variable and
         ValueError for a URL that is not an http(s) one."""
-
-        def fill(match: re.Match[str]) -> str:
-            value = self._env.get(match.group(1))
-            if not value:
-                raise KeyError(match.group(1))
-            return value
-
+        url = expand_env(ping.url, self._env, "")
         try:
-            parts = urllib.parse.urlsplit(ENV_REFERENCE.sub(fill, ping.url))
+            parts = urllib.parse.urlsplit(url)
         except ValueError:
             raise ValueError("not a valid URL") from None  # urllib's message may quote the URL
         if parts.scheme.lower() not in _SCHEMES or not parts.netloc:

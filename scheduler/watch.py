@@ -1,24 +1,29 @@
-"""Notice when the config file changes on disk: by content, through atomic saves and symlink swaps."""
+"""Notice when the config file may have changed on disk, through atomic saves and symlink swaps."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 
+from scheduler.errors import ConfigError
+from scheduler.loader import read_config_file
+
 
 class FileWatcher:
-    """Polls one file for a change of content.
+    """Polls one file's metadata, one stat per poll.
 
     It re-resolves the path on every poll, so an editor's atomic save (write a temporary file, rename it
     over the old one) and a Kubernetes ConfigMap swap (the `..data` symlink of the file's folder is
-    replaced) are both seen. A cheap stat decides whether to read; a hash of the bytes decides whether
-    the content really changed, so a `touch` does not cause a reload.
+    replaced) are both seen. It never reads the file: whether the content really changed is for the
+    reload to tell, by comparing `loader.Loaded.digest` with the last one, so that a `touch` does not
+    cause a reload.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, digest: str | None = None) -> None:
+        """`digest`: the content's when last loaded (`Config.digest`), for the transitional `changed`."""
         self.path = path
         self._stat = self._stat_key()
-        self._digest = self._read_digest()
+        self._digest = digest
 
     def _stat_key(self) -> tuple[int, int, int, int] | None:
         try:
@@ -26,13 +31,6 @@ class FileWatcher:
         except OSError:
             return None
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def _read_digest(self) -> bytes | None:
-        try:
-            with open(self.path, "rb") as f:
-                return hashlib.sha256(f.read()).digest()
-        except OSError:
-            return None
 
     def touched(self) -> bool:
         """Cheap (one stat): True when the file may have changed since the last look."""
@@ -43,8 +41,12 @@ class FileWatcher:
         return True
 
     def changed(self) -> bool:
-        """Reads the file: True once per change of its content (a file that disappears counts)."""
-        digest = self._read_digest()
+        """Transitional, until the clock compares `Loaded.digest` itself: reads the file (bounded, like
+        every load) and says whether its digest differs from the last one seen."""
+        try:
+            digest: str | None = hashlib.sha256(read_config_file(self.path)).hexdigest()
+        except ConfigError:
+            digest = None
         if digest == self._digest:
             return False
         self._digest = digest

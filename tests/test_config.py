@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+import signal
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from scheduler import config as config_module
 from scheduler import schedule
 from scheduler.config import (
     DEFAULT_GRACE_S,
@@ -23,7 +28,8 @@ from scheduler.config import (
     DEFAULT_SHELL,
     Config,
     TaskSpec,
-    load_config,
+    expand_env,
+    format_duration,
     parse_config,
     parse_duration,
     suggest,
@@ -603,7 +609,9 @@ class TestErrors:
 
     def test_bad_date_value(self) -> None:
         """A date-like value that is no date (2024-02-30) is a problem, not a crash."""
-        assert "task 'a': env: D: cannot read '2024-02-30'" in task_error("env: {D: 2024-02-30}")
+        assert "task 'a': env: D: cannot read the value (day is out of range for month)" in task_error(
+            "env: {D: 2024-02-30}"
+        )
 
     def test_errors_collected_and_ordered(self) -> None:
         """Every problem is reported in one ConfigError, ordered by line."""
@@ -752,10 +760,8 @@ class TestStore:
         "url", ["${DATABASE_URL", "postgresql://u:${PGPASS@h/db", "${A}${B", "postgresql://h/${"]
     )
     def test_unclosed_reference(self, url: str) -> None:
-        """A `${` without its `}` is an error naming the line and the value."""
-        assert f"schedules.yaml:1:8: store: unclosed '${{' in {url!r}; write ${{NAME}}" == top_error(
-            f"store: {url}"
-        )
+        """A `${` without its `}` is an error naming the line, not the value: it may hold a password."""
+        assert "schedules.yaml:1:8: store: unclosed '${'; write ${NAME}" == top_error(f"store: {url}")
 
     @pytest.mark.parametrize(
         ("url", "reference"),
@@ -763,20 +769,20 @@ class TestStore:
             ("${1x}", "${1x}"),
             ("${}", "${}"),
             ("${DATABASE-URL}", "${DATABASE-URL}"),
-            ("${A:-sqlite:///a.db}", "${A:-sqlite:///a.db}"),
+            ("${A:-postgresql://u:secret@h/db}", "${...}"),
             ("postgresql://${USER}@${2HOST}/db", "${2HOST}"),
         ],
     )
     def test_invalid_reference(self, url: str, reference: str) -> None:
         """A reference must be `${NAME}`, NAME being letters, digits and '_', not starting with a digit."""
         assert (
-            f"schedules.yaml:1:8: store: invalid variable reference {reference!r} in {url!r}: "
+            f"schedules.yaml:1:8: store: invalid variable reference {reference!r}: "
             "write ${NAME}, with letters, digits and '_', not starting with a digit"
         ) == top_error(f"store: {url}")
 
     def test_error_names_its_line(self) -> None:
         """A bad store further down the file is reported at its own line and column."""
-        expected = "schedules.yaml:4:10: store: unclosed '${' in '${DATABASE_URL'; write ${NAME}"
+        expected = "schedules.yaml:4:10: store: unclosed '${'; write ${NAME}"
 
         assert [expected] == problems("""
             timezone: UTC
@@ -1050,11 +1056,21 @@ class TestPing:
         )
 
     @pytest.mark.parametrize(
-        "url", ["ftp://x", "hc-ping.com/abc", "hc-ping.com/${KEY}", "ftp://${HOST}/x", "mailto:a@b.example"]
+        ("url", "shown"),
+        [
+            ("ftp://x", "'ftp://x'"),
+            ("ftp://hc-ping.com/secret-key", "'ftp://hc-ping.com/…'"),
+            ("hc-ping.com/abc", "'hc-ping.com/…'"),
+            ("hc-ping.com/${KEY}", "'hc-ping.com/…'"),
+            ("ftp://${HOST}/x", "'ftp://${HOST}/…'"),
+            ("ftp://user:secret@h/x", "'ftp://user:***@h/…'"),
+            ("mailto:a@b.example", "text that is not a URL (not shown: it may hold a password)"),
+        ],
     )
-    def test_bad_scheme(self, url: str) -> None:
-        """The text before any `${` must be, or begin, http:// or https://."""
-        assert f"schedules.yaml:5:15: task 'a': ping_url: {PING_URL_FORMS}, got {url!r}" == task_error(
+    def test_bad_scheme(self, url: str, shown: str) -> None:
+        """The text before any `${` must be, or begin, http:// or https://. The error shows the scheme and
+        the host only: a ping URL's path is its check's key."""
+        assert f"schedules.yaml:5:15: task 'a': ping_url: {PING_URL_FORMS}, got {shown}" == task_error(
             f"ping_url: {url}"
         )
 
@@ -1067,19 +1083,19 @@ class TestPing:
 
     @pytest.mark.parametrize("url", ["https://hc-ping.com/${KEY", "${PING_URL", "https://h/${A}/${"])
     def test_unclosed_reference(self, url: str) -> None:
-        """A `${` without its `}` is an error naming the line, the task and the value."""
-        assert f"schedules.yaml:5:15: task 'a': ping_url: unclosed '${{' in {url!r}; write ${{NAME}}" == (
+        """A `${` without its `}` is an error naming the line and the task, not the URL: it holds a key."""
+        assert "schedules.yaml:5:15: task 'a': ping_url: unclosed '${'; write ${NAME}" == (
             task_error(f"ping_url: {url}")
         )
 
     @pytest.mark.parametrize(
         ("url", "reference"),
-        [("https://hc-ping.com/${1KEY}", "${1KEY}"), ("${}", "${}"), ("https://h/${A:-x}", "${A:-x}")],
+        [("https://hc-ping.com/${1KEY}", "${1KEY}"), ("${}", "${}"), ("https://h/${A:-x}", "${...}")],
     )
     def test_invalid_reference(self, url: str, reference: str) -> None:
         """A reference must be `${NAME}`, as in `store`."""
         assert (
-            f"schedules.yaml:5:15: task 'a': ping_url: invalid variable reference {reference!r} in {url!r}: "
+            f"schedules.yaml:5:15: task 'a': ping_url: invalid variable reference {reference!r}: "
             "write ${NAME}, with letters, digits and '_', not starting with a digit"
         ) == task_error(f"ping_url: {url}")
 
@@ -1502,45 +1518,301 @@ class TestPickling:
         assert 4 == task.line
 
 
-class TestLoadConfig:
-    def test_reads_file(self, tmp_path: Path) -> None:
-        """A file on disk parses, with cwd relative to its folder and its path in the Config."""
-        path = tmp_path / "schedules.yaml"
-        path.write_text('tasks:\n  a: {schedule: "0 9 * * *", command: run, cwd: jobs}\n', encoding="utf-8")
+DURATION_KEYS = (
+    "timeout",
+    "grace",
+    "jitter",
+    "kill_grace",
+    "ping_timeout",
+    "hook_timeout",
+    "retry_delay",
+    "retry_max_delay",
+)
+NUMBER_KEYS = ("retries", "retry_backoff")
+# Spellings YAML 1.1 reads as numbers that are not the decimal the user probably meant.
+MISREAD_NUMBERS = [("010", 8), ("0_10", 8), ("0x10", 16), ("0b10", 2), ("0x3", 3), ("0b11", 3)]
 
-        config = load_config(str(path))
 
-        assert str(path) == config.path
-        assert str(tmp_path / "jobs") == config.tasks["a"].cwd
+class TestNumericForms:
+    @pytest.mark.parametrize("key", DURATION_KEYS + NUMBER_KEYS)
+    @pytest.mark.parametrize(("value", "number"), MISREAD_NUMBERS)
+    def test_octal_hex_binary_are_errors(self, key: str, value: str, number: int) -> None:
+        """No numeric setting silently reads 010 as 8, 0x10 as 16 or 0b10 as 2: the error says how YAML 1.1
+        read it and asks for decimal digits."""
+        error = task_error(f"{key}: {value}")
+        assert error.startswith(f"schedules.yaml:5:{len(key) + 7}: task 'a': {key}: expected "), error
+        assert error.endswith(
+            f", got {value}, which YAML 1.1 reads as the number {number}; write it in decimal digits"
+        ), error
 
-    def test_errors_name_the_path(self, tmp_path: Path) -> None:
-        """Problems in a file on disk start with its path."""
-        path = tmp_path / "clock.yaml"
-        path.write_text("tasks:\n  a: {schedule: '0 9 * * *'}\n", encoding="utf-8")
+    @pytest.mark.parametrize("key", DURATION_KEYS + NUMBER_KEYS)
+    @pytest.mark.parametrize("value", ["1:30", "1:30.5", "-1:30"])
+    def test_sexagesimal_is_an_error(self, key: str, value: str) -> None:
+        """Base-60 (1:30 is 90 in YAML 1.1) is an error for every numeric setting."""
+        error = task_error(f"{key}: {value}")
+        assert f"task 'a': {key}: expected " in error
+        assert "base-60" in error or "decimal digits" in error, error
 
-        with pytest.raises(ConfigError, match=rf"^{path}:2:3: task 'a': missing required key 'command'$"):
-            load_config(str(path))
+    @pytest.mark.parametrize("key", DURATION_KEYS + NUMBER_KEYS)
+    @pytest.mark.parametrize("value", ["0o10", "0O10", "1e3", "0x1p3", "0b"])
+    def test_other_radix_text_is_an_error(self, key: str, value: str) -> None:
+        """YAML 1.2's 0o10 and other number-like text is not a number, and is reported as the text."""
+        assert f"task 'a': {key}: expected " in task_error(f"{key}: {value}")
 
-    def test_missing_file(self, tmp_path: Path) -> None:
-        """A missing file is one problem naming the path."""
-        path = tmp_path / "nope.yaml"
+    @pytest.mark.parametrize(("value", "number"), MISREAD_NUMBERS)
+    def test_in_defaults(self, value: str, number: int) -> None:
+        """A default is checked the same way."""
+        assert [
+            "schedules.yaml:3:12: defaults: timeout: expected a duration like 90s, 10m, 1h30m or a number "
+            f"of seconds, got {value}, which YAML 1.1 reads as the number {number}; write it in decimal "
+            "digits"
+        ] == problems(f"""
+            defaults:
+              timeout: {value}
+            tasks: {{}}
+        """)
 
-        with pytest.raises(ConfigError, match=rf"^{path}: no such file$") as info:
-            load_config(str(path))
-        assert 1 == len(info.value.problems)
+    @pytest.mark.parametrize(
+        ("value", "seconds"),
+        [
+            ("10", 10.0),
+            ("+10", 10.0),
+            ("0", 0.0),
+            ("1_000", 1000.0),
+            ("010.5", 10.5),
+            ("0.5", 0.5),
+            ("'010'", 10.0),
+        ],
+    )
+    def test_decimal_forms_still_read(self, value: str, seconds: float) -> None:
+        """Decimal digits, with a fraction or `_` separators, and quoted digits, read as written."""
+        assert seconds == one_task(f"grace: {value}").grace_s
 
-    def test_directory(self, tmp_path: Path) -> None:
-        """A directory is reported as such."""
-        with pytest.raises(ConfigError, match=rf"^{tmp_path}: is a directory"):
-            load_config(str(tmp_path))
 
-    def test_not_utf8(self, tmp_path: Path) -> None:
-        """A file that is not UTF-8 names the path, the line and the byte."""
-        path = tmp_path / "latin1.yaml"
-        path.write_bytes("tasks: {}\n# caf\u00e9\n".encode("latin-1"))
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail with TimeoutError if the block takes longer than `seconds` (a runaway parse, not a hang)."""
 
-        with pytest.raises(ConfigError, match=rf"^{path}:2:6: not UTF-8 text \(byte 0xe9\)"):
-            load_config(str(path))
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"took longer than {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def merge_bomb(levels: int) -> str:
+    """Each task merges the one before twice: 2**levels expansions if each merge is expanded every time."""
+    lines = ["tasks:", '  t0: &t0 {schedule: "@daily", command: run}']
+    lines += [f"  t{i}: &t{i} {{<<: [*t{i - 1}, *t{i - 1}]}}" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+class TestExpansionLimits:
+    def test_merge_bomb_loads_fast(self) -> None:
+        """A 760-byte file whose merges double at each of 25 levels loads at once: each merge is expanded once
+        (it took minutes when every reference expanded it again)."""
+        text = merge_bomb(25)
+        assert len(text) < 800
+        with deadline(5.0):
+            config = parse_config(text, "schedules.yaml", base_dir=BASE)
+        assert 25 == len(config.tasks)
+        assert "run" == config.tasks["t24"].command
+
+    def test_too_many_nodes(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A file that expands past the limit is one more problem, at the place where it crossed it, and
+        the parse stops there."""
+        monkeypatch.setattr(config_module, "MAX_CONFIG_NODES", 50)
+        text = "tasks:\n" + "".join(
+            f'  t{i}: {{schedule: "@daily", command: run, env: &e{i} {{A: "1", B: "2"}}}}\n'
+            for i in range(20)
+        )
+        found = problems(text)
+        assert [
+            "schedules.yaml:7:47: the file expands to more than 50 mapping entries and list items, counting "
+            "every use of an alias or a '<<' merge (the limit); use fewer of them"
+        ] == found
+
+    def test_aliased_mapping_counts_each_use(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A mapping used through an alias in many tasks counts once per use, not once."""
+        monkeypatch.setattr(config_module, "MAX_CONFIG_NODES", 1000)
+        env = "{" + ", ".join(f"V{i}: x" for i in range(100)) + "}"
+        text = f'tasks:\n  t0: {{schedule: "@daily", command: run, env: &e {env}}}\n' + "".join(
+            f'  t{i}: {{schedule: "@daily", command: run, env: *e}}\n' for i in range(1, 20)
+        )
+        assert "the file expands to more than 1,000" in problems(text)[-1]
+
+    def test_limit_fits_the_benchmark(self) -> None:
+        """The 100,000-task benchmark file (a task, 2 settings, a 2-item command each) fits 4 times over."""
+        assert 4 * 100_000 * 5 <= config_module.MAX_CONFIG_NODES
+
+
+SECRET = "hunter2"
+
+
+class TestSecretsNeverEchoed:
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            ("mysql://user:hunter2@h/db", "'mysql://user:***@h/db'"),
+            ("mysql://h/db?password=hunter2", "'mysql://h/db?***'"),
+            ("user:hunter2@h/db", "text that is not a URL (not shown: it may hold a password)"),
+        ],
+    )
+    def test_store_password(self, url: str, shown: str) -> None:
+        """A store URL in an error has its password (and its query) replaced by ***."""
+        error = top_error(f"store: {url}")
+        assert f"schedules.yaml:1:8: store: {STORE_FORMS}, got {shown}" == error
+        assert SECRET not in error
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "postgresql://u:hunter2@h/${DB",
+            "postgresql://u:hunter2@h/${1DB}",
+            "${DB:-postgresql://u:hunter2@h/db}",
+            "postgresql://u:hunter2\\0@h/db",
+        ],
+    )
+    def test_store_reference_and_nul_errors(self, url: str) -> None:
+        """Reference and NUL errors in a store URL do not show the URL."""
+        assert SECRET not in top_error(f'store: "{url}"')
+
+    @pytest.mark.parametrize(
+        "url",
+        ["ftp://hc-ping.com/hunter2", "https://hc-ping.com/hunter2/${K", "https://hc-ping.com/hunter2\\0"],
+    )
+    def test_ping_url_key(self, url: str) -> None:
+        """A ping URL's path is its check's key: errors never show it."""
+        assert SECRET not in task_error(f'ping_url: "{url}"')
+
+    @pytest.mark.parametrize(
+        "value",
+        ['"hunter2\\0"', "2024-02-30", "2024-01-01"],
+    )
+    def test_env_values(self, value: str) -> None:
+        """An env value's error says what is wrong, never the value."""
+        error = task_error(f"env: {{TOKEN: {value}}}")
+        assert error.startswith("schedules.yaml:5:18: task 'a': env: TOKEN: "), error
+        for shown in ("hunter2", "2024"):
+            assert shown not in error
+
+    def test_command_argument(self) -> None:
+        """A NUL in a command's argument is reported without the argument, which may be a password."""
+        assert "schedules.yaml:5:26: task 'a': on_failure[1]: the argument contains a NUL character" == (
+            task_error('on_failure: [notify, "hunter2\\0"]')
+        )
+
+
+class TestNamespace:
+    def test_default(self) -> None:
+        """No namespace is the empty string."""
+        assert "" == parse("tasks: {}\n").namespace
+
+    @pytest.mark.parametrize("name", ["billing", "app_2", "2fa", "a" * 40])
+    def test_valid(self, name: str) -> None:
+        """Lowercase letters, digits and '_', starting with a letter or digit, up to 40 characters."""
+        assert name == parse(f"namespace: {name}\ntasks: {{}}\n").namespace
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            ("Billing", "'Billing'"),
+            ("_app", "'_app'"),
+            ("my-app", "'my-app'"),
+            ("a" * 41, repr("a" * 41)),
+            ("''", "an empty string"),
+            ("5", "the number 5"),
+            ("[a]", "a list"),
+        ],
+    )
+    def test_invalid(self, value: str, shown: str) -> None:
+        """Anything else is an error naming the line, the key and the value."""
+        assert (
+            "schedules.yaml:1:12: namespace: expected up to 40 lowercase letters, digits and '_', starting "
+            f"with a letter or digit, like billing, got {shown}"
+        ) == top_error(f"namespace: {value}")
+
+    def test_compared_and_pickled(self) -> None:
+        """The namespace takes part in equality and survives pickling."""
+        config = parse("namespace: billing\ntasks: {}\n")
+        assert config != parse("tasks: {}\n")
+        assert "billing" == pickle.loads(pickle.dumps(config)).namespace
+
+    def test_misspelt(self) -> None:
+        """A near miss of `namespace` gets a did-you-mean."""
+        assert "schedules.yaml:1:1: unknown key 'namespce' (did you mean 'namespace'?)" == top_error(
+            "namespce: x"
+        )
+
+
+class TestFormatDuration:
+    @pytest.mark.parametrize(
+        ("seconds", "text"),
+        [
+            (0, "0s"),
+            (0.5, "0.5s"),
+            (45, "45s"),
+            (90, "1m30s"),
+            (90.5, "1m30.5s"),
+            (3600, "1h"),
+            (5400, "1h30m"),
+            (86400, "1d"),
+            (90061, "1d1h1m1s"),
+            (600.0, "10m"),
+        ],
+    )
+    def test_forms(self, seconds: float, text: str) -> None:
+        """Largest units first, each at most once, a fraction kept in the seconds."""
+        assert text == format_duration(seconds)
+
+    @pytest.mark.parametrize("seconds", [0.25, 59.5, 61, 3599.5, 86399, 90061, 31_622_400])
+    def test_round_trip(self, seconds: float) -> None:
+        """parse_duration reads back what format_duration writes."""
+        assert seconds == parse_duration(format_duration(seconds))
+
+
+class TestExpandEnv:
+    def test_fills_references(self) -> None:
+        """Each ${NAME} is replaced by its variable; other text stays."""
+        assert "postgresql://u:pw@h/db" == expand_env(
+            "postgresql://u:${PW}@${H}/db", {"PW": "pw", "H": "h"}, "x"
+        )
+
+    @pytest.mark.parametrize("env", [{}, {"PW": ""}])
+    def test_unset_or_empty(self, env: dict[str, str]) -> None:
+        """An unset or empty variable is a ConfigError naming the place and the variable, not the text."""
+        with pytest.raises(ConfigError) as info:
+            expand_env("postgresql://u:${PW}@h/db", env, "schedules.yaml:4: store")
+        assert ["schedules.yaml:4: store: environment variable PW is not set"] == info.value.problems
+
+    def test_no_place(self) -> None:
+        """Without a place, the message is the variable alone."""
+        with pytest.raises(ConfigError, match=r"^environment variable KEY is not set$"):
+            expand_env("https://hc-ping.com/${KEY}", {}, "")
+
+
+class TestDigest:
+    def test_digest_of_bytes(self) -> None:
+        """Config.digest is the hex SHA-256 of the file's bytes, whether given as bytes or as text."""
+        data = b'tasks:\n  a: {schedule: "0 9 * * *", command: run}\n'
+        expected = hashlib.sha256(data).hexdigest()
+        assert expected == parse_config(data, "schedules.yaml").digest
+        assert expected == parse_config(data.decode(), "schedules.yaml").digest
+
+    def test_digest_not_compared(self) -> None:
+        """Two files that differ only in a comment give equal configs, with different digests."""
+        one, two = parse("tasks: {}\n"), parse("# a comment\ntasks: {}\n")
+        assert (True, False) == (one == two, one.digest == two.digest)
+
+    def test_bytes_not_utf8(self) -> None:
+        """Bytes that are not UTF-8 name the line, the column and the byte."""
+        with pytest.raises(ConfigError, match=r"^schedules\.yaml:2:6: not UTF-8 text \(byte 0xe9\)"):
+            parse_config("tasks: {}\n# caf\u00e9\n".encode("latin-1"), "schedules.yaml")
 
 
 class TestParseDuration:

@@ -1,11 +1,19 @@
-"""Tests for scheduler.watch: content changes are seen through renames and symlink swaps."""
+"""Tests for scheduler.watch: changes are seen through renames and symlink swaps, with one stat per poll."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from scheduler.watch import FileWatcher
+
+
+def watch(path: Path) -> FileWatcher:
+    """A watcher of `path`, given the digest of its content as loaded (Config.digest)."""
+    return FileWatcher(str(path), hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def noticed(watcher: FileWatcher) -> bool:
@@ -18,14 +26,14 @@ class TestFileWatcher:
         """No change, no report, and not even a read."""
         path = tmp_path / "schedules.yaml"
         path.write_text("a")
-        watcher = FileWatcher(str(path))
+        watcher = watch(path)
         assert (False, False) == (watcher.touched(), noticed(watcher))
 
     def test_edit_in_place(self, tmp_path: Path) -> None:
         """A new content is reported once."""
         path = tmp_path / "schedules.yaml"
         path.write_text("a")
-        watcher = FileWatcher(str(path))
+        watcher = watch(path)
         path.write_text("bb")
         assert [True, False] == [noticed(watcher), noticed(watcher)]
 
@@ -33,7 +41,7 @@ class TestFileWatcher:
         """A new mtime with the same bytes is looked at, but is not a change."""
         path = tmp_path / "schedules.yaml"
         path.write_text("a")
-        watcher = FileWatcher(str(path))
+        watcher = watch(path)
         os.utime(path, ns=(1, 1))
         assert watcher.touched() is True
         assert watcher.changed() is False
@@ -42,7 +50,7 @@ class TestFileWatcher:
         """An editor's write-then-rename is seen."""
         path = tmp_path / "schedules.yaml"
         path.write_text("a")
-        watcher = FileWatcher(str(path))
+        watcher = watch(path)
         tmp = tmp_path / ".schedules.yaml.swp"
         tmp.write_text("b")
         os.replace(tmp, path)
@@ -55,7 +63,7 @@ class TestFileWatcher:
         (tmp_path / "..data").symlink_to("v1")
         path = tmp_path / "schedules.yaml"
         path.symlink_to("..data/schedules.yaml")
-        watcher = FileWatcher(str(path))
+        watcher = watch(path)
         (tmp_path / "v2").mkdir()
         (tmp_path / "v2" / "schedules.yaml").write_text("b")
         (tmp_path / "..data_tmp").symlink_to("v2")
@@ -66,8 +74,22 @@ class TestFileWatcher:
         """A file that disappears is a change (the reload then reports it), and so is its return."""
         path = tmp_path / "schedules.yaml"
         path.write_text("a")
-        watcher = FileWatcher(str(path))
+        watcher = watch(path)
         path.unlink()
         assert noticed(watcher) is True
         path.write_text("a")
         assert noticed(watcher) is True
+
+    @pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+    def test_touched_never_reads(self, tmp_path: Path, kind: str) -> None:
+        """touched() only stats: a FIFO or /dev/zero swapped in is noticed without a read that would hang
+        or fill memory, and changed() (bounded) sees an unreadable file as a change."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text("a")
+        watcher = watch(path)
+        path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.symlink_to("/dev/zero")
+        assert (True, True) == (watcher.touched(), watcher.changed())
