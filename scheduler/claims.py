@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from scheduler.schedule import Schedule
 from scheduler.state import Fire, TaskState
-from scheduler.store import RunRecord
+from scheduler.store import Claim, RunRecord
 
 if TYPE_CHECKING:
     from scheduler.recorder import History
@@ -44,7 +44,12 @@ class Ledger(Protocol):
     claimed_by: str
 
     async def start(self, now: datetime) -> History | None: ...
-    async def claim(self, records: Sequence[RunRecord]) -> list[bool] | None: ...
+
+    async def claim_runs(
+        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None
+    ) -> list[Claim] | None: ...
+
+    def config_changed(self, digest: str) -> None: ...
     def started_unclaimed(self, record: RunRecord) -> None: ...
     def finished(self, run_id: str, **fields: Any) -> None: ...
     def released(self, run_id: str) -> None: ...
@@ -59,6 +64,9 @@ class Host(Protocol):
         """True once a stop was requested: nothing new starts."""
 
     def now(self) -> datetime: ...
+
+    def task(self, name: str) -> TaskState | None:
+        """The task of that name as the loop runs it now, if any."""
 
     def is_current(self, state: TaskState) -> bool:
         """Whether `state` is still the task's (a reload may have removed or replaced it)."""
@@ -78,7 +86,7 @@ class Host(Protocol):
     ) -> bool:
         """Start a run under the task's overlap policy; True if one started."""
 
-    def skipped(self, name: str, instant: datetime, reason: str, log: LogMethod) -> None: ...
+    def skipped(self, name: str, instant: datetime, reason: str, log: LogMethod, **fields: Any) -> None: ...
 
     def track(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a job the shutdown waits for."""
@@ -116,6 +124,9 @@ class Gate(Protocol):
 
     def not_run(self, run_id: str) -> None:
         """A recorded instant did not start after all (overlap, a failure to start)."""
+
+    def config_changed(self, digest: str) -> None:
+        """A reload swapped in the config with this digest (published in the clock registry)."""
 
     def stop(self) -> None:
         """The clock is stopping: give back what was claimed ahead."""
@@ -160,6 +171,9 @@ class Unclaimed:
     def not_run(self, run_id: str) -> None:
         pass
 
+    def config_changed(self, digest: str) -> None:
+        pass
+
     def stop(self) -> None:
         pass
 
@@ -169,21 +183,24 @@ class Unclaimed:
 
 @dataclass(slots=True)
 class _Claim:
-    """A fire's claim in the store, made ahead of it; `answer` is the store's: won, lost, or None (the
-    store could not say)."""
+    """A fire's claim in the store, made ahead of it; `answer` is the store's (store.Claim), or None when
+    the store could not say."""
 
     record: RunRecord
     due: float
-    answer: asyncio.Future[bool | None]
+    answer: asyncio.Future[Claim | None]
 
 
 class Claims:
     """The gate with a store: claim ahead, decide by the answer, record, give back, catch up."""
 
-    def __init__(self, ledger: Ledger, host: Host, *, log: LogMethod, warn: LogMethod) -> None:
+    def __init__(
+        self, ledger: Ledger, host: Host, *, debug: LogMethod, info: LogMethod, warn: LogMethod
+    ) -> None:
         self._ledger = ledger
         self._host = host
-        self._debug = log
+        self._debug = debug
+        self._info = info
         self._warn = warn
         self._heap: list[Fire] = []  # the fires not claimed yet, by due time
         self._claims: dict[tuple[str, datetime], _Claim] = {}  # claims of fires not due yet
@@ -237,13 +254,23 @@ class Claims:
             self._host.track(self._ask(batch))
 
     async def _ask(self, batch: list[_Claim]) -> None:
-        won: list[bool] | None = None
+        answers: list[Claim] | None = None
         try:
-            won = await self._ledger.claim([claim.record for claim in batch])
+            records = [claim.record for claim in batch]
+            answers = await self._ledger.claim_runs(records, self._overlap(records))
         finally:
             for i, claim in enumerate(batch):
                 if not claim.answer.done():
-                    claim.answer.set_result(None if won is None else won[i])
+                    claim.answer.set_result(None if answers is None else answers[i])
+
+    def _overlap(self, records: Sequence[RunRecord]) -> dict[str, str]:
+        """The overlap policies the store checks across clocks inside the claim: skip and replace."""
+        policies: dict[str, str] = {}
+        for record in records:
+            state = self._host.task(record.task)
+            if state is not None and state.spec.overlap != "allow":
+                policies[record.task] = state.spec.overlap
+        return policies
 
     def fire(self, state: TaskState, instant: datetime) -> bool:
         """Fire a due instant by its claim: at once if the answer is in (True if a run started), else
@@ -251,7 +278,7 @@ class Claims:
         claimed (again) now with the rest of the batch: a clock that won it and then stopped before it was
         due gave it back, and this clock runs it instead."""
         claim = self._claims.pop((state.spec.name, instant), None)
-        if claim is None or (claim.answer.done() and claim.answer.result() is False):
+        if claim is None or (claim.answer.done() and _lost(claim.answer.result())):
             self._to_claim.append((state, instant))
         elif claim.answer.done():
             return self._decide(state, instant, "schedule", claim.record, claim.answer.result())
@@ -288,6 +315,9 @@ class Claims:
             output=output,
         )
 
+    def config_changed(self, digest: str) -> None:
+        self._ledger.config_changed(digest)
+
     def not_run(self, run_id: str) -> None:
         if run_id not in self._recorded:
             return
@@ -312,15 +342,15 @@ class Claims:
     # Inside
 
     async def _fire_when_answered(self, state: TaskState, instant: datetime, claim: _Claim) -> None:
-        ours = await claim.answer
+        answer = await claim.answer
         if not self._host.is_current(state) or self._host.stopping:
-            if ours:
+            if answer is not None and answer.won:
                 self._give_back(claim.record.run_id)
             return
-        if ours is False:
+        if _lost(answer):
             await self._claim_and_fire([(state, instant)], "schedule")
             return
-        self._decide(state, instant, "schedule", claim.record, ours, yield_cpu=True)
+        self._decide(state, instant, "schedule", claim.record, answer, yield_cpu=True)
 
     def _release(self, name: str, instant: datetime) -> None:
         """Give up a claim made ahead that will not be used; a won one is given back to the store."""
@@ -329,8 +359,9 @@ class Claims:
             return
         run_id = claim.record.run_id
 
-        def when_answered(answer: asyncio.Future[bool | None]) -> None:
-            if answer.result():
+        def when_answered(answer: asyncio.Future[Claim | None]) -> None:
+            result = answer.result()
+            if result is not None and result.won:
                 self._give_back(run_id)
 
         if claim.answer.done():
@@ -379,18 +410,18 @@ class Claims:
         """Claim instants that were not claimed ahead (a late fire, a catch-up) together, then decide each."""
         now = self._host.now()
         records = [self._record(state.spec.name, instant, trigger, now) for state, instant in due]
-        won = await self._ledger.claim(records)
-        answers: Sequence[bool | None] = won if won is not None else [None] * len(due)
-        last = max((i for i, ours in enumerate(answers) if ours is not False), default=-1)
+        claimed = await self._ledger.claim_runs(records, self._overlap(records))
+        answers: Sequence[Claim | None] = claimed if claimed is not None else [None] * len(due)
+        last = max((i for i, answer in enumerate(answers) if answer is None or answer.won), default=-1)
         started = 0
-        for i, ((state, instant), record, ours) in enumerate(zip(due, records, answers, strict=True)):
+        for i, ((state, instant), record, answer) in enumerate(zip(due, records, answers, strict=True)):
             if self._host.stopping or not self._host.is_current(state):
                 # Stopping, or the task was removed by a reload while the claim was out.
-                if ours:
+                if answer is not None and answer.won:
                     self._give_back(record.run_id)
                 continue
             # As in a batch from the heap: the first and the last start give their child the CPU at once.
-            if self._decide(state, instant, trigger, record, ours, yield_cpu=started == 0 or i == last):
+            if self._decide(state, instant, trigger, record, answer, yield_cpu=started == 0 or i == last):
                 started += 1
                 if started % YIELD_EVERY_FIRES == 0:
                     await asyncio.sleep(0)
@@ -401,7 +432,7 @@ class Claims:
         instant: datetime,
         trigger: str,
         record: RunRecord,
-        ours: bool | None,
+        answer: Claim | None,
         yield_cpu: bool | None = None,
     ) -> bool:
         """Run a claimed instant or not, by the store's answer; True if a run started.
@@ -412,17 +443,30 @@ class Claims:
         best-effort: at most once is then not guaranteed, as without a store; its run is recorded when the
         store is back. A clock that stops gives back what it claimed ahead (_give_back); one that dies
         cannot, and those fires do not run: at most once, not exactly once.
+
+        Overlap across clocks: for a `skip` task, the store takes the instant but records it skipped while a
+        live clock has a run of the task going (task.skipped, reason overlap, running_on that clock); for
+        `replace`, this clock runs it and the store asks the other clock to stop its run, which it hears at
+        its next heartbeat.
         """
-        if ours is False:
-            self._host.skipped(record.task, instant, "claimed_elsewhere", self._debug)
+        if answer is not None and not answer.won:
+            if answer.running_on is not None:
+                self._host.skipped(record.task, instant, "overlap", self._info, running_on=answer.running_on)
+            else:
+                self._host.skipped(record.task, instant, "claimed_elsewhere", self._debug)
             return False
-        if ours is None:
+        if answer is None:
             if state.spec.require_store:
                 self._host.skipped(record.task, instant, "store_unavailable", self._warn)
                 return False
             self._ledger.started_unclaimed(record)
         self._recorded.add(record.run_id)
         return self._host.start(state, instant, trigger, run_id=record.run_id, yield_cpu=yield_cpu)
+
+
+def _lost(answer: Claim | None) -> bool:
+    """Another clock holds the instant (not: the store took it for this clock as skipped, or did not say)."""
+    return answer is not None and not answer.won and answer.running_on is None
 
 
 def newest_missed(schedule: Schedule, last: datetime, now: datetime) -> datetime | None:

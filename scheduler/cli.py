@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import json
 import os
 import resource
@@ -31,7 +30,7 @@ from scheduler.config import (
     suggest,
 )
 from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
-from scheduler.loader import load_config_isolated
+from scheduler.loader import load_isolated
 from scheduler.observe import NO_METRICS
 from scheduler.watch import FileWatcher
 
@@ -146,15 +145,6 @@ def _close(store: Store) -> None:
         pass
 
 
-def _config_digest(config_path: str) -> str:
-    """A short digest of the config file's bytes: clocks that run different configs tell each other."""
-    try:
-        with open(config_path, "rb") as file:
-            return hashlib.sha256(file.read()).hexdigest()[:12]
-    except OSError:
-        return "unreadable"
-
-
 def _load(config_path: str) -> Config:
     try:
         return load_config(config_path)
@@ -234,7 +224,7 @@ def run(
         needing = sorted(n for n, t in config.tasks.items() if t.catch_up or t.require_store)
         if needing:
             logger.warning("store.missing", tasks=needing, detail="catch_up and require_store need a store")
-    watcher = None if no_watch else FileWatcher(config_path, config.digest)
+    watcher = None if no_watch else FileWatcher(config_path)
     _raise_fd_limit()
 
     async def main() -> None:
@@ -242,29 +232,20 @@ def run(
         if store is not None:
             from scheduler.recorder import Recorder
 
-            def stop_runs(run_ids: list[str]) -> None:
-                # Another clock started a run of an `overlap: replace` task: stop ours, as replace does here.
-                for run in the_clock.running_runs:
-                    if run.run_id in run_ids:
-                        run.stop("killed")
-
             recorder = Recorder(
-                store, log=logger, config_digest=_config_digest(config_path), on_stop_requested=stop_runs
+                store,
+                log=logger,
+                config_digest=config.digest,
+                on_stop_requested=lambda run_ids: the_clock.stop_replaced(run_ids),
             )
             logger.info("store.opened", kind=store.kind, claimed_by=recorder.claimed_by)
-
-        def reload_config() -> Config:
-            new = load_config_isolated(config_path)
-            if recorder is not None:
-                recorder.config_changed(_config_digest(config_path))
-            return new
 
         the_clock = clock.ClockLoop(
             config,
             start_run=runner.start_run,
             log=logger,
             env=dict(os.environ),  # a snapshot: os.environ decodes every variable on each read
-            reload_config=reload_config,
+            load=lambda: load_isolated(config_path),
             watcher=watcher,
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,
             shutdown_grace_s=grace_s,

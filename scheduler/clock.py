@@ -17,8 +17,9 @@ import itertools
 import random
 import signal
 import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -28,8 +29,8 @@ from structlog.typing import FilteringBoundLogger
 from scheduler import __version__
 from scheduler.claims import Claims, Gate, Ledger, LogMethod, Unclaimed, new_run_id
 from scheduler.config import Config, TaskSpec
-from scheduler.errors import ConfigError
 from scheduler.followups import FollowUps, StartRun
+from scheduler.loader import Loaded
 from scheduler.observe import NO_METRICS, NO_PINGS, MetricsSink, PingSink
 from scheduler.state import Fire, TaskState
 
@@ -88,13 +89,10 @@ class SystemTime:
 
 
 class ConfigWatcher(Protocol):
-    """Tells the loop when the config file changed (watch.FileWatcher)."""
+    """Tells the loop when the config file may have changed (watch.FileWatcher)."""
 
     def touched(self) -> bool:
-        """Cheap enough for the loop: may the file have changed?"""
-
-    def changed(self) -> bool:
-        """Run off the loop: has the content really changed?"""
+        """Cheap enough for the loop (one stat): may the file have changed?"""
 
 
 class ClockLoop:
@@ -108,7 +106,7 @@ class ClockLoop:
         log: FilteringBoundLogger,
         env: Mapping[str, str],
         time_source: TimeSource | None = None,
-        reload_config: Callable[[], Config] | None = None,
+        load: Callable[[], Awaitable[Loaded]] | None = None,
         watcher: ConfigWatcher | None = None,
         on_tick: Callable[[], None] | None = None,
         shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
@@ -123,7 +121,8 @@ class ClockLoop:
         self._log = log
         self._env = env
         self._time = time_source or SystemTime()
-        self._reload_config = reload_config
+        self._load = load
+        self._digest: str | None = config.digest
         self._watcher = watcher
         self._on_tick = on_tick
         self._shutdown_grace_s = shutdown_grace_s
@@ -145,7 +144,9 @@ class ClockLoop:
         self._claims: Claims | None = None
         self._gate: Gate
         if recorder is not None:
-            self._gate = self._claims = Claims(recorder, self, log=log.debug, warn=log.warning)
+            self._gate = self._claims = Claims(
+                recorder, self, debug=log.debug, info=log.info, warn=log.warning
+            )
         else:
             self._gate = Unclaimed(self)
         self._followups = FollowUps(
@@ -169,6 +170,15 @@ class ClockLoop:
     def request_reload(self) -> None:
         self._reload_requested = True
         self._wake.set()
+
+    def stop_replaced(self, run_ids: Sequence[str]) -> None:
+        """Another clock started a run of an `overlap: replace` task: stop these runs of ours, as replace
+        does within one clock."""
+        wanted = set(run_ids)
+        for run in self.running_runs:
+            if run.run_id in wanted:
+                self._log.info("task.replaced", task=run.task.name, run_id=run.run_id)
+                run.stop("killed")
 
     @property
     def running_runs(self) -> set[Run]:
@@ -246,6 +256,9 @@ class ClockLoop:
     def now(self) -> datetime:
         return self._time.now()
 
+    def task(self, name: str) -> TaskState | None:
+        return self._tasks.get(name)
+
     def is_current(self, state: TaskState) -> bool:
         return self._tasks.get(state.spec.name) is state
 
@@ -253,8 +266,8 @@ class ClockLoop:
         state = self._tasks.get(fire.name)
         return state is not None and state.generation == fire.generation
 
-    def skipped(self, name: str, instant: datetime, reason: str, log: LogMethod) -> None:
-        log("task.skipped", task=name, scheduled_for=_iso(instant), reason=reason)
+    def skipped(self, name: str, instant: datetime, reason: str, log: LogMethod, **fields: Any) -> None:
+        log("task.skipped", task=name, scheduled_for=_iso(instant), reason=reason, **fields)
         self._metrics.skipped(name, reason)
 
     def track(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -276,8 +289,8 @@ class ClockLoop:
 
         Overlap policy: `skip` logs `task.skipped` (reason `overlap`) and lets the running one finish;
         `allow` starts another; `replace` stops the running ones as a timeout would (SIGTERM, SIGKILL
-        after kill_grace) and starts the new one at once. With several clocks, the policy holds within
-        each clock: a run on another clock does not count.
+        after kill_grace) and starts the new one at once. Across clocks sharing a store, the claim applies
+        the same policies (Claims._decide), and stop_replaced stops this clock's run that another replaced.
         """
         spec = state.spec
         if state.busy:
@@ -425,22 +438,24 @@ class ClockLoop:
     async def _refresh(self, trigger: str) -> None:
         """Reload the config if asked to (SIGHUP) or if the file's content changed.
 
-        Reading, parsing and comparing run off the loop (through run_blocking, a thread; `scheduler run`
-        parses in a forked child too), so that fires stay on time while a large file is reloaded; only
-        the changes are applied on the loop.
+        The file is read, hashed and parsed in a forked child (loader.load_isolated): never on the loop,
+        never in the clock's memory, and a stop cancels it (the child is killed). A file whose digest is
+        the one running is left alone when the trigger is a change on disk (a `touch`); SIGHUP always
+        applies. Comparing with the running tasks runs off the loop; only the changes are applied on it.
         """
-        if self._reload_config is None:
+        if self._load is None:
             return
-        if trigger == "file" and not (self._watcher and await self._run_blocking(self._watcher.changed)):
+        loaded = await self._load()
+        if trigger == "file" and loaded.digest == self._digest:
             return
-        current = {name: state.spec for name, state in self._tasks.items()}
-        reload_config = self._reload_config
-        try:
-            new, diff = await self._run_blocking(lambda: _diff(current, reload_config()))
-        except ConfigError as exc:
-            self._log.error("config.invalid", error=str(exc), trigger=trigger)
+        self._digest = loaded.digest
+        if loaded.config is None:
+            self._log.error("config.invalid", error="\n".join(loaded.problems), trigger=trigger)
             self._metrics.config_reloaded("failure")
             return
+        current = {name: state.spec for name, state in self._tasks.items()}
+        new = loaded.config
+        diff = await self._run_blocking(lambda: _diff(current, new))
         if self._stop_signals:
             return
         self._apply(new, diff, trigger)
@@ -468,6 +483,7 @@ class ClockLoop:
             tasks[name] = state = TaskState(new.tasks[name])
             self._schedule(state, now)
         self.config = new
+        self._gate.config_changed(new.digest)
         self._metrics.config_reloaded("success")
         # Entries of removed or rescheduled tasks are skipped lazily; rebuild when they dominate the heap.
         if len(self._heap) > 2 * len(tasks) + 64:
@@ -526,22 +542,47 @@ class _Diff:
     changed: list[str]
 
 
-def _diff(current: Mapping[str, TaskSpec], new: Config) -> tuple[Config, _Diff]:
+def _diff(current: Mapping[str, TaskSpec], new: Config) -> _Diff:
     """What a reload changes: names added, removed, and changed (any setting differs)."""
     added = sorted(set(new.tasks) - set(current))
     removed = sorted(set(current) - set(new.tasks))
     changed = sorted(n for n in set(new.tasks) & set(current) if new.tasks[n] != current[n])
-    return new, _Diff(added, removed, changed)
+    return _Diff(added, removed, changed)
 
 
 async def _run_in_thread(func: Callable[[], _T]) -> _T:
-    """Run blocking work (reading and parsing the config) in a thread. While it runs, the interpreter
-    switches threads every millisecond instead of every five, so the loop gets the GIL back promptly
-    when a fire is due."""
+    """Run blocking work (comparing a reloaded config with the running one, trimming memory) in a daemon
+    thread of its own. Not asyncio's default executor: asyncio.run joins its threads at exit, so a stop would
+    wait for the work. While it runs, the interpreter switches threads every millisecond instead of every
+    five, so the loop gets the GIL back promptly when a fire is due."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        result: _T | None = None
+        error: BaseException | None = None
+        try:
+            result = func()
+        except BaseException as exc:
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+
     previous = sys.getswitchinterval()
     sys.setswitchinterval(min(previous, _SWITCH_INTERVAL_S))
     try:
-        return await asyncio.to_thread(func)
+        threading.Thread(target=work, name="blocking", daemon=True).start()
+        return await future
     finally:
         sys.setswitchinterval(previous)
 

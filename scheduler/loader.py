@@ -283,15 +283,3 @@ def _child(path: str, write_fd: int) -> None:
             view = view[os.write(write_fd, view) :]
     finally:
         os._exit(0)
-
-
-def load_config_isolated(path: str) -> Config:
-    """`load_isolated` for a caller in a thread, raising ConfigError like `load_config`.
-
-    Transitional: the clock calls this through `run_blocking` until it awaits `load_isolated` itself (and
-    compares `Loaded.digest` instead of `FileWatcher.changed`); then this goes.
-    """
-    loaded = asyncio.run(load_isolated(path))
-    if loaded.config is None:
-        raise ConfigError(loaded.problems)
-    return loaded.config

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-
-from scheduler.errors import ConfigError
-from scheduler.loader import read_config_file
 
 
 class FileWatcher:
@@ -19,11 +15,9 @@ class FileWatcher:
     cause a reload.
     """
 
-    def __init__(self, path: str, digest: str | None = None) -> None:
-        """`digest`: the content's when last loaded (`Config.digest`), for the transitional `changed`."""
+    def __init__(self, path: str) -> None:
         self.path = path
         self._stat = self._stat_key()
-        self._digest = digest
 
     def _stat_key(self) -> tuple[int, int, int, int] | None:
         try:
@@ -38,16 +32,4 @@ class FileWatcher:
         if key == self._stat:
             return False
         self._stat = key
-        return True
-
-    def changed(self) -> bool:
-        """Transitional, until the clock compares `Loaded.digest` itself: reads the file (bounded, like
-        every load) and says whether its digest differs from the last one seen."""
-        try:
-            digest: str | None = hashlib.sha256(read_config_file(self.path)).hexdigest()
-        except ConfigError:
-            digest = None
-        if digest == self._digest:
-            return False
-        self._digest = digest
         return True

@@ -17,7 +17,7 @@ from scheduler.recorder import History
 from scheduler.runner import RunResult
 from scheduler.schedule import parse
 from scheduler.state import Fire, TaskState
-from scheduler.store import RunRecord
+from scheduler.store import Claim, RunRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -43,22 +43,34 @@ class FakeLedger:
         self.down = False
         self.gate: asyncio.Event | None = None
         self.history: History | None = History({}, {}, {})
+        self.overlaps: list[dict[str, str]] = []
+        self.running_elsewhere: dict[str, str] = {}  # task -> the other clock running it
+        self.digests: list[str] = []
 
     async def start(self, now: datetime) -> History | None:
         return self.history
 
-    async def claim(self, records: Sequence[RunRecord]) -> list[bool] | None:
+    async def claim_runs(
+        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None
+    ) -> list[Claim] | None:
         self.claims.append(list(records))
+        self.overlaps.append(dict(overlap or {}))
         if self.gate is not None:
             await self.gate.wait()
         if self.down:
             return None
-        won = []
+        answers = []
         for record in records:
             key = (record.task, record.scheduled_for)
-            won.append(key not in self.claimed)
+            elsewhere = self.running_elsewhere.get(record.task)
+            policy = (overlap or {}).get(record.task)
+            won = key not in self.claimed and not (elsewhere and policy == "skip")
+            answers.append(Claim(won, elsewhere if policy else None))
             self.claimed.setdefault(key, record.run_id)
-        return won
+        return answers
+
+    def config_changed(self, digest: str) -> None:
+        self.digests.append(digest)
 
     def started_unclaimed(self, record: RunRecord) -> None:
         self.unclaimed.append(record)
@@ -94,6 +106,7 @@ class FakeHost:
         self.stop_requested = False
         self.started: list[Started] = []
         self.skips: list[tuple[str, datetime, str]] = []
+        self.skip_fields: list[dict[str, Any]] = []
         self.jobs: list[asyncio.Task[None]] = []
 
     @property
@@ -102,6 +115,9 @@ class FakeHost:
 
     def now(self) -> datetime:
         return self.t
+
+    def task(self, name: str) -> TaskState | None:
+        return self.tasks.get(name)
 
     def is_current(self, state: TaskState) -> bool:
         return self.tasks.get(state.spec.name) is state
@@ -123,8 +139,9 @@ class FakeHost:
         self.started.append(Started(state.spec.name, instant, trigger, run_id, yield_cpu))
         return True
 
-    def skipped(self, name: str, instant: datetime, reason: str, log: Any) -> None:
+    def skipped(self, name: str, instant: datetime, reason: str, log: Any, **fields: Any) -> None:
         self.skips.append((name, instant, reason))
+        self.skip_fields.append(fields)
 
     def track(self, coro: Coroutine[Any, Any, None]) -> None:
         self.jobs.append(asyncio.get_running_loop().create_task(coro))
@@ -142,7 +159,7 @@ def setup(*specs: TaskSpec) -> tuple[Claims, FakeHost, FakeLedger, dict[str, Tas
     states = {s.name: TaskState(s) for s in specs}
     host = FakeHost(states)
     ledger = FakeLedger()
-    return Claims(ledger, host, log=_noop, warn=_noop), host, ledger, states
+    return Claims(ledger, host, debug=_noop, info=_noop, warn=_noop), host, ledger, states
 
 
 def fire_of(state: TaskState, instant: datetime, seq: int = 0) -> Fire:
@@ -273,6 +290,58 @@ class TestDecide:
             assert ["free"] == [s.task for s in host.started]
             assert [("strict", due, "store_unavailable")] == host.skips
             assert ["free"] == [r.task for r in ledger.unclaimed]
+
+        asyncio.run(main())
+
+
+class TestOverlapAcrossClocks:
+    def test_skip_and_replace_policies_go_with_the_claim(self) -> None:
+        """The claim batch carries the tasks' skip and replace policies; allow needs no check."""
+
+        async def main() -> None:
+            claims, host, ledger, states = setup(
+                spec("s", overlap="skip"), spec("r", overlap="replace"), spec("a", overlap="allow")
+            )
+            due = T0 + timedelta(milliseconds=500)
+            for i, name in enumerate(("s", "r", "a")):
+                claims.queued(fire_of(states[name], due, seq=i))
+            claims.ahead(T0)
+            await host.settle()
+            assert [{"s": "skip", "r": "replace"}] == ledger.overlaps
+
+        asyncio.run(main())
+
+    def test_skip_while_another_clock_runs_it(self) -> None:
+        """A skip task running on another live clock is skipped (reason overlap, naming that clock), and
+        the instant is not asked for again."""
+
+        async def main() -> None:
+            claims, host, ledger, states = setup(spec("s", overlap="skip"))
+            ledger.running_elsewhere["s"] = "web.1:4:abc"
+            due = T0 + timedelta(milliseconds=500)
+            claims.queued(fire_of(states["s"], due))
+            claims.ahead(T0)
+            await host.settle()
+            assert claims.fire(states["s"], due) is False
+            claims.end_of_batch()
+            await host.settle()
+            assert ([], [("s", due, "overlap")]) == (host.started, host.skips)
+            assert [{"running_on": "web.1:4:abc"}] == host.skip_fields
+            assert 1 == len(ledger.claims)
+
+        asyncio.run(main())
+
+    def test_replace_runs_here(self) -> None:
+        """A replace task running on another clock runs here (the store asks the other to stop)."""
+
+        async def main() -> None:
+            claims, host, ledger, states = setup(spec("r", overlap="replace"))
+            ledger.running_elsewhere["r"] = "web.1:4:abc"
+            due = T0 + timedelta(milliseconds=500)
+            claims.queued(fire_of(states["r"], due))
+            claims.ahead(T0)
+            await host.settle()
+            assert claims.fire(states["r"], due) is True
 
         asyncio.run(main())
 

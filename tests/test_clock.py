@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,11 +18,12 @@ from structlog.testing import capture_logs
 from scheduler.clock import ClockLoop
 from scheduler.config import Config, TaskSpec
 from scheduler.errors import ConfigError
+from scheduler.loader import Loaded
 from scheduler.observe import NO_METRICS, NO_PINGS
 from scheduler.recorder import History
 from scheduler.runner import RunResult
 from scheduler.schedule import parse
-from scheduler.store import RunRecord
+from scheduler.store import Claim, RunRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -74,16 +75,28 @@ class FakeRun:
 
 
 class FakeWatcher:
-    """A config file whose content changes when `changes` says so; every poll looks at it."""
-
-    def __init__(self, changes: Iterator[bool]) -> None:
-        self.changes = changes
+    """A config file that may have changed at every poll (the loaded digest decides whether it did)."""
 
     def touched(self) -> bool:
         return True
 
-    def changed(self) -> bool:
-        return next(self.changes, False)
+
+class FakeLoader:
+    """The loop's `load`: what `make` returns, loaded under the digests given in turn (else a new one each
+    time); a ConfigError from `make` comes back as an invalid file."""
+
+    def __init__(self, make: Callable[[], Config], digests: Iterator[str] | None = None) -> None:
+        self.make = make
+        self.digests = digests
+        self.count = 0
+
+    async def __call__(self) -> Loaded:
+        self.count += 1
+        digest = next(self.digests) if self.digests is not None else f"v{self.count}"
+        try:
+            return Loaded(digest, self.make())
+        except ConfigError as exc:
+            return Loaded(digest, None, tuple(exc.problems))
 
 
 class FakeTime:
@@ -166,6 +179,7 @@ def drive(
     fake: FakeTime,
     *,
     reload_config: Callable[[], Config] | None = None,
+    load: Callable[[], Awaitable[Loaded]] | None = None,
     watcher: Any = None,
     recorder: Any = None,
     metrics: Any = None,
@@ -180,7 +194,7 @@ def drive(
             log=structlog.get_logger(),
             env={},
             time_source=fake,
-            reload_config=reload_config,
+            load=load or (FakeLoader(reload_config) if reload_config is not None else None),
             watcher=watcher,
             rng=random.Random(7),
             shutdown_grace_s=5,
@@ -380,14 +394,13 @@ class TestReload:
 
     def test_file_change_reloads(self) -> None:
         """A changed file is reloaded on the next poll, with trigger=file; an unchanged one is not."""
-        changes = iter([False, False, True])
         new = config(task("a", "*/2 * * * * *"))
         fake = FakeTime(T0, T0 + timedelta(seconds=6, milliseconds=500))
         logs = drive(
             config(task("a", "* * * * * *")),
             fake,
-            reload_config=lambda: new,
-            watcher=FakeWatcher(changes),
+            load=FakeLoader(lambda: new, iter(["", "", "v2"])),
+            watcher=FakeWatcher(),
         )
         (reloaded,) = events(logs, "config.reloaded")
         assert ("file", ["a"]) == (reloaded["trigger"], reloaded["changed"])
@@ -402,6 +415,51 @@ class TestReload:
         (reloaded,) = events(logs, "config.reloaded")
         assert ([], [], []) == (reloaded["added"], reloaded["removed"], reloaded["changed"])
         assert [T0 + timedelta(minutes=m) for m in (1, 2)] == fired(fake)
+
+
+class TestReloadDigest:
+    def test_a_touch_is_not_a_reload_but_sighup_is(self) -> None:
+        """On a file change with the running digest nothing happens; SIGHUP reloads all the same."""
+        fake = FakeTime(T0, T0 + timedelta(seconds=3, milliseconds=500))
+        fake.at(
+            T0 + timedelta(seconds=2, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
+        )
+        cfg = config(task("a", "* * * * * *"))
+        loader = FakeLoader(lambda: cfg, iter(["", "", "", "", ""]))
+        logs = drive(cfg, fake, load=loader, watcher=FakeWatcher())
+        assert loader.count >= 3
+        assert ["signal"] == [e["trigger"] for e in events(logs, "config.reloaded")]
+
+    def test_the_new_digest_goes_to_the_registry(self) -> None:
+        """A reload tells the store which config this clock now runs."""
+        fake = FakeTime(T0, T0 + timedelta(seconds=2, milliseconds=500))
+        fake.at(
+            T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
+        )
+        recorder = FakeRecorder()
+        new = replace(config(task("a", "*/2 * * * * *")), digest="d2")
+        drive(config(task("a", "* * * * * *")), fake, recorder=recorder, load=FakeLoader(lambda: new))
+        assert ["d2"] == recorder.digests
+
+    def test_stop_during_a_reload_does_not_wait_for_it(self) -> None:
+        """A reload that never finishes (a parse stuck on a slow file) is cancelled at the stop."""
+        cancelled = []
+
+        async def stuck() -> Loaded:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+            raise AssertionError("unreachable")
+
+        fake = FakeTime(T0, T0 + timedelta(seconds=2, milliseconds=500))
+        fake.at(
+            T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
+        )
+        logs = drive(config(task("a", "* * * * * *")), fake, load=stuck)  # type: ignore[arg-type]
+        assert [True] == cancelled
+        assert "scheduler.stopped" == logs[-1]["event"]
 
 
 class TestShutdown:
@@ -441,6 +499,7 @@ class FakeRecorder:
         self.race: dict[tuple[str, datetime], str] = {}  # claimed by another clock just after start()
         self.last_run: dict[str, datetime] = {}
         self.last_success: dict[str, datetime] = {}
+        self.digests: list[str] = []
 
     async def start(self, now: datetime) -> History | None:
         if self.down:
@@ -451,7 +510,16 @@ class FakeRecorder:
         self.claimed.update(self.race)
         return History(newest, self.last_run, self.last_success)
 
-    async def claim(self, records: list[RunRecord]) -> list[bool] | None:
+    async def claim_runs(
+        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None
+    ) -> list[Claim] | None:
+        won = await self.claim(records)
+        return None if won is None else [Claim(w) for w in won]
+
+    def config_changed(self, digest: str) -> None:
+        self.digests.append(digest)
+
+    async def claim(self, records: Sequence[RunRecord]) -> list[bool] | None:
         if self.down:
             return None
         won = []

@@ -23,7 +23,6 @@ from scheduler.loader import (
     MAX_CONFIG_BYTES,
     Loaded,
     load_config,
-    load_config_isolated,
     load_isolated,
     read_config_file,
 )
@@ -311,22 +310,6 @@ class TestLoadIsolated:
         monkeypatch.setattr(os, "pidfd_open", no_pidfd)
         loaded = run(load_isolated(str(config_file)))
         assert loaded.config is not None
-
-
-class TestLoadConfigIsolated:
-    def test_same_config_as_in_process(self, config_file: Path) -> None:
-        """The thread-side wrapper gives load_config's config."""
-        assert load_config(str(config_file)) == load_config_isolated(str(config_file))
-
-    def test_errors_come_back_as_config_errors(self, tmp_path: Path) -> None:
-        """Every problem the child finds is raised in the caller, unchanged."""
-        path = tmp_path / "schedules.yaml"
-        path.write_text("tasks:\n  a:\n    schedule: every fortnight\n    comand: x\n")
-        with pytest.raises(ConfigError) as isolated:
-            load_config_isolated(str(path))
-        with pytest.raises(ConfigError) as direct:
-            load_config(str(path))
-        assert direct.value.problems == isolated.value.problems
 
 
 class TestPickling:
