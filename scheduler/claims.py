@@ -46,7 +46,7 @@ class Ledger(Protocol):
     async def start(self, now: datetime) -> History | None: ...
 
     async def claim_runs(
-        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None
+        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None, *, ahead: bool = False
     ) -> list[Claim] | None: ...
 
     def config_changed(self, digest: str) -> None: ...
@@ -257,7 +257,7 @@ class Claims:
         answers: list[Claim] | None = None
         try:
             records = [claim.record for claim in batch]
-            answers = await self._ledger.claim_runs(records, self._overlap(records))
+            answers = await self._ledger.claim_runs(records, self._overlap(records), ahead=True)
         finally:
             for i, claim in enumerate(batch):
                 if not claim.answer.done():
@@ -276,9 +276,10 @@ class Claims:
         """Fire a due instant by its claim: at once if the answer is in (True if a run started), else
         when it comes. An instant that was not claimed ahead, or whose claim ahead another clock won, is
         claimed (again) now with the rest of the batch: a clock that won it and then stopped before it was
-        due gave it back, and this clock runs it instead."""
+        due gave it back, and this clock runs it instead. So is an instant left unclaimed ahead because
+        another clock's run of the task was going then: it may have ended by now."""
         claim = self._claims.pop((state.spec.name, instant), None)
-        if claim is None or (claim.answer.done() and _lost(claim.answer.result())):
+        if claim is None or (claim.answer.done() and _not_held(claim.answer.result())):
             self._to_claim.append((state, instant))
         elif claim.answer.done():
             return self._decide(state, instant, "schedule", claim.record, claim.answer.result())
@@ -347,7 +348,7 @@ class Claims:
             if answer is not None and answer.won:
                 self._give_back(claim.record.run_id)
             return
-        if _lost(answer):
+        if _not_held(answer):
             await self._claim_and_fire([(state, instant)], "schedule")
             return
         self._decide(state, instant, "schedule", claim.record, answer, yield_cpu=True)
@@ -464,9 +465,10 @@ class Claims:
         return self._host.start(state, instant, trigger, run_id=record.run_id, yield_cpu=yield_cpu)
 
 
-def _lost(answer: Claim | None) -> bool:
-    """Another clock holds the instant (not: the store took it for this clock as skipped, or did not say)."""
-    return answer is not None and not answer.won and answer.running_on is None
+def _not_held(answer: Claim | None) -> bool:
+    """An answer to a claim ahead that leaves the instant to be asked for again when due: another clock
+    holds it (it may give it back), or another clock's run of the task was going (it may have ended)."""
+    return answer is not None and not answer.won
 
 
 def newest_missed(schedule: Schedule, last: datetime, now: datetime) -> datetime | None:

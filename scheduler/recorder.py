@@ -141,25 +141,21 @@ class Recorder:
         return lost, beat, History(self.store.last_claimed(), last_runs, self.store.last_successes())
 
     async def claim_runs(
-        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None
+        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None, *, ahead: bool = False
     ) -> list[Claim] | None:
         """The store's answer for each instant (Store.claim: won, and the clock an overlap was found on);
         None when the store is unavailable or did not answer within the claim timeout (an answer that
         arrives later is not waited for). `overlap` maps tasks to `skip` or `replace`, to hold those
-        policies across clocks."""
+        policies across clocks; `ahead` for a claim made before the instant is due (see Store.claim)."""
         if not self._available:
             return None
         try:
-            return await self._call(lambda: self.store.claim(records, overlap), self._claim_timeout_s)
+            return await self._call(
+                lambda: self.store.claim(records, overlap, ahead=ahead), self._claim_timeout_s
+            )
         except StoreError as exc:
             self._went_down(exc)
             return None
-
-    async def claim(self, records: Sequence[RunRecord]) -> list[bool] | None:
-        """Whether this clock won each instant, with no overlap check across clocks: claim_runs() without
-        `overlap`, for a clock that does not pass its policies yet."""
-        claims = await self.claim_runs(records)
-        return None if claims is None else [claim.won for claim in claims]
 
     def config_changed(self, digest: str) -> None:
         """Note the config this clock now runs (after a reload); the next heartbeat tells the store."""

@@ -193,9 +193,12 @@ _SQL_INSERT = (
 _SQL_INSERT_ONE = f"{_SQL_INSERT} ON CONFLICT DO NOTHING"
 # A clock is live while its lease runs and it has not stopped.
 _SQL_LIVE = "(stopped_at IS NULL AND heartbeat_at > {dead_before})"
-# The runs that other live clocks have going, of the tasks given; the overlap check of a claim.
+# The runs that other live clocks have going or claimed, of the tasks given; the overlap check of a claim.
+# `going`: the run's clock was heard from at or after the run was to start, so it did start (a claim made
+# ahead for an instant not reached yet, or one its clock died before reaching, is not going).
 _SQL_BUSY = """
-    SELECT run.id, run.task, run.claimed_by FROM scheduler_runs AS run
+    SELECT run.id, run.task, run.claimed_by, run.started_at <= clock.heartbeat_at AS going, run.started_at
+    FROM scheduler_runs AS run
     JOIN scheduler_clocks AS clock ON clock.namespace = run.namespace AND clock.id = run.claimed_by
     WHERE run.namespace = ? AND run.status = 'running' AND run.finished_at IS NULL AND run.claimed_by <> ?
     AND clock.stopped_at IS NULL AND clock.heartbeat_at > {dead_before}
@@ -203,7 +206,8 @@ _SQL_BUSY = """
 # One statement for a whole batch, overlap check included, so that a claim costs one round trip. Rows go in
 # in key order so that two clocks claiming overlapping batches wait for each other instead of deadlocking.
 # A `skip` instant that another live clock's run overlaps is still inserted (so no other clock runs it), as
-# skipped; a `replace` instant that this clock won asks the other clocks to stop their runs of the task.
+# skipped, or, claimed ahead (`skip_ahead`), left alone to be asked again when due; a `replace` instant that
+# this clock won asks the other clocks to stop their runs of the task.
 # Parameters: the 12 columns and the overlaps as arrays, the namespace, the claimer, the namespace again.
 _SQL_CLAIM_BATCH = f"""
     WITH batch AS (
@@ -222,9 +226,11 @@ _SQL_CLAIM_BATCH = f"""
             CASE WHEN skipped THEN started_at ELSE finished_at END,
             exit_code, signal, duration_s, output
         FROM (
-            SELECT batch.*, overlap = 'skip' AND EXISTS (SELECT 1 FROM busy WHERE busy.task = batch.task)
+            SELECT batch.*,
+                overlap = 'skip' AND EXISTS (SELECT 1 FROM busy WHERE busy.task = batch.task AND busy.going)
                 AS skipped
             FROM batch
+            WHERE NOT (overlap = 'skip_ahead' AND EXISTS (SELECT 1 FROM busy WHERE busy.task = batch.task))
         ) AS decided
         ORDER BY task, scheduled_for
         ON CONFLICT DO NOTHING
@@ -236,14 +242,18 @@ _SQL_CLAIM_BATCH = f"""
             SELECT busy.id FROM busy
             JOIN inserted ON inserted.task = busy.task
             JOIN batch ON batch.run_id = inserted.run_id
-            WHERE batch.overlap = 'replace'
+            WHERE batch.overlap = 'replace' AND busy.going AND busy.started_at < batch.scheduled_for
         )
     ),
     beat AS (
         {_SQL_RENEW}
     )
-    SELECT inserted.run_id, (SELECT MIN(busy.claimed_by) FROM busy WHERE busy.task = inserted.task)
-    FROM inserted
+    SELECT batch.run_id, inserted.run_id IS NOT NULL,
+        (
+            SELECT MIN(busy.claimed_by) FROM busy
+            WHERE busy.task = batch.task AND (busy.going OR batch.overlap = 'skip_ahead')
+        )
+    FROM batch LEFT JOIN inserted ON inserted.run_id = batch.run_id
 """
 # No RETURNING, here or in SQLite elsewhere: it needs SQLite 3.35, newer than some systems' Python links.
 _SQL_TASK_OF_RUN = "SELECT task FROM scheduler_runs WHERE namespace = ? AND run_id = ?"
@@ -476,7 +486,9 @@ class Store(ABC):
             self._drop()
             raise self._error("connect", exc) from exc
 
-    def claim(self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None) -> list[Claim]:
+    def claim(
+        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None, *, ahead: bool = False
+    ) -> list[Claim]:
         """Insert these scheduled runs in one transaction; per record, in order, whether this call won the
         instant (inserted it) or another clock (or an earlier call) had claimed it.
 
@@ -487,8 +499,12 @@ class Store(ABC):
         overlap). When a live clock other than the claimer (records' claimed_by) has a run of the task
         `running`, a `skip` instant is still taken, so that no other clock runs it, but recorded as skipped
         and not won; a `replace` instant is won as usual and the other clock is asked to stop its run (its
-        next heartbeat says so). Either way the answer names that clock. The check is made when the instant
-        is claimed (up to a second before it is due) and, in PostgreSQL, in the claim's own statement.
+        next heartbeat says so). Either way the answer names that clock. In PostgreSQL the check is made in
+        the claim's own statement.
+
+        `ahead`: the claim is made before the instant is due (a second, by the clock), when a run that will
+        have ended by then may still be going: a `skip` instant that another clock's run overlaps is then
+        left unclaimed, and answered not won with running_on, to be claimed again (without `ahead`) when due.
         """
         policies = dict(overlap or {})
         for task, policy in policies.items():
@@ -504,6 +520,8 @@ class Store(ABC):
             raise ValueError(f"overlap is checked for one claimer at a time, not {sorted(claimers)}")
         rows = [_row(record, self._to_db) for record in records]
         overlaps = [policies.get(record.task, "allow") for record in records]
+        if ahead:
+            overlaps = ["skip_ahead" if policy == "skip" else policy for policy in overlaps]
         claimer = records[0].claimed_by
         return self._call("claim runs", lambda: self._claim(rows, overlaps, claimer))
 
@@ -759,15 +777,23 @@ class Store(ABC):
         ns = self.namespace
         answers: list[Claim] = []
         with self._transaction():
-            busy: dict[str, list[tuple[int, str]]] = {}
+            busy: dict[str, list[tuple[int, str, bool, object]]] = {}
             checked = sorted(
                 {str(row[0]) for row, policy in zip(rows, overlaps, strict=True) if policy != "allow"}
             )
             for task in checked:
                 sql = self._sql(_SQL_BUSY) + " AND run.task = ? ORDER BY run.claimed_by"
-                busy[task] = [(run_id, clock) for run_id, _, clock in self._query(sql, (ns, claimer, task))]
+                busy[task] = [
+                    (run_id, clock, bool(going), started)
+                    for run_id, _, clock, going, started in self._query(sql, (ns, claimer, task))
+                ]
             for row, policy in zip(rows, overlaps, strict=True):
-                others = busy.get(str(row[0]), [])
+                claimed = busy.get(str(row[0]), [])
+                if policy == "skip_ahead" and claimed:
+                    answers.append(Claim(False, claimed[0][1]))  # asked again when due
+                    continue
+                others = [(run_id, clock) for run_id, clock, going, started in claimed if going]
+                stop = [run_id for run_id, _, going, started in claimed if going and started < row[1]]  # type: ignore[operator]
                 running_on = others[0][1] if others else None
                 skipped = policy == "skip" and running_on is not None
                 if skipped:
@@ -776,7 +802,7 @@ class Store(ABC):
                     answers.append(Claim(False))
                     continue
                 if policy == "replace":
-                    for run_id, _ in others:
+                    for run_id in stop:
                         self._query(
                             self._sql("UPDATE scheduler_runs SET stop_requested_at = {now} WHERE id = ?"),
                             (run_id,),
@@ -1018,13 +1044,19 @@ class _PostgresStore(Store):
     def _claim(self, rows: list[tuple[object, ...]], overlaps: list[str], claimer: str) -> list[Claim]:
         columns: list[object] = [list(column) for column in zip(*rows, strict=True)]
         params = [*columns, overlaps, self.namespace, claimer, self.namespace, self.namespace, claimer]
-        answers = dict(self._query(self._sql(_SQL_CLAIM_BATCH), params))
+        answers = {
+            run_id: (inserted, busy)
+            for run_id, inserted, busy in self._query(self._sql(_SQL_CLAIM_BATCH), params)
+        }
         claims = []
         for row, policy in zip(rows, overlaps, strict=True):
-            if row[3] not in answers:
-                claims.append(Claim(False))
+            inserted, running_on = answers.get(row[3], (False, None))
+            if policy == "allow":
+                running_on = None
+            if not inserted:
+                # Another clock holds the instant, or (claimed ahead) a run elsewhere overlaps it for now.
+                claims.append(Claim(False, running_on if policy == "skip_ahead" else None))
             else:
-                running_on = answers[row[3]]
                 claims.append(Claim(policy != "skip" or running_on is None, running_on))
         return claims
 

@@ -44,6 +44,7 @@ class FakeLedger:
         self.gate: asyncio.Event | None = None
         self.history: History | None = History({}, {}, {})
         self.overlaps: list[dict[str, str]] = []
+        self.aheads: list[bool] = []
         self.running_elsewhere: dict[str, str] = {}  # task -> the other clock running it
         self.digests: list[str] = []
 
@@ -51,9 +52,10 @@ class FakeLedger:
         return self.history
 
     async def claim_runs(
-        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None
+        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None, *, ahead: bool = False
     ) -> list[Claim] | None:
         self.claims.append(list(records))
+        self.aheads.append(ahead)
         self.overlaps.append(dict(overlap or {}))
         if self.gate is not None:
             await self.gate.wait()
@@ -64,8 +66,11 @@ class FakeLedger:
             key = (record.task, record.scheduled_for)
             elsewhere = self.running_elsewhere.get(record.task)
             policy = (overlap or {}).get(record.task)
+            if elsewhere and policy == "skip" and ahead:
+                answers.append(Claim(False, elsewhere))  # left unclaimed, asked again when due
+                continue
             won = key not in self.claimed and not (elsewhere and policy == "skip")
-            answers.append(Claim(won, elsewhere if policy else None))
+            answers.append(Claim(won, elsewhere if policy and key not in self.claimed else None))
             self.claimed.setdefault(key, record.run_id)
         return answers
 
@@ -311,9 +316,9 @@ class TestOverlapAcrossClocks:
 
         asyncio.run(main())
 
-    def test_skip_while_another_clock_runs_it(self) -> None:
-        """A skip task running on another live clock is skipped (reason overlap, naming that clock), and
-        the instant is not asked for again."""
+    def test_skip_while_another_clock_still_runs_it(self) -> None:
+        """A skip task running on another live clock when claimed ahead is asked for again when due; still
+        running then, it is skipped (reason overlap, naming that clock)."""
 
         async def main() -> None:
             claims, host, ledger, states = setup(spec("s", overlap="skip"))
@@ -327,7 +332,26 @@ class TestOverlapAcrossClocks:
             await host.settle()
             assert ([], [("s", due, "overlap")]) == (host.started, host.skips)
             assert [{"running_on": "web.1:4:abc"}] == host.skip_fields
-            assert 1 == len(ledger.claims)
+            assert [True, False] == ledger.aheads
+
+        asyncio.run(main())
+
+    def test_a_run_elsewhere_that_ended_by_the_instant_does_not_skip(self) -> None:
+        """Another clock's run going when the instant was claimed ahead, but over when it is due: the
+        instant runs here (a short per-second task shared by clocks is never skipped for overlap)."""
+
+        async def main() -> None:
+            claims, host, ledger, states = setup(spec("s", overlap="skip"))
+            ledger.running_elsewhere["s"] = "web.1:4:abc"
+            due = T0 + timedelta(milliseconds=500)
+            claims.queued(fire_of(states["s"], due))
+            claims.ahead(T0)
+            await host.settle()
+            del ledger.running_elsewhere["s"]
+            claims.fire(states["s"], due)
+            claims.end_of_batch()
+            await host.settle()
+            assert ([("s", due)], []) == ([(s.task, s.instant) for s in host.started], host.skips)
 
         asyncio.run(main())
 

@@ -511,7 +511,7 @@ class FakeRecorder:
         return History(newest, self.last_run, self.last_success)
 
     async def claim_runs(
-        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None
+        self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None, *, ahead: bool = False
     ) -> list[Claim] | None:
         won = await self.claim(records)
         return None if won is None else [Claim(w) for w in won]

@@ -70,7 +70,7 @@ class MemoryStore:
         self._enter()
         return {task: instant for task, instant in sorted(self.claimed)}
 
-    def claim(self, records: Sequence[RunRecord], overlap: Any = None) -> list[Claim]:
+    def claim(self, records: Sequence[RunRecord], overlap: Any = None, *, ahead: bool = False) -> list[Claim]:
         self._enter()
         self.overlaps.append(overlap)
         won = []
@@ -137,6 +137,12 @@ def make(store: MemoryStore, **kwargs: Any) -> Recorder:
     )
 
 
+async def won(recorder: Recorder, records: Sequence[RunRecord]) -> list[bool] | None:
+    """Whether the recorder's clock won each instant (claim_runs' answers, without overlap checks)."""
+    answers = await recorder.claim_runs(records)
+    return None if answers is None else [answer.won for answer in answers]
+
+
 async def until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         await asyncio.sleep(0.005)
@@ -153,8 +159,8 @@ class TestClaims:
 
         async def main() -> tuple[list[bool] | None, list[bool] | None]:
             recorder = make(store)
-            first = await recorder.claim([record("a", 1), record("b", 2)])
-            again = await recorder.claim([record("c", 1)])
+            first = await won(recorder, [record("a", 1), record("b", 2)])
+            again = await won(recorder, [record("c", 1)])
             end(recorder, "a")
             recorder.released("b")
             await recorder.close()
@@ -188,7 +194,7 @@ class TestClaims:
 
         async def main() -> tuple[list[bool] | None, bool]:
             recorder = make(store)
-            got = await recorder.claim([record("a")])
+            got = await won(recorder, [record("a")])
             available = recorder.available
             store.gate.set()
             await recorder.close()
@@ -208,15 +214,15 @@ class TestOutage:
 
         async def main() -> list[list[bool] | None]:
             recorder = make(store)
-            answers = [await recorder.claim([record("a", 1)])]
+            answers = [await won(recorder, [record("a", 1)])]
             calls = store.calls
-            answers.append(await recorder.claim([record("b", 2)]))
+            answers.append(await won(recorder, [record("b", 2)]))
             assert calls == store.calls or store.connects == 0  # only reconnects reach the store now
             recorder.started_unclaimed(record("b", 2))
             end(recorder, "b")
             store.failing = False
             await until(lambda: recorder.available)
-            answers.append(await recorder.claim([record("c", 3)]))
+            answers.append(await won(recorder, [record("c", 3)]))
             await recorder.close()
             return answers
 
@@ -241,7 +247,7 @@ class TestOutage:
 
         async def main() -> None:
             recorder = make(store, reconnect_first_s=0.5, reconnect_max_s=3.0, sleep=sleep)
-            await recorder.claim([record("a")])
+            await won(recorder, [record("a")])
             await until(lambda: recorder.available)
             await recorder.close()
 
@@ -255,7 +261,7 @@ class TestOutage:
 
         async def main() -> None:
             recorder = make(store, pending_cap=3)
-            await recorder.claim([record("a")])
+            await won(recorder, [record("a")])
             for n in range(5):
                 end(recorder, f"r{n}")
             store.failing = False
@@ -275,7 +281,7 @@ class TestOutage:
 
         async def main() -> None:
             recorder = make(store, reconnect_first_s=60)
-            await recorder.claim([record("a")])
+            await won(recorder, [record("a")])
             end(recorder, "a")
             await recorder.close(timeout_s=0.05)
 

@@ -903,6 +903,28 @@ class TestOverlapAcrossClocks:
         assert [Claim(False)] == a.claim([replace(nxt, run_id="1" * 12, claimed_by=A)], {"t": "skip"})
         assert ["skipped", "running"] == [r.status for r in b.history("t")]
 
+    def test_skip_claimed_ahead_leaves_the_instant_free(self, make_store: Callable[..., Store]) -> None:
+        """Claimed ahead, a skip instant that another clock's run overlaps for now is not taken: the answer
+        names the clock, and a claim when due (the run has ended) wins it."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        b.heartbeat(clock(B))
+        first = started("t", A, 0)
+        a.claim([first])
+        nxt = started("t", B, 1)
+        assert [Claim(False, A)] == b.claim([nxt], {"t": "skip"}, ahead=True)
+        assert ["running"] == [r.status for r in b.history("t")]
+        a.finish(
+            first.run_id,
+            finished_at=T0,
+            status="succeeded",
+            exit_code=0,
+            signal=None,
+            duration_s=1,
+            output=None,
+        )
+        assert [Claim(True)] == b.claim([nxt], {"t": "skip"})
+
     def test_skip_ignores_dead_and_own_runs(self, make_store: Callable[..., Store], raw: Raw) -> None:
         """The claimer's own runs are its own business, and a dead clock's runs do not count."""
         a, b = make_store(), make_store()

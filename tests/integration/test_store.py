@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -472,3 +473,71 @@ class TestStalledStore:
         assert 3 == result.returncode, result.stderr
         assert "store.unavailable" in result.stderr
         assert elapsed < STALL_DEADLINE_S
+
+
+LONG_SKIP = 'tasks:\n  long:\n    schedule: "* * * * * *"\n    overlap: skip\n    command: "sleep 2.5"\n'
+
+
+class TestLeases:
+    def test_overlap_skip_holds_across_clocks(self, tmp_path: Path, postgres_store_url: str) -> None:
+        """Two clocks, a per-second task that runs 2.5 s with overlap: skip: no two runs ever overlap, on
+        one clock or across both, and a skip names the clock that runs the task."""
+        clocks = start_clocks(tmp_path, LONG_SKIP, postgres_store_url, 2)
+        try:
+            for clock in clocks:
+                clock.wait_event("task.skipped", reason="overlap", timeout=20)
+            time.sleep(8)
+        finally:
+            stop_all(clocks)
+        history = run_cli(
+            "history", "long", "-n", "500", "--json", "--store", postgres_store_url, cwd=tmp_path
+        )
+        assert 0 == history.returncode, history.stderr
+        runs = sorted(
+            (r for r in json.loads(history.stdout) if r["status"] not in ("skipped",)),
+            key=lambda r: r["started_at"],
+        )
+        assert len(runs) >= 3
+        for before, after in itertools.pairwise(runs):
+            assert before["finished_at"] is not None
+            assert at(before["finished_at"]) <= at(after["started_at"]), (before, after)
+        ids = {c.wait_event("store.opened")[0]["claimed_by"] for c in clocks}
+        across = [
+            (c.wait_event("store.opened")[0]["claimed_by"], e["running_on"])
+            for c in clocks
+            for e in c.named("task.skipped")
+            if e["reason"] == "overlap" and "running_on" in e
+        ]
+        assert across, "no skip named another clock"
+        assert all(here != there and there in ids for here, there in across)
+
+    def test_a_dead_clocks_runs_are_lost_and_its_task_runs_elsewhere(
+        self, tmp_path: Path, postgres_store_url: str
+    ) -> None:
+        """kill -9 the clock running a long overlap: skip task: within the 30 s lease another clock marks
+        its run lost (store.lost_runs naming it) and runs the task itself."""
+        text = 'tasks:\n  long:\n    schedule: "* * * * * *"\n    command: "sleep 300"\n'
+        clocks = start_clocks(tmp_path, text, postgres_store_url, 2)
+        try:
+            runner = None
+            deadline = time.monotonic() + 20
+            while runner is None and time.monotonic() < deadline:
+                runner = next((c for c in clocks if c.named("task.started")), None)
+                time.sleep(0.1)
+            assert runner is not None
+            other = clocks[1] if runner is clocks[0] else clocks[0]
+            dead_id = runner.wait_event("store.opened")[0]["claimed_by"]
+            runner.proc.kill()
+            killed = time.monotonic()
+            (lost,) = other.wait_event("store.lost_runs", timeout=50, clock=dead_id)
+            assert lost["runs"] >= 1
+            other.wait_event("task.started", timeout=15)
+            assert time.monotonic() - killed < 50
+        finally:
+            stop_all(clocks)
+        history = run_cli(
+            "history", "long", "-n", "1000", "--json", "--store", postgres_store_url, cwd=tmp_path
+        )
+        statuses = [r["status"] for r in json.loads(history.stdout) if r["claimed_by"] == dead_id]
+        assert "lost" in statuses
+        assert "running" not in statuses
