@@ -58,8 +58,8 @@ def main() -> None:
     module = _load(args.log) if args.log else log
     flush = getattr(module, "flush", lambda _timeout_s: True)
     devnull = open(os.devnull, "w")  # noqa: SIM115 (kept open for the whole run)
-    print(f"CPU µs per call, {args.bursts} bursts of {args.burst}: caller best, caller median, process median")
-    print(f"{'format':8} {'task.output':>16} {'task.finished':>16}")
+    print(f"CPU µs per call, {args.bursts} bursts of {args.burst}: best, median (caller), median (process)")
+    print(f"{'format':8} {'task.output':>18} {'task.finished':>18}")
     for fmt in ("json", "logfmt", "console"):
         module.configure(fmt, "info", stream=devnull)
         cells = []
@@ -73,7 +73,7 @@ def main() -> None:
                 flush(5.0)  # between bursts, as the loop sleeps until the next fire
                 total.append((time.process_time() - process0) / args.burst * 1e6)
             cells.append(f"{min(caller):.1f} {statistics.median(caller):.1f} {statistics.median(total):.1f}")
-        print(f"{fmt:8} {cells[0]:>16} {cells[1]:>16}")
+        print(f"{fmt:8} {cells[0]:>18} {cells[1]:>18}")
 
 
 if __name__ == "__main__":
