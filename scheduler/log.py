@@ -196,6 +196,9 @@ class LineBuffer:
                         return
                     self._wake.wait()
                 batch, self._queue = self._queue, deque()
+                if len(batch) > 1 and isinstance(batch[-1], _Gap):
+                    # Lines still being dropped go on counting in this gap, for one notice per stall.
+                    self._queue.append(batch.pop())
                 self._writing = True
             lines = [item for item in batch if isinstance(item, bytes)]
             ok = self._write_batch(batch)
@@ -337,7 +340,13 @@ def _open_buffer(out: TextIO, processors: list[Processor], notify: bool) -> Line
             event_dict = processor(None, "warning", event_dict)
         return (cast(str, event_dict) + "\n").encode(encoding, "backslashreplace")
 
-    return LineBuffer(_fd_write(fd), notice, on_broken=lambda: _point_at_devnull(fd))
+    return LineBuffer(
+        _fd_write(fd),
+        notice,
+        on_broken=lambda: _point_at_devnull(fd),
+        max_lines=BUFFER_LINES,
+        max_bytes=BUFFER_BYTES,
+    )
 
 
 def flush(timeout_s: float) -> bool:
