@@ -102,6 +102,9 @@ class _Escaped:
 def _escape_for_console(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
     """Keys, the event and the timestamp are printed as they are: escape their controls. Other strings
     with a control are shown quoted and escaped, as the renderer shows every value that is not a string."""
+    texts = [*event_dict, *[value for value in event_dict.values() if isinstance(value, str)]]
+    if _CONTROLS.search(" ".join(texts)) is None:
+        return event_dict  # the common case, in one search
     escaped: dict[str, Any] = {}
     for key, value in event_dict.items():
         if isinstance(value, str) and _CONTROLS.search(value) is not None:
