@@ -29,6 +29,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 BUFFER_LINES = 10_000  # lines waiting for a slow reader; past this (or BUFFER_BYTES), new lines are dropped
 BUFFER_BYTES = 4 * 1024 * 1024
 _FIRST_KEYS = ("timestamp", "level", "event")
+_WRITE_BYTES = 64 * 1024  # lines are joined into writes of about this size (a pipe's buffer)
 
 # C0 controls (CR and LF included), DEL, C1 controls, and the Unicode line and paragraph separators: any of
 # them in a value could start a forged line or move a terminal's cursor.
@@ -221,14 +222,17 @@ class LineBuffer:
 
     def _write_batch(self, batch: deque[bytes | _Gap]) -> bool:
         chunk: list[bytes] = []
+        size = 0
         for item in batch:
             if isinstance(item, bytes):
                 chunk.append(item)
-                continue
+                size += len(item)
+                if size < _WRITE_BYTES:
+                    continue
             if not self._write_all(b"".join(chunk)):
                 return False
-            chunk = []
-            if not self._write_all(self._notice(item.count)):
+            chunk, size = [], 0
+            if isinstance(item, _Gap) and not self._write_all(self._notice(item.count)):
                 return False
         return self._write_all(b"".join(chunk))
 

@@ -220,6 +220,25 @@ class TestLineBuffer:
         assert "".join(f"{i}\n" for i in range(100)).encode() == reader.written
         assert (0, 0) == buffer.pending
 
+    def test_writes_a_long_backlog_in_pieces(self) -> None:
+        """A backlog is written in pieces of about 64 KiB, not joined into one copy of the whole buffer."""
+        reader = StalledReader()
+        sizes: list[int] = []
+
+        def write(data: memoryview) -> int:
+            sizes.append(len(data))
+            return reader.write(data)
+
+        buffer = log.LineBuffer(write, notice)
+        buffer.put(b"0\n")
+        assert reader.entered.wait(DEADLINE_S)
+        for _ in range(1_000):
+            buffer.put(b"x" * 999 + b"\n")
+        reader.release()
+        assert True is buffer.flush(DEADLINE_S)
+        assert 2 + 1_000 * 1_000 == len(reader.written)
+        assert max(sizes) < 64 * 1024 + 1_000
+
     def test_full_by_lines_drops_then_notes_the_gap_once(self) -> None:
         """Past max_lines, lines are dropped; once the reader is back, one notice with their count is
         written where they went missing, and the lines after it follow."""
