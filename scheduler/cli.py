@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2  # bad config, unknown task, bad arguments (click uses 2 as well)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the store named cannot be reached
 _PING_FLUSH_S = 1.0  # at exit, pings still queued get this long
+_LOG_FLUSH_S = 1.0  # at exit, log lines still queued get this long (a stalled reader never holds up exit)
 _FD_LIMIT = 65_536
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the message asks for a report instead of showing a traceback
 STORE_CALL_TIMEOUT_S = 5.0  # the longest run-now, list and history wait on the store, per call
@@ -539,8 +540,9 @@ def history(
     for line, r in zip(lines[1:], records, strict=True):
         click.echo(line)
         if with_output and r.output:
-            for out in r.output.splitlines():
-                click.echo(f"    | {out}")
+            # A run's output is the task's, not ours: its controls (ESC, CR...) are shown, not obeyed.
+            for out in r.output.removesuffix("\n").split("\n"):
+                click.echo(f"    | {log.escape_controls(out)}")
 
 
 def _run_duration(seconds: float) -> str:
@@ -581,3 +583,5 @@ def main() -> None:
         click.echo(f"scheduler: internal error: {type(exc).__name__}: {exc}", err=True)
         click.echo("Set SCHEDULER_DEBUG=1 to see the traceback, and please report it.", err=True)
         sys.exit(EXIT_INTERNAL)
+    finally:
+        log.flush(_LOG_FLUSH_S)

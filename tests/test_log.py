@@ -1,21 +1,29 @@
-"""Tests for scheduler.log: the three formats and the fields every line carries."""
+"""Tests for scheduler.log: the three formats, the fields every line carries, escaping, and the bounded
+buffer between the loop and a reader that may stall."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 import structlog
 
 from scheduler import log
 
+DEADLINE_S = 30.0  # for waits on another thread: never reached unless the code under test is broken
+# What must never reach a log line: C0 controls (but the final newline), DEL, C1, U+2028 and U+2029.
+RAW_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
 
 @pytest.fixture(autouse=True)
 def _reset() -> Iterator[None]:
     yield
+    log.close()
     structlog.reset_defaults()
 
 
@@ -88,8 +96,6 @@ class TestAuto:
 class TestClosedStream:
     def test_a_closed_pipe_does_not_break_logging(self) -> None:
         """When the log's reader goes away, events are dropped and the caller carries on."""
-        import os
-
         read_fd, write_fd = os.pipe()
         stream = os.fdopen(write_fd, "w")
         log.configure("json", stream=stream)
@@ -98,6 +104,273 @@ class TestClosedStream:
         os.close(read_fd)
         logger.info("task.started", task="a")
         logger.info("task.finished", task="a")
+        assert False is log.flush(DEADLINE_S)
         stream.write("x")
         stream.flush()  # the dead pipe now points at /dev/null: no BrokenPipeError at exit either
         stream.close()
+
+
+HOSTILE = [
+    pytest.param("ok\rlevel=error event=task.finished", id="CR"),
+    pytest.param("ok\ntimestamp=2026-01-01T00:00:00Z level=error event=task.finished", id="LF"),
+    pytest.param("\x1b[2J\x1b[H", id="ESC"),
+    pytest.param("a\u2028b\u2029c", id="U+2028"),
+    pytest.param("a\x85b\x9bc", id="C1"),
+    pytest.param("a\x00b\x7fc\x0bd\x0ce\x1cf", id="C0-DEL"),
+]
+
+
+def emit_output(fmt: log.LogFormat, line: str) -> str:
+    out = io.StringIO()
+    log.configure(fmt, stream=out)
+    log.get_logger(task="t").info("task.output", stream="stdout", line=line)
+    return out.getvalue()
+
+
+class TestEscaping:
+    def test_escape_controls(self) -> None:
+        """Controls become backslash escapes; backslashes and other characters are left alone."""
+        assert "ok\\rX\\n\\t\\x1b[2J\\x00\\x7f\\x85\\u2028\\u2029 é \\\\" == log.escape_controls(
+            "ok\rX\n\t\x1b[2J\x00\x7f\x85\u2028\u2029 é \\\\"
+        )
+
+    @pytest.mark.parametrize("fmt", ["logfmt", "console", "json"])
+    @pytest.mark.parametrize("line", HOSTILE)
+    def test_a_value_cannot_forge_a_line(self, fmt: log.LogFormat, line: str) -> None:
+        """A task's output line stays inside its event's line: no raw control, nothing that splits it."""
+        text = emit_output(fmt, line)
+        assert text.endswith("\n")
+        assert 1 == len(text.splitlines())  # splitlines breaks at CR, LF, U+2028, \x85, \x0b, \x1c...
+        assert None is RAW_CONTROLS.search(text[:-1])
+
+    @pytest.mark.parametrize("line", HOSTILE)
+    def test_json_keeps_the_value(self, line: str) -> None:
+        """JSON escapes the controls and U+2028/U+2029 itself, and the value reads back unchanged."""
+        assert line == json.loads(emit_output("json", line))["line"]
+
+    def test_logfmt_quotes_and_escapes(self) -> None:
+        """logfmt quotes a value with a control, and escapes it as a backslash sequence."""
+        text = emit_output("logfmt", "ok\rlevel=error event=task.finished")
+        assert text.rstrip("\n").endswith(' line="ok\\rlevel=error event=task.finished"')
+        assert text.rstrip("\n").endswith(' line="\\x1b[2J"') is False
+        assert emit_output("logfmt", "\x1b[2J").rstrip("\n").endswith(' line="\\x1b[2J"')
+
+    def test_logfmt_escapes_backslashes_in_quoted_values(self) -> None:
+        """In a quoted logfmt value a backslash is doubled, so an escape cannot be faked by the value."""
+        assert emit_output("logfmt", 'a\\r "b"').rstrip("\n").endswith(' line="a\\\\r \\"b\\""')
+
+    def test_console_shows_the_escapes(self) -> None:
+        """The console format shows a value with controls quoted, with Python's escapes."""
+        assert "line='\\x1b[2J'" in emit_output("console", "\x1b[2J")
+
+    @pytest.mark.parametrize("fmt", ["logfmt", "console"])
+    def test_keys_are_escaped(self, fmt: log.LogFormat) -> None:
+        """Keys are escaped too."""
+        out = io.StringIO()
+        log.configure(fmt, stream=out)
+        log.get_logger().info("x", **{"k\x1b[2J\n": "v"})
+        text = out.getvalue()
+        assert "k\\x1b[2J\\n=v" in text
+        assert None is RAW_CONTROLS.search(text[:-1])
+
+
+class StalledReader:
+    """A write that blocks until released, as a pipe nobody reads; keeps what got through."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.written = bytearray()
+        self.error: OSError | None = None
+
+    def write(self, data: memoryview) -> int:
+        self.entered.set()
+        if not self.released.wait(DEADLINE_S):
+            raise AssertionError("the writer was never released")
+        if self.error is not None:
+            raise self.error
+        self.written += data
+        return len(data)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def notice(count: int) -> bytes:
+    return f"dropped {count}\n".encode()
+
+
+def stalled_buffer(reader: StalledReader, **limits: int) -> log.LineBuffer:
+    """A buffer whose writer is stuck in the write of a first line, b"0\\n"."""
+    buffer = log.LineBuffer(reader.write, notice, **limits)
+    buffer.put(b"0\n")
+    assert reader.entered.wait(DEADLINE_S)
+    return buffer
+
+
+class TestLineBuffer:
+    def test_writes_lines_in_order(self) -> None:
+        """Lines are written in the order they were put, and flush waits for them."""
+        reader = StalledReader()
+        reader.release()
+        buffer = log.LineBuffer(reader.write, notice)
+        for i in range(100):
+            buffer.put(f"{i}\n".encode())
+        assert True is buffer.flush(DEADLINE_S)
+        assert "".join(f"{i}\n" for i in range(100)).encode() == reader.written
+        assert (0, 0) == buffer.pending
+
+    def test_writes_a_long_backlog_in_pieces(self) -> None:
+        """A backlog is written in pieces of about 64 KiB, not joined into one copy of the whole buffer."""
+        reader = StalledReader()
+        sizes: list[int] = []
+
+        def write(data: memoryview) -> int:
+            sizes.append(len(data))
+            return reader.write(data)
+
+        buffer = log.LineBuffer(write, notice)
+        buffer.put(b"0\n")
+        assert reader.entered.wait(DEADLINE_S)
+        for _ in range(1_000):
+            buffer.put(b"x" * 999 + b"\n")
+        reader.release()
+        assert True is buffer.flush(DEADLINE_S)
+        assert 2 + 1_000 * 1_000 == len(reader.written)
+        assert max(sizes) < 64 * 1024 + 1_000
+
+    def test_full_by_lines_drops_then_notes_the_gap_once(self) -> None:
+        """Past max_lines, lines are dropped; once the reader is back, one notice with their count is
+        written where they went missing, and the lines after it follow."""
+        reader = StalledReader()
+        buffer = stalled_buffer(reader, max_lines=3)
+        for line in (b"1\n", b"2\n", b"3\n", b"4\n", b"5\n"):
+            buffer.put(line)  # returns at once although the writer is stuck
+        assert (3, 6) == buffer.pending
+        reader.release()
+        assert True is buffer.flush(DEADLINE_S)
+        buffer.put(b"6\n")
+        assert True is buffer.flush(DEADLINE_S)
+        assert b"0\n1\n2\ndropped 3\n6\n" == reader.written
+
+    def test_full_by_bytes(self) -> None:
+        """Past max_bytes a line is dropped; a shorter one that fits is still taken."""
+        reader = StalledReader()
+        buffer = stalled_buffer(reader, max_bytes=6)
+        buffer.put(b"12345\n")  # 2 + 6 bytes: too many
+        buffer.put(b"123\n")  # 2 + 4: fits
+        assert (2, 6) == buffer.pending
+        reader.release()
+        assert True is buffer.flush(DEADLINE_S)
+        assert b"0\ndropped 1\n123\n" == reader.written
+
+    def test_memory_stays_bounded(self) -> None:
+        """However many lines come while the reader is stalled, what waits stays within the bounds, and
+        one notice counts every line dropped."""
+        reader = StalledReader()
+        buffer = stalled_buffer(reader, max_lines=1_000, max_bytes=1_000_000)
+        line = b"x" * 99 + b"\n"
+        for _ in range(100_000):
+            buffer.put(line)
+        assert (1_000, 1 + 2 + 999 * 100) == (buffer.pending[0], buffer.pending[1] + 1)
+        reader.release()
+        assert True is buffer.flush(DEADLINE_S)
+        assert [b"dropped 99001"] == [x for x in bytes(reader.written).splitlines() if x.startswith(b"d")]
+
+    def test_flush_gives_up_at_its_deadline(self) -> None:
+        """flush returns False, without waiting longer than asked, while the reader is stalled."""
+        reader = StalledReader()
+        buffer = stalled_buffer(reader)
+        assert False is buffer.flush(0.01)
+        reader.release()
+        assert True is buffer.flush(DEADLINE_S)
+
+    def test_a_broken_stream_stops_the_writer_quietly(self) -> None:
+        """A write that fails calls on_broken once; later lines are dropped without a write."""
+        reader = StalledReader()
+        reader.error = BrokenPipeError()
+        broken: list[bool] = []
+        buffer = log.LineBuffer(reader.write, notice, on_broken=lambda: broken.append(True))
+        buffer.put(b"0\n")
+        reader.release()
+        assert False is buffer.flush(DEADLINE_S)
+        buffer.put(b"1\n")
+        assert False is buffer.flush(DEADLINE_S)
+        assert ([True], b"", (0, 0)) == (broken, bytes(reader.written), buffer.pending)
+
+    def test_close_writes_what_is_queued(self) -> None:
+        """close takes no more lines, and the writer ends after writing those queued."""
+        reader = StalledReader()
+        buffer = stalled_buffer(reader)
+        buffer.put(b"1\n")
+        buffer.close()
+        buffer.put(b"2\n")
+        reader.release()
+        assert True is buffer.flush(DEADLINE_S)
+        assert b"0\n1\n" == reader.written
+
+
+def in_thread(work: Callable[[], None]) -> None:
+    """Run `work` in a thread and fail if it has not returned by the deadline (it blocked)."""
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(DEADLINE_S)
+    assert not thread.is_alive(), "logging blocked on a stalled reader"
+
+
+def fill_pipe(fd: int) -> None:
+    """Fill the pipe, as a reader that stopped reading leaves it, with lines of "x"."""
+    os.set_blocking(fd, False)
+    try:
+        while True:
+            os.write(fd, b"x" * 4095 + b"\n")  # at most PIPE_BUF: written whole or not at all
+    except BlockingIOError:
+        pass
+    finally:
+        os.set_blocking(fd, True)
+
+
+class TestStalledPipe:
+    @pytest.mark.parametrize(
+        ("fmt", "dropped"),
+        [
+            ("json", lambda line: json.loads(line)["count"] if '"log.dropped"' in line else None),
+            (
+                "logfmt",
+                lambda line: int(m[1]) if (m := re.search(r"event=log\.dropped count=(\d+)", line)) else None,
+            ),
+            (
+                "console",
+                lambda line: int(m[1]) if (m := re.search(r"log\.dropped .*count=(\d+)", line)) else None,
+            ),
+        ],
+    )
+    def test_a_pipe_nobody_reads(
+        self, monkeypatch: pytest.MonkeyPatch, fmt: log.LogFormat, dropped: Callable[[str], int | None]
+    ) -> None:
+        """With a real pipe nobody reads, log calls return; once it is read, the lines that fitted come
+        out, then one warning log.dropped with the count of the others."""
+        monkeypatch.setattr(log, "BUFFER_LINES", 50)
+        read_fd, write_fd = os.pipe()
+        fill_pipe(write_fd)
+        stream = os.fdopen(write_fd, "w")
+        log.configure(fmt, stream=stream)
+        logger = log.get_logger(task="chatty")
+        total = 2_000
+        in_thread(lambda: [logger.info("task.output", line=f"{i:04} " + "x" * 1_000) for i in range(total)])
+        assert False is log.flush(0.01)
+
+        with os.fdopen(read_fd, "rb") as reading:
+            chunks: list[bytes] = []
+            reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: reading.read1(), b"")))
+            reader.start()
+            assert True is log.flush(DEADLINE_S)
+            log.close()
+            stream.close()
+            reader.join(DEADLINE_S)
+        lines = b"".join(chunks).decode().splitlines()
+        notices = [count for count in map(dropped, lines) if count is not None]
+        written = [line for line in lines if "task.output" in line]
+        assert [total - 50] == notices  # 50 lines waited, the first of them in a write
+        assert total == len(written) + notices[0]
+        assert all("warning" in line for line in lines if "log.dropped" in line)

@@ -195,3 +195,45 @@ class TestMisc:
         from scheduler import __version__
 
         assert f"scheduler {__version__}\n" == run_cli("--version").stdout
+
+
+class TestHistoryOutput:
+    def test_output_tail_is_escaped_in_the_table_and_raw_in_json(self, tmp_path: Path) -> None:
+        """history --output shows a run's control characters escaped, one table line per output line;
+        --json keeps the output as it was."""
+        from datetime import UTC, datetime
+
+        from scheduler.store import RunRecord, open_store
+
+        (tmp_path / "schedules.yaml").write_text(
+            "store: sqlite:///state.db\ntasks:\n  loud:\n    schedule: '@daily'\n    command: 'true'\n"
+        )
+        output = "10%\r\x1b[2J\x1b[Hforged\nsecond\u2028line\x85\n"
+        now = datetime.now(UTC)
+        store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+        store.record(
+            RunRecord(
+                task="loud",
+                scheduled_for=now,
+                trigger="manual",
+                run_id="0123456789ab",
+                claimed_by="here:1",
+                started_at=now,
+                status="succeeded",
+                finished_at=now,
+                exit_code=0,
+                duration_s=0.1,
+                output=output,
+            )
+        )
+        store.close()
+
+        table = run_cli("history", "--output", cwd=tmp_path)
+        assert 0 == table.returncode, table.stderr
+        assert [
+            "    | 10%\\r\\x1b[2J\\x1b[Hforged",
+            "    | second\\u2028line\\x85",
+        ] == table.stdout.split("\n")[2:4]
+        assert "" == table.stdout.split("\n")[4]
+        raw = json.loads(run_cli("history", "--output", "--json", cwd=tmp_path).stdout)
+        assert output == raw[0]["output"]
