@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +43,18 @@ def start_clocks(tmp_path: Path, text: str, store: str, count: int) -> list[Cloc
     return clocks
 
 
+def first_start(clocks: list[Clock], count: int = 1, timeout: float = 20) -> dict[str, Any]:
+    """Wait until one of the clocks has started `count` runs; its last, with `clock` set to that clock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for clock in clocks:
+            started = clock.named("task.started")
+            if len(started) >= count:
+                return {**started[-1], "clock": clock}
+        time.sleep(0.05)
+    pytest.fail(f"no clock started {count} runs in {timeout} s")
+
+
 def stop_all(clocks: list[Clock]) -> None:
     for clock in clocks:
         if clock.proc.poll() is None:
@@ -55,7 +68,7 @@ class TestSeveralClocks:
         """Three clocks on one per-second task for 20 s: every instant is started by exactly one of them."""
         clocks = start_clocks(tmp_path, PER_SECOND, postgres_store_url, 3)
         try:
-            first = at(clocks[-1].wait_event("task.started")[0]["scheduled_for"])
+            first = at(first_start(clocks)["scheduled_for"])
             time.sleep(20)
         finally:
             stop_all(clocks)
@@ -67,8 +80,7 @@ class TestSeveralClocks:
         # No gaps: consecutive seconds from the first to the last.
         seconds = [int(at(i).timestamp()) for i in window]
         assert list(range(seconds[0], seconds[-1] + 1)) == seconds
-        # The work was shared, and the others saw those instants as claimed elsewhere.
-        assert sum(1 for c in clocks if c.named("task.started")) >= 2
+        # The others saw those instants as claimed elsewhere.
         lost = [e for c in clocks for e in c.named("task.skipped") if e["reason"] == "claimed_elsewhere"]
         assert len(lost) >= 2 * len(window) - 4
         history = run_cli(
@@ -90,29 +102,34 @@ class TestSeveralClocks:
         """kill -9 one of three clocks: the other two carry on, and no instant ever runs twice."""
         clocks = start_clocks(tmp_path, PER_SECOND, postgres_store_url, 3)
         try:
-            clocks[0].wait_event("task.started", timeout=20)
+            first_start(clocks)
             time.sleep(5)
-            clocks[0].proc.kill()
+            # The clock that ran the latest instant: with overlap: skip it keeps the task while it lives.
+            killed = max(
+                clocks, key=lambda c: max((e["scheduled_for"] for e in c.named("task.started")), default="")
+            )
+            killed.proc.kill()
             killed_at = time.time()
             time.sleep(6)
         finally:
             stop_all(clocks)
+        survivors = [c for c in clocks if c is not killed]
         counts = started_instants(clocks)
         assert all(n == 1 for n in counts.values()), {i: n for i, n in counts.items() if n != 1}
         after = sorted(i for i in counts if at(i).timestamp() > killed_at + 0.5)
         assert len(after) >= 4
-        assert {"tick"} == {e["task"] for c in clocks[1:] for e in c.named("task.started")}
+        assert {"tick"} == {e["task"] for c in survivors for e in c.named("task.started")}
 
     def test_a_clock_stopping_leaves_no_gap(self, tmp_path: Path, postgres_store_url: str) -> None:
         """One of two clocks is stopped (a deploy): the instants it had claimed ahead are given back and run
         by the other, so every second runs exactly once, with no gap."""
         clocks = start_clocks(tmp_path, PER_SECOND, postgres_store_url, 2)
         try:
-            clocks[0].wait_event("task.started", count=2, timeout=20)
-            clocks[1].wait_event("task.started", count=2, timeout=20)
-            assert 0 == clocks[0].stop()
+            leader = clocks.index(first_start(clocks, count=3)["clock"])
+            other = clocks[1 - leader]
+            assert 0 == clocks[leader].stop()
             stopped = time.time()
-            clocks[1].wait_for(
+            other.wait_for(
                 lambda evs: any(at(e["scheduled_for"]).timestamp() > stopped + 3 for e in evs if "pid" in e)
             )
         finally:
@@ -475,18 +492,27 @@ class TestStalledStore:
         assert elapsed < STALL_DEADLINE_S
 
 
-LONG_SKIP = 'tasks:\n  long:\n    schedule: "* * * * * *"\n    overlap: skip\n    command: "sleep 2.5"\n'
+# A run that outlives its clock's SIGTERM for a few seconds (SIGTERM ignored, as by a careless task).
+STUBBORN = (
+    'tasks:\n  long:\n    schedule: "* * * * * *"\n    overlap: skip\n    kill_grace: 20s\n'
+    "    command: \"trap '' TERM; sleep 4\"\n"
+)
 
 
 class TestLeases:
     def test_overlap_skip_holds_across_clocks(self, tmp_path: Path, postgres_store_url: str) -> None:
-        """Two clocks, a per-second task that runs 2.5 s with overlap: skip: no two runs ever overlap, on
-        one clock or across both, and a skip names the clock that runs the task."""
-        clocks = start_clocks(tmp_path, LONG_SKIP, postgres_store_url, 2)
+        """The clock running a skip task is stopped while its run goes on: the other clock skips the task
+        (reason overlap, naming that clock) until the run ends, then runs it; no two runs ever overlap."""
+        clocks = start_clocks(tmp_path, STUBBORN, postgres_store_url, 2)
         try:
-            for clock in clocks:
-                clock.wait_event("task.skipped", reason="overlap", timeout=20)
-            time.sleep(8)
+            leader = first_start(clocks)["clock"]
+            other = clocks[1 - clocks.index(leader)]
+            leader_id = leader.wait_event("store.opened")[0]["claimed_by"]
+            leader.signal(signal.SIGTERM)
+            skip = other.wait_event("task.skipped", reason="overlap", timeout=10)[0]
+            assert leader_id == skip["running_on"]
+            other.wait_event("task.started", timeout=15)
+            assert 0 == leader.stop()
         finally:
             stop_all(clocks)
         history = run_cli(
@@ -494,22 +520,12 @@ class TestLeases:
         )
         assert 0 == history.returncode, history.stderr
         runs = sorted(
-            (r for r in json.loads(history.stdout) if r["status"] not in ("skipped",)),
-            key=lambda r: r["started_at"],
+            (r for r in json.loads(history.stdout) if r["status"] != "skipped"), key=lambda r: r["started_at"]
         )
-        assert len(runs) >= 3
+        assert len(runs) >= 2
         for before, after in itertools.pairwise(runs):
             assert before["finished_at"] is not None
             assert at(before["finished_at"]) <= at(after["started_at"]), (before, after)
-        ids = {c.wait_event("store.opened")[0]["claimed_by"] for c in clocks}
-        across = [
-            (c.wait_event("store.opened")[0]["claimed_by"], e["running_on"])
-            for c in clocks
-            for e in c.named("task.skipped")
-            if e["reason"] == "overlap" and "running_on" in e
-        ]
-        assert across, "no skip named another clock"
-        assert all(here != there and there in ids for here, there in across)
 
     def test_a_dead_clocks_runs_are_lost_and_its_task_runs_elsewhere(
         self, tmp_path: Path, postgres_store_url: str
