@@ -61,7 +61,7 @@ async def _one_at_a_time(
         if gap_s:
             await asyncio.sleep(gap_s)  # let the caches go cold, as in the daemon between fires
         before = time.time_ns()
-        run = await runner.start_run(
+        run = runner.start_run(
             task,
             run_id=f"r{i}",
             trigger="schedule",
@@ -81,7 +81,7 @@ async def _back_to_back(task: TaskSpec, out: Path, count: int, env: dict[str, st
     runs = []
     for i in range(count):
         runs.append(
-            await runner.start_run(
+            runner.start_run(
                 task,
                 run_id=f"b{i}",
                 trigger="schedule",
@@ -135,7 +135,6 @@ def main() -> None:
         extra = {"cwd": tmp} if args.cwd else {}
 
         async def scenario() -> tuple[list[float], tuple[float, float], int]:
-            runner.install_child_watcher()
             # Warm up: imports, caches, the first fork.
             await _one_at_a_time(_task(probe, work / "warm.txt", **extra), work / "warm.txt", 20, env)
             fds = _fd_count()
