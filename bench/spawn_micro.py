@@ -6,10 +6,12 @@ The task is the probe (probe.c), which appends its own CLOCK_REALTIME start time
 - back to back: N start_runs in a row, one loop iteration apart as the clock fires tasks due at once,
   without waiting for the runs; the total is from the first call to the last probe's start, also per run.
 
-usage: python bench/spawn_micro.py [--runs 300] [--burst 1000] [--gap S] [--cwd] [--probe PATH] [--runner F]
+usage: python bench/spawn_micro.py [--runs 300] [--burst 1000] [--gap S] [--cwd] [--guard] [--probe PATH]
+                                  [--runner F]
 
 --gap idles before each one-at-a-time run, as the daemon does between fires (caches go cold); --runner
-measures another copy of scheduler/runner.py, say the previous one:
+measures another copy of scheduler/runner.py, say the previous one; --guard tells a real orphans guard of
+every run, as `scheduler run` does:
   git show HEAD~1:scheduler/runner.py > /tmp/old.py && python bench/spawn_micro.py --runner /tmp/old.py
 """
 
@@ -34,7 +36,7 @@ from zoneinfo import ZoneInfo
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from scheduler import log, runner, schedule  # noqa: E402
+from scheduler import log, orphans, runner, schedule  # noqa: E402
 from scheduler.config import TaskSpec  # noqa: E402
 
 
@@ -47,6 +49,9 @@ def _task(probe: Path, out: Path, **overrides: object) -> TaskSpec:
         timezone="UTC",
         **overrides,  # type: ignore[arg-type]
     )
+
+
+_extra: dict[str, object] = {}  # more keyword arguments for start_run: the guard, with --guard
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -68,6 +73,7 @@ async def _one_at_a_time(
             scheduled_for=datetime.now(UTC),
             log=log.get_logger(),
             env=env,
+            **_extra,
         )
         befores.append(before)
         await run.wait()
@@ -88,6 +94,7 @@ async def _back_to_back(task: TaskSpec, out: Path, count: int, env: dict[str, st
                 scheduled_for=datetime.now(UTC),
                 log=log.get_logger(),
                 env=env,
+                **_extra,
             )
         )
         await asyncio.sleep(0)  # as the clock does between two due tasks
@@ -113,6 +120,7 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.0, help="seconds idle before each one-at-a-time run")
     parser.add_argument("--runner", type=Path, default=None, help="another copy of runner.py to measure")
     parser.add_argument("--cwd", action="store_true", help="give the task a cwd (the fallback path)")
+    parser.add_argument("--guard", action="store_true", help="tell an orphans guard of every run")
     args = parser.parse_args()
     if args.runner is not None:
         global runner
@@ -145,7 +153,13 @@ def main() -> None:
             )
             return single, burst, _fd_count() - fds
 
-        single, (burst_total, burst_returned), leaked = asyncio.run(scenario())
+        guard = orphans.start_guard(log.get_logger()) if args.guard else orphans.NO_GUARD
+        if args.guard:
+            _extra["guard"] = guard
+        try:
+            single, (burst_total, burst_returned), leaked = asyncio.run(scenario())
+        finally:
+            guard.close()
     ordered = sorted(single)
     print(
         f"one at a time, {len(single)} runs: p50 {statistics.median(ordered):.3f} ms, "
