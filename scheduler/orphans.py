@@ -79,7 +79,7 @@ class _GuardProcess(Guard):
             while self._backlog and self._fd is not None and time.monotonic() < deadline:
                 time.sleep(0.001)  # the pipe was full: the guard drains it unless it is stopped
                 self._send(b"")
-            if self._backlog and self._fd is not None:
+            if self._backlog and self._fd is not None and self.pid:
                 # Without its releases and its bye, the guard would signal groups that may be someone
                 # else's by now.
                 os.kill(self.pid, signal.SIGKILL)
