@@ -3,6 +3,7 @@ guard process stopping real process groups (each awaited with a deadline)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import orphans
-from scheduler.orphans import NO_GUARD, _GuardProcess, _Registry, _terminate, start_guard
-from tests.test_runner import _Recorder
+from scheduler import orphans, runner
+from scheduler.orphans import NO_GUARD, Guard, _GuardProcess, _Registry, _terminate, start_guard
+from tests.test_runner import _Recorder, _run, _start, _task, _until
 
 DEADLINE_S = 10.0
 
@@ -174,6 +175,68 @@ class TestTerminate:
             raise PermissionError
 
         assert (0, 0) == _terminate({10: 1.0}, killpg=killpg)
+
+
+class _ToldGuard(Guard):
+    def __init__(self) -> None:
+        self.told: list[tuple[object, ...]] = []
+
+    def register(self, pgid: int, kill_grace_s: float) -> None:
+        self.told.append(("register", pgid, kill_grace_s))
+
+    def release(self, pgid: int) -> None:
+        self.told.append(("release", pgid))
+
+
+class TestRunnerTellsTheGuard:
+    @pytest.mark.parametrize("path", ["posix_spawn", "popen"])
+    def test_register_at_spawn_release_when_done(self, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The group is registered with the task's kill_grace as it is spawned, and released once done."""
+        if path == "popen":
+            monkeypatch.setattr(runner, "_posix_spawn_works", False)
+        guard = _ToldGuard()
+        rec = _Recorder()
+
+        async def scenario() -> tuple[list[tuple[object, ...]], int | None]:
+            run = await _start(_task("echo hi", kill_grace_s=3.5), rec, guard=guard)
+            registered = list(guard.told)
+            await run.wait()
+            return registered, run.pid
+
+        registered, pid = _run(scenario())
+
+        assert [("register", pid, 3.5)] == registered
+        assert [("register", pid, 3.5), ("release", pid)] == guard.told
+
+    def test_failed_start_tells_nothing(self) -> None:
+        """A command that could not start has no group to register."""
+        guard = _ToldGuard()
+
+        async def scenario() -> None:
+            await (await _start(_task(("/nonexistent/x",)), _Recorder(), guard=guard)).wait()
+
+        _run(scenario())
+
+        assert [] == guard.told
+
+    def test_loop_shutdown_releases(self) -> None:
+        """A run SIGKILLed because its loop shut down is released too."""
+        guard = _ToldGuard()
+        rec = _Recorder()
+
+        async def scenario() -> int | None:
+            run = await _start(_task("echo ready; sleep 30"), rec, guard=guard)
+            await _until(lambda: "ready" in rec.lines())
+            return run.pid
+
+        pid = asyncio.run(scenario())
+        assert pid is not None
+        try:
+            os.waitpid(pid, 0)  # SIGKILLed by the run, never reaped as its loop is gone
+        except ChildProcessError:
+            pass
+
+        assert [("register", pid, 10.0), ("release", pid)] == guard.told
 
 
 class TestNoGuard:
