@@ -6,10 +6,12 @@ The task is the probe (probe.c), which appends its own CLOCK_REALTIME start time
 - back to back: N start_runs in a row, one loop iteration apart as the clock fires tasks due at once,
   without waiting for the runs; the total is from the first call to the last probe's start, also per run.
 
-usage: python bench/spawn_micro.py [--runs 300] [--burst 1000] [--gap S] [--cwd] [--probe PATH] [--runner F]
+usage: python bench/spawn_micro.py [--runs 300] [--burst 1000] [--gap S] [--cwd] [--guard] [--probe PATH]
+                                  [--runner F]
 
 --gap idles before each one-at-a-time run, as the daemon does between fires (caches go cold); --runner
-measures another copy of scheduler/runner.py, say the previous one:
+measures another copy of scheduler/runner.py, say the previous one; --guard tells a real orphans guard of
+every run, as `scheduler run` does:
   git show HEAD~1:scheduler/runner.py > /tmp/old.py && python bench/spawn_micro.py --runner /tmp/old.py
 """
 
@@ -34,7 +36,7 @@ from zoneinfo import ZoneInfo
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from scheduler import log, runner, schedule  # noqa: E402
+from scheduler import log, orphans, runner, schedule  # noqa: E402
 from scheduler.config import TaskSpec  # noqa: E402
 
 
@@ -49,6 +51,9 @@ def _task(probe: Path, out: Path, **overrides: object) -> TaskSpec:
     )
 
 
+_extra: dict[str, object] = {}  # more keyword arguments for start_run: the guard, with --guard
+
+
 def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
@@ -61,13 +66,14 @@ async def _one_at_a_time(
         if gap_s:
             await asyncio.sleep(gap_s)  # let the caches go cold, as in the daemon between fires
         before = time.time_ns()
-        run = await runner.start_run(
+        run = runner.start_run(
             task,
             run_id=f"r{i}",
             trigger="schedule",
             scheduled_for=datetime.now(UTC),
             log=log.get_logger(),
             env=env,
+            **_extra,
         )
         befores.append(before)
         await run.wait()
@@ -81,13 +87,14 @@ async def _back_to_back(task: TaskSpec, out: Path, count: int, env: dict[str, st
     runs = []
     for i in range(count):
         runs.append(
-            await runner.start_run(
+            runner.start_run(
                 task,
                 run_id=f"b{i}",
                 trigger="schedule",
                 scheduled_for=datetime.now(UTC),
                 log=log.get_logger(),
                 env=env,
+                **_extra,
             )
         )
         await asyncio.sleep(0)  # as the clock does between two due tasks
@@ -113,6 +120,7 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.0, help="seconds idle before each one-at-a-time run")
     parser.add_argument("--runner", type=Path, default=None, help="another copy of runner.py to measure")
     parser.add_argument("--cwd", action="store_true", help="give the task a cwd (the fallback path)")
+    parser.add_argument("--guard", action="store_true", help="tell an orphans guard of every run")
     args = parser.parse_args()
     if args.runner is not None:
         global runner
@@ -135,7 +143,6 @@ def main() -> None:
         extra = {"cwd": tmp} if args.cwd else {}
 
         async def scenario() -> tuple[list[float], tuple[float, float], int]:
-            runner.install_child_watcher()
             # Warm up: imports, caches, the first fork.
             await _one_at_a_time(_task(probe, work / "warm.txt", **extra), work / "warm.txt", 20, env)
             fds = _fd_count()
@@ -146,7 +153,13 @@ def main() -> None:
             )
             return single, burst, _fd_count() - fds
 
-        single, (burst_total, burst_returned), leaked = asyncio.run(scenario())
+        guard = orphans.start_guard(log.get_logger()) if args.guard else orphans.NO_GUARD
+        if args.guard:
+            _extra["guard"] = guard
+        try:
+            single, (burst_total, burst_returned), leaked = asyncio.run(scenario())
+        finally:
+            guard.close()
     ordered = sorted(single)
     print(
         f"one at a time, {len(single)} runs: p50 {statistics.median(ordered):.3f} ms, "

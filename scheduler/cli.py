@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 import os
 import resource
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from scheduler import __version__, clock, log, runner
+from scheduler import __version__, clock, log, orphans, runner
 from scheduler.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -243,7 +244,7 @@ def run(
 
         the_clock = clock.ClockLoop(
             config,
-            start_run=runner.start_run,
+            start_run=functools.partial(runner.start_run, guard=guard),
             log=logger,
             env=dict(os.environ),  # a snapshot: os.environ decodes every variable on each read
             load=lambda: load_isolated(config_path),
@@ -260,9 +261,12 @@ def run(
     from scheduler.pings import Pinger  # urllib and ssl: only for the clock
 
     pinger = Pinger(log=logger, env=dict(os.environ))
+    # As PID 1, the clock cannot be SIGKILLed from inside its container, and its death kills everything.
+    guard = orphans.start_guard(logger) if os.getpid() != 1 else orphans.NO_GUARD
     try:
         asyncio.run(main())
     finally:
+        guard.close()
         pinger.close(timeout_s=_PING_FLUSH_S)
         if metrics_server is not None:
             metrics_server.close()
@@ -370,16 +374,21 @@ async def _run_now(spec: TaskSpec, run_id: str, scheduled_for: datetime) -> runn
     # runs only once start_run (synchronous) has returned and `started` is bound.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         loop.add_signal_handler(sig, forward, sig)
-    started = runner.start_run(
-        spec,
-        run_id=run_id,
-        trigger="manual",
-        scheduled_for=scheduled_for,
-        log=log.get_logger(),
-        env=os.environ,
-        capture_output=False,
-    )
-    return await started.wait()
+    guard = orphans.start_guard(log.get_logger()) if os.getpid() != 1 else orphans.NO_GUARD
+    try:
+        started = runner.start_run(
+            spec,
+            run_id=run_id,
+            trigger="manual",
+            scheduled_for=scheduled_for,
+            log=log.get_logger(),
+            env=os.environ,
+            capture_output=False,
+            guard=guard,
+        )
+        return await started.wait()
+    finally:
+        guard.close()
 
 
 @cli.command("next")

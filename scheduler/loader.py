@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import gc
 import hashlib
@@ -38,6 +39,7 @@ MAX_CONFIG_BYTES = 64 * 1024 * 1024
 DEFAULT_LOAD_TIMEOUT_S = 120.0
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _KINDS = (
@@ -158,6 +160,7 @@ async def load_isolated(path: str, *, timeout_s: float = DEFAULT_LOAD_TIMEOUT_S)
             # no lock that another thread could hold (stdout, logging), and the interpreter resets the
             # import lock after a fork.
             warnings.simplefilter("ignore", DeprecationWarning)
+            parent = os.getpid()
             pid = os.fork()
     except BaseException:
         os.close(read_fd)
@@ -165,7 +168,7 @@ async def load_isolated(path: str, *, timeout_s: float = DEFAULT_LOAD_TIMEOUT_S)
         raise
     if pid == 0:  # the child: never returns
         os.close(read_fd)
-        _child(path, write_fd)
+        _child(path, write_fd, parent)
     os.close(write_fd)
     reaped = False
     try:
@@ -264,13 +267,27 @@ def _reap_now(pid: int) -> int:
         return 0  # reaped elsewhere
 
 
-def _child(path: str, write_fd: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """PR_SET_PDEATHSIG(SIGKILL) where Linux's prctl is there; elsewhere nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the prctl
+        os._exit(1)
+
+
+def _child(path: str, write_fd: int, parent: int) -> None:
     try:
         # The clock's signal handlers would forward signals to its loop through the inherited wakeup fd:
         # this child takes the default actions instead.
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
+        # A clock killed mid-reload takes this child with it: it holds the clock's end of the orphan
+        # guard's pipe (orphans.py), which must reach end-of-file when the clock dies.
+        _die_with_parent(parent)
         try:
             result = _load_with_digest(path)
         except BaseException as exc:  # a bug: report it as a problem with the file rather than hang

@@ -6,7 +6,7 @@ that group with os.killpg, and ProcessLookupError means the group is already gon
 start_run spawns at once, on the calling loop, with os.posix_spawn (a vfork in glibc), or with
 subprocess.Popen for a task with a cwd, which posix_spawn cannot set. The loop then watches a pidfd for
 the exit and reads the pipes itself: one supervising task per run, and no thread, transport or task per
-pipe.
+pipe. A guard (orphans.py) is told of each group, so that it stops them if the daemon is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, Literal
 from structlog.typing import FilteringBoundLogger
 
 from scheduler.config import TaskSpec
+from scheduler.orphans import NO_GUARD, Guard
 
 RunStatus = Literal["succeeded", "failed", "timed_out", "killed"]
 
@@ -91,6 +92,7 @@ class Run:
         trigger: str,
         scheduled_for: datetime,
         log: FilteringBoundLogger,
+        guard: Guard = NO_GUARD,
     ) -> None:
         self.task = task
         self.run_id = run_id
@@ -98,6 +100,7 @@ class Run:
         self.scheduled_for = scheduled_for
         self.pid: int | None = None
         self._log = log  # bound to the task and run id once the child is on its way
+        self._guard = guard
         self._loop = asyncio.get_running_loop()
         self._result: asyncio.Future[RunResult] = self._loop.create_future()
         self._supervisor: asyncio.Task[None] | None = None
@@ -207,6 +210,7 @@ class Run:
             self._finish(RunResult("failed", None, None, duration_s, message, _not_started_status=status))
             return
         self.pid = pid
+        self._guard.register(pid, task.kill_grace_s)
         self._log = self._log.bind(task=task.name, run_id=self.run_id)
         self._pipes = [_Pipe(self, fd, stream) for stream, fd in outputs]
         self._open_pipes = len(self._pipes)
@@ -314,6 +318,8 @@ class Run:
             # leave it running untracked.
             self.kill()
             self._close_pidfd()
+            if self.pid is not None:
+                self._guard.release(self.pid)  # SIGKILLed: the guard has nothing left to stop
             for pipe in self._pipes:
                 pipe.abort()
             if isinstance(exc, Exception):
@@ -347,9 +353,12 @@ class Run:
             self._tail_bytes -= len(tail.popleft()) + 1
 
     def _finish(self, result: RunResult) -> None:
-        """Log task.finished (a warning unless the run succeeded; never task.env) and release the waiters."""
+        """Log task.finished (a warning unless the run succeeded; never task.env) and release the waiters
+        and the guard, which must no more signal the group than the run itself does once done."""
         _cancel(self._kill_timer)
         _cancel(self._timeout_timer)
+        if self.pid is not None:
+            self._guard.release(self.pid)
         fields: dict[str, object] = {
             "status": result.status,
             "exit_code": result.exit_code,
@@ -377,6 +386,7 @@ def start_run(
     env: Mapping[str, str],
     capture_output: bool = True,
     yield_cpu: bool = True,
+    guard: Guard = NO_GUARD,
 ) -> Run:
     """Spawn `task` now, before returning its Run (call it on the running loop); a command that cannot
     start gives a run already finished as "failed" with `error` set (and no task.started), never an
@@ -389,8 +399,10 @@ def start_run(
     A task with timeout_s is stopped as "timed_out" that many seconds after the spawn. With yield_cpu,
     the daemon gives up the CPU right after the spawn, so that the child gets to run first; a caller
     starting a burst of runs passes False for all but the last, so as not to pause for each child.
+    `guard` is told of the run's process group from the spawn until the run is done, so that the group
+    gets SIGTERM if the daemon is killed (see orphans.py).
     """
-    run = Run(task, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for, log=log)
+    run = Run(task, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for, log=log, guard=guard)
     run._start(env, capture_output, yield_cpu)
     return run
 
