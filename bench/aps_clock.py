@@ -3,6 +3,7 @@ spawn the probe. Prints "ready" once the scheduler has started, then blocks unti
 
 usage: aps_clock.py PROBE OUTFILE per-second
        aps_clock.py PROBE OUTFILE burst EPOCH COUNT
+       aps_clock.py PROBE OUTFILE steady COUNT STEP_S
        aps_clock.py PROBE OUTFILE idle COUNT SEED
 """
 
@@ -39,6 +40,9 @@ def main() -> None:
                 day=at.day,
                 month=at.month,
             )
+    elif mode == "steady":
+        for _ in range(int(rest[0])):
+            scheduler.add_job(spawn_probe, "cron", second=f"*/{int(rest[1])}")
     elif mode == "idle":
         rng = random.Random(int(rest[1]))
         month = datetime.now(UTC).month

@@ -297,6 +297,51 @@ def _burst_once(bench: Bench, count: int) -> dict[str, dict[str, float]]:
     return results
 
 
+def steady(bench: Bench, count: int, step_s: int, bursts: int) -> dict[str, dict[str, float]]:
+    """`count` tasks due together every `step_s` seconds, in a clock that has been running: per burst, ms
+    from the instant to the last start; the median and the worst over `bursts` bursts (the first burst
+    after start is left out: `burst` measures that one)."""
+    results: dict[str, dict[str, float]] = {}
+    out = bench.out()
+    first = (int(time.time()) // step_s + 2) * step_s
+    subprocess.run(
+        [str(bench.floor), str(bench.probe), str(out), str(first), str(bursts), str(count), str(step_s)],
+        check=True,
+    )
+    results["floor"] = _steady_summary(read_starts(out), count, step_s)
+    for name in ("apscheduler", "ours"):
+        if name == "apscheduler":
+            proc, out = bench.aps("steady", str(count), str(step_s))
+        else:
+            proc, out = bench.ours({f"t{i:05d}": f"*/{step_s} * * * * *" for i in range(count)})
+        with running(proc):
+            proc.wait_line("ready" if name == "apscheduler" else "scheduler.started", 60)
+            starts = wait_starts(out, count * (bursts + 1), step_s * (bursts + 1) + 15)
+        # Drop the first burst after the start, and any burst cut short by the stop.
+        by_burst = _group_bursts(starts, step_s)[1 : bursts + 1]
+        results[name] = _steady_summary([ns for burst in by_burst for ns in burst], count, step_s)
+    return results
+
+
+def _group_bursts(starts: list[int], step_s: int) -> list[list[int]]:
+    """Starts grouped by the instant they belong to (the multiple of step_s at or before each)."""
+    groups: dict[int, list[int]] = {}
+    for ns in starts:
+        groups.setdefault(ns // 1_000_000_000 // step_s, []).append(ns)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _steady_summary(starts: list[int], count: int, step_s: int) -> dict[str, float]:
+    lasts = [
+        (max(burst) - (max(burst) // 1_000_000_000 // step_s) * step_s * 1_000_000_000) / 1e6
+        for burst in _group_bursts(starts, step_s)
+        if len(burst) >= count
+    ]
+    if not lasts:
+        return {"median_last": math.nan, "max_last": math.nan, "bursts": 0}
+    return {"median_last": statistics.median(lasts), "max_last": max(lasts), "bursts": len(lasts)}
+
+
 def _burst_summary(starts: list[int], at: int, count: int) -> dict[str, float]:
     if not starts:
         return {"first": math.nan, "last": math.nan, "started": 0}
@@ -465,8 +510,24 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer fires and tasks, for a smoke run")
+    parser.add_argument(
+        "--only",
+        choices=("per-second", "burst", "steady"),
+        help="run one measurement and print its figures as JSON (for iterating on one figure)",
+    )
     args = parser.parse_args()
     quick = args.quick
+    if args.only:
+        with tempfile.TemporaryDirectory(prefix="scheduler-bench-") as tmp:
+            probe, floor = build(Path(tmp))
+            bench = Bench(Path(tmp), probe, floor, quick)
+            only = {
+                "per-second": lambda: per_second(bench, 5 if quick else 20),
+                "burst": lambda: burst(bench, 100, repeats=1 if quick else 5),
+                "steady": lambda: steady(bench, 100, 2, 4 if quick else 10),
+            }[args.only]
+            print(json.dumps(only(), indent=2))
+        return
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="scheduler-bench-") as tmp:
         work = Path(tmp)
@@ -481,6 +542,8 @@ def main() -> None:
         ps = per_second(bench, fires)
         step("100 due at once")
         b100 = burst(bench, 100, repeats=1 if quick else 5)
+        step("100 due together every 2 s, steady")
+        st100 = steady(bench, 100, 2, 4 if quick else 10)
         step("1,000 due at once")
         b1000 = burst(bench, 100 if quick else 1000, repeats=1 if quick else 3)
         idle_s = 2.0 if quick else 10.0
@@ -502,6 +565,7 @@ def main() -> None:
         "per_second_ms": ps,
         "burst_100_ms": b100,
         "burst_1000_ms": b1000,
+        "steady_100_every_2s_ms": st100,
         "idle_10k": i10k,
         "idle_100k": i100k,
         "tick_among_100k_ms": among,
@@ -548,6 +612,22 @@ def main() -> None:
                 "",
             ),
         ]
+    rows += [
+        (
+            f"100 due every 2 s, steady: last start, median of {int(st100['ours']['bursts'])} bursts",
+            st100["floor"]["median_last"],
+            st100["apscheduler"]["median_last"],
+            st100["ours"]["median_last"],
+            " ms",
+        ),
+        (
+            "100 due every 2 s, steady: last start, worst burst",
+            st100["floor"]["max_last"],
+            st100["apscheduler"]["max_last"],
+            st100["ours"]["max_last"],
+            " ms",
+        ),
+    ]
     for label, i, runs in (("10,000", i10k, 5), ("100,000", i100k, 1)):
         if quick:
             label += " (quick: fewer)"
