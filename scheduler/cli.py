@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2  # bad config, unknown task, bad arguments (click uses 2 as well)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the store named cannot be reached
 _PING_FLUSH_S = 1.0  # at exit, pings still queued get this long
-_LOG_FLUSH_S = 1.0  # at exit, log lines still queued get this long (a stalled reader never holds up exit)
+_LOG_FLUSH_S = 0.5  # at exit, log lines still queued get this long (a stalled reader never holds up exit)
 _FD_LIMIT = 65_536
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the message asks for a report instead of showing a traceback
 STORE_CALL_TIMEOUT_S = 5.0  # the longest run-now, list and history wait on the store, per call
@@ -270,6 +270,8 @@ def run(
         pinger.close(timeout_s=_PING_FLUSH_S)
         if metrics_server is not None:
             metrics_server.close()
+    # Only now: nothing but the final flush of the log (main's, at most _LOG_FLUSH_S) is left before exit.
+    logger.info("scheduler.stopped")
 
 
 def _serve_metrics(addr: str) -> MetricsServer:

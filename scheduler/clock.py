@@ -503,10 +503,12 @@ class ClockLoop:
 
         Shutdown policy: the first SIGTERM or SIGINT starts it; repeated SIGTERMs (Heroku sends them to
         every process, maybe more than once) do not cut the grace short; a second SIGINT (Ctrl-C twice)
-        does, and kills what is left at once.
+        does, and kills what is left at once. Nothing else is waited for without a bound: a reload still
+        parsing is cancelled (its child is killed), the store's queued writes get recorder.FLUSH_TIMEOUT_S.
+        The caller logs `scheduler.stopped` once the rest (pings, the log) is flushed, just before exit.
         """
         if self._refresh_job is not None:
-            self._refresh_job.cancel()  # a reload still parsing in its thread is dropped
+            self._refresh_job.cancel()
         self._gate.stop()
         first = self._stop_signals[0]
         self._log.info("scheduler.stopping", signal=first, running=len(self.running_runs))
@@ -532,7 +534,6 @@ class ClockLoop:
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=_REAP_WAIT_S)
         await self._gate.close()
-        self._log.info("scheduler.stopped")
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ RECONNECT_MAX_S = 30.0
 # Writes kept while the store is down; past this the oldest are dropped (and counted in store.recovered).
 PENDING_WRITES_CAP = 10_000
 # At shutdown, queued writes get this long to reach the store.
-FLUSH_TIMEOUT_S = 2.0
+FLUSH_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)

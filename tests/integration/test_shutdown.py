@@ -1,0 +1,67 @@
+"""Shutdown is bounded in every state (a reload, a stalled store), and `scheduler.stopped` comes last."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Clock
+from tests.integration.test_store import _stalling
+
+pytestmark = pytest.mark.integration
+
+TICK = 'tasks:\n  tick:\n    schedule: "* * * * * *"\n    command: "true"\n'
+# With no run going, SIGTERM ends the process within this (README: Signals, reload and shutdown).
+EXIT_BOUND_S = 4.0
+
+
+def big_config(tasks: int) -> str:
+    lines = ["tasks:"]
+    for i in range(tasks):
+        lines += [f"  t{i}:", '    schedule: "0 3 * * *"', '    command: "true"']
+    return "\n".join(lines) + "\n"
+
+
+def stop_timed(clock: Clock) -> float:
+    began = time.monotonic()
+    clock.signal(signal.SIGTERM)
+    assert 0 == clock.stop(timeout=30)
+    return time.monotonic() - began
+
+
+class TestBoundedShutdown:
+    def test_sigterm_during_a_long_reload(self, start_clock: Callable[..., Clock], tmp_path: Path) -> None:
+        """A reload parsing a file that takes many seconds is cancelled at SIGTERM: its child is killed,
+        the clock exits at once, and scheduler.stopped is its last event."""
+        clock = start_clock(TICK)
+        clock.wait_event("task.finished")
+        (tmp_path / "schedules.yaml").write_text(big_config(150_000))
+        clock.signal(signal.SIGHUP)
+        time.sleep(1.0)  # the parse is under way (it takes far longer than this)
+        assert not clock.named("config.reloaded")
+        elapsed = stop_timed(clock)
+        assert elapsed < EXIT_BOUND_S
+        assert "scheduler.stopped" == clock.events[-1]["event"]
+        assert not clock.named("config.reloaded")
+
+    def test_sigterm_while_the_store_stalls(self, tmp_path: Path, postgres_store_url: str) -> None:
+        """A store that stops answering (TCP up, nothing back) does not hold up the exit."""
+        proxy, url = _stalling(postgres_store_url, b"scheduler_runs")
+        path = tmp_path / "schedules.yaml"
+        path.write_text(TICK)
+        clock = Clock(path, "--store", url)
+        try:
+            clock.wait_event("scheduler.started", timeout=20)
+            assert proxy.stalled.wait(10)
+            clock.wait_event("store.unavailable", timeout=10)
+            elapsed = stop_timed(clock)
+        finally:
+            if clock.proc.poll() is None:
+                clock.proc.kill()
+            proxy.close()
+        assert elapsed < EXIT_BOUND_S
+        assert "scheduler.stopped" == clock.events[-1]["event"]
