@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from scheduler.runs import new_run_id
 from scheduler.schedule import Schedule
 from scheduler.state import Fire, TaskState
 from scheduler.store import Claim, RunRecord
@@ -31,11 +31,6 @@ CLAIM_AHEAD_S = 1.0
 YIELD_EVERY_FIRES = 128
 
 LogMethod = Callable[..., Any]
-
-
-def new_run_id() -> str:
-    """A run's id: 12 hex digits, random."""
-    return uuid.uuid4().hex[:12]
 
 
 class Ledger(Protocol):

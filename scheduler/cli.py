@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 import traceback
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -33,6 +32,7 @@ from scheduler.config import (
 from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
 from scheduler.loader import load_isolated
 from scheduler.observe import NO_METRICS
+from scheduler.runs import new_run_id
 from scheduler.watch import FileWatcher
 
 if TYPE_CHECKING:
@@ -320,7 +320,7 @@ def run_now(
     store = _open_store(config, store_url)
     log.configure(log_format, log_level, stream=sys.stderr)
     logger = log.get_logger()
-    run_id = uuid.uuid4().hex[:12]
+    run_id = new_run_id()
     from scheduler.recorder import clock_identity
     from scheduler.store import RunRecord
 

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from structlog.typing import FilteringBoundLogger
 
 from scheduler import __version__
-from scheduler.claims import Claims, Gate, Ledger, LogMethod, Unclaimed, new_run_id
+from scheduler.claims import Claims, Gate, Ledger, LogMethod, Unclaimed
 from scheduler.config import Config, TaskSpec
 from scheduler.followups import FollowUps, StartRun
 from scheduler.loader import Loaded
 from scheduler.observe import NO_METRICS, NO_PINGS, MetricsSink, PingSink
+from scheduler.runs import iso_utc, new_run_id
 from scheduler.state import Fire, TaskState
 
 if TYPE_CHECKING:
@@ -267,7 +268,7 @@ class ClockLoop:
         return state is not None and state.generation == fire.generation
 
     def skipped(self, name: str, instant: datetime, reason: str, log: LogMethod, **fields: Any) -> None:
-        log("task.skipped", task=name, scheduled_for=_iso(instant), reason=reason, **fields)
+        log("task.skipped", task=name, scheduled_for=iso_utc(instant), reason=reason, **fields)
         self._metrics.skipped(name, reason)
 
     def track(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -402,7 +403,9 @@ class ClockLoop:
     def _missed(self, name: str, count: int, first: datetime, last: datetime, *, capped: bool) -> None:
         self._metrics.missed(name, count)
         extra: dict[str, Any] = {"count_capped": True} if capped else {}
-        self._log.warning("task.missed", task=name, count=count, first=_iso(first), last=_iso(last), **extra)
+        self._log.warning(
+            "task.missed", task=name, count=count, first=iso_utc(first), last=iso_utc(last), **extra
+        )
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         """Forget a finished run's job; a bug inside it is logged as an event rather than lost."""
@@ -612,7 +615,3 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 
 _malloc_trim = _load_malloc_trim()
-
-
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat()

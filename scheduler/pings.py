@@ -28,10 +28,10 @@ import scheduler
 from scheduler.config import ENV_REFERENCE, expand_env
 from scheduler.errors import ConfigError
 from scheduler.redact import host_only
+from scheduler.runs import PING_BODY_BYTES, utf8_tail
 
 DEFAULT_PING_TIMEOUT_S = 5.0
 PING_RETRIES = 2  # after the first attempt
-PING_BODY_BYTES = 10 * 1024  # the final ping's body: the tail of the run's output
 _WORKERS = 4  # daemon threads
 _QUEUE_CAP = 1000  # pings waiting beyond this are dropped
 # Before each retry: 1 s, then 2 s (one delay per retry).
@@ -153,7 +153,7 @@ class Pinger:
         else:
             kind, suffix = "success", ""
         try:
-            ping = _Ping(kind, url, suffix, run_id, timeout_s, _tail(output, PING_BODY_BYTES))
+            ping = _Ping(kind, url, suffix, run_id, timeout_s, utf8_tail(output, PING_BODY_BYTES))
             with self._lock:
                 if self._admit(ping):
                     start = self._starts.get(run_id)
@@ -299,16 +299,6 @@ class Pinger:
 
 def _method(ping: _Ping) -> str:
     return "GET" if ping.body is None else "POST"
-
-
-def _tail(output: str, limit: int) -> bytes:
-    """The last `limit` bytes of output as UTF-8, starting on a character boundary (undecodable characters
-    replaced). Only the last `limit` characters are encoded: no character is shorter than a byte."""
-    data = output[-limit:].encode("utf-8", errors="replace")[-limit:]
-    start = 0
-    while start < len(data) and data[start] & 0xC0 == 0x80:  # a continuation byte: mid-character
-        start += 1
-    return data[start:]
 
 
 def _urlopen(request: urllib.request.Request, timeout_s: float) -> int:

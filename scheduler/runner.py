@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from signal import SIGKILL, SIGTERM, Signals
 from typing import Any, Literal
@@ -31,6 +31,7 @@ from structlog.typing import FilteringBoundLogger
 
 from scheduler.config import TaskSpec
 from scheduler.orphans import NO_GUARD, Guard
+from scheduler.runs import RUN_TAIL_BYTES, iso_utc
 
 RunStatus = Literal["succeeded", "failed", "timed_out", "killed"]
 
@@ -41,8 +42,6 @@ _EXIT_TIMED_OUT = 124  # as timeout(1)
 _EXIT_CANNOT_EXECUTE = 126  # as a POSIX shell
 _EXIT_NOT_FOUND = 127  # as a POSIX shell
 _READ_BYTES = 64 * 1024  # one read of a pipe: logged before the pipe is read again, so memory stays bounded
-# Run.output_tail keeps at least the last this many bytes of logged output: a ping's body takes 10 KiB.
-OUTPUT_TAIL_BYTES = 10 * 1024
 # What subprocess.Popen resets to the default in the child: Python ignores SIGPIPE and SIGXFSZ.
 _RESTORE_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, n))
 
@@ -123,7 +122,7 @@ class Run:
 
     @property
     def output_tail(self) -> str:
-        """The last OUTPUT_TAIL_BYTES (or a little more) of the lines logged, stdout and stderr interleaved
+        """The last RUN_TAIL_BYTES (or a little more) of the lines logged, stdout and stderr interleaved
         as read, one per line; empty when the output was not captured."""
         return b"\n".join(self._tail).decode("utf-8", errors="replace")
 
@@ -187,7 +186,7 @@ class Run:
         the latency from the fire to the task's exec is what a clock is judged by."""
         task = self.task
         argv = [task.shell, "-c", task.command] if isinstance(task.command, str) else list(task.command)
-        scheduled_for = _iso_utc(self.scheduled_for)
+        scheduled_for = iso_utc(self.scheduled_for)
         child_env = {
             **env,
             **task.env,
@@ -349,7 +348,7 @@ class Run:
         tail = self._tail
         tail.append(line)
         self._tail_bytes += len(line) + 1
-        while len(tail) > 1 and self._tail_bytes - len(tail[0]) - 1 > OUTPUT_TAIL_BYTES:
+        while len(tail) > 1 and self._tail_bytes - len(tail[0]) - 1 > RUN_TAIL_BYTES:
             self._tail_bytes -= len(tail.popleft()) + 1
 
     def _finish(self, result: RunResult) -> None:
@@ -611,10 +610,6 @@ def _signal_number(name: str) -> int:
         return Signals[name].value
     except KeyError:
         return int(name.removeprefix("SIG"))
-
-
-def _iso_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat()
 
 
 def _elapsed(start: float, end: float) -> float:

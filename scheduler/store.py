@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from scheduler.config import DEFAULT_KEEP_RUNS
 from scheduler.errors import StoreError
 from scheduler.redact import redact, secrets
+from scheduler.runs import STORE_TAIL_BYTES, iso_utc, utf8_tail
 
 if TYPE_CHECKING:
     import sqlite3
 
     from psycopg import Connection
 
-OUTPUT_TAIL_BYTES = 4096
-"""The output column holds at most this many bytes of UTF-8: the end of the text, where errors are."""
 CLAIMED_TRIGGERS = ("schedule", "catch_up")
 """Triggers whose (task, scheduled_for) is unique, so that exactly one clock runs each instant."""
 CONNECT_TIMEOUT_S = 2.0
@@ -409,7 +408,7 @@ class RunRecord:
     exit_code: int | None = None
     signal: str | None = None  # e.g. "SIGKILL"
     duration_s: float | None = None
-    output: str | None = None  # the tail of the output, at most OUTPUT_TAIL_BYTES bytes of UTF-8
+    output: str | None = None  # the tail of the output, at most STORE_TAIL_BYTES bytes of UTF-8
 
     def to_json(self, *, output: bool = False) -> dict[str, object]:
         """The run for `--json` output: datetimes as ISO 8601 UTC strings; the output only when asked."""
@@ -1158,15 +1157,13 @@ def _clock_name(claimed_by: str) -> str:
 
 
 def _tail(output: str | None) -> str | None:
-    """The last OUTPUT_TAIL_BYTES bytes of the output as UTF-8, cut where a character starts.
+    """The last STORE_TAIL_BYTES bytes of the output as UTF-8, cut where a character starts.
 
     NUL characters become U+FFFD: PostgreSQL text cannot hold them, and both backends keep the same text.
     """
     if output is None:
         return None
-    data = output.replace("\x00", "\ufffd").encode("utf-8", "replace")
-    # Only the first character can be cut in the middle; "ignore" drops its continuation bytes.
-    return data[-OUTPUT_TAIL_BYTES:].decode("utf-8", "ignore")
+    return utf8_tail(output.replace("\x00", "\ufffd"), STORE_TAIL_BYTES).decode("utf-8")
 
 
 def _utc(at: datetime) -> datetime:
@@ -1176,7 +1173,7 @@ def _utc(at: datetime) -> datetime:
 
 
 def _iso(at: datetime | None) -> str | None:
-    return None if at is None else at.astimezone(UTC).isoformat()
+    return None if at is None else iso_utc(at)
 
 
 def _read_pid(fd: int) -> str:

@@ -16,7 +16,8 @@ import structlog
 from structlog.testing import capture_logs
 
 import scheduler
-from scheduler.pings import _QUEUE_CAP, PING_BODY_BYTES, Pinger, display_url
+from scheduler.pings import _QUEUE_CAP, Pinger, display_url
+from scheduler.runs import PING_BODY_BYTES
 
 DEADLINE_S = 10.0
 HANG = 0  # as a status: read the request, never answer it

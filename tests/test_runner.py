@@ -22,6 +22,7 @@ import structlog
 from scheduler import runner, schedule
 from scheduler.config import TaskSpec
 from scheduler.runner import Run, RunResult, _LineSplitter, reap_orphans, start_run
+from scheduler.runs import RUN_TAIL_BYTES
 
 T = TypeVar("T")
 
@@ -458,7 +459,7 @@ class TestOutput:
         lines = tail.split("\n")
         assert "last" == lines[-1]
         assert [str(n) for n in range(int(lines[0]), 5001)] == lines[:-1]
-        assert runner.OUTPUT_TAIL_BYTES <= len(tail.encode()) < runner.OUTPUT_TAIL_BYTES + 10
+        assert RUN_TAIL_BYTES <= len(tail.encode()) < RUN_TAIL_BYTES + 10
 
     def test_output_tail_of_a_short_output_is_all_of_it(self) -> None:
         """A short output is kept whole, stderr too; without capture there is no tail."""

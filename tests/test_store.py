@@ -25,9 +25,9 @@ import pytest
 from scheduler import store as store_module
 from scheduler.config import DEFAULT_KEEP_RUNS
 from scheduler.errors import SchedulerError, StoreError
+from scheduler.runs import STORE_TAIL_BYTES
 from scheduler.store import (
     CLAIMED_TRIGGERS,
-    OUTPUT_TAIL_BYTES,
     Claim,
     ClockInfo,
     RunRecord,
@@ -667,14 +667,14 @@ class TestFinish:
         assert {"a": T0} == store.last_claimed()
 
     def test_output_tail(self, store: Store) -> None:
-        """Long output keeps its end, at most OUTPUT_TAIL_BYTES bytes, cut where a character starts."""
+        """Long output keeps its end, at most STORE_TAIL_BYTES bytes, cut where a character starts."""
         record = run()
         store.claim([record])
         text = "€" * 2000 + "END"  # 6,003 bytes; the last 4,096 start inside a '€'
         finish(store, record, output=text)
         [back] = store.history()
         assert "€" * 1364 + "END" == back.output
-        assert 4096 == OUTPUT_TAIL_BYTES
+        assert 4096 == STORE_TAIL_BYTES
 
     def test_output_nul(self, store: Store) -> None:
         """A NUL (PostgreSQL text cannot hold it) becomes U+FFFD on both backends."""

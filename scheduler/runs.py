@@ -1,0 +1,39 @@
+"""What a run is called and what it leaves behind: its id, its instants as text, the tail of its output.
+
+One place for the sizes and the cut, which the runner (what a run keeps), the store (its output column) and
+the pings (a final ping's body) used to define each in its own way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+RUN_TAIL_BYTES = 10 * 1024
+"""A run keeps at least the last this many bytes of the lines it logged (Run.output_tail): the most that any
+of the copies below takes."""
+PING_BODY_BYTES = 10 * 1024
+"""A final ping's body: the end of the output."""
+STORE_TAIL_BYTES = 4096
+"""The run history's output column."""
+
+
+def new_run_id() -> str:
+    """A run's id: 12 hex digits, random."""
+    return uuid.uuid4().hex[:12]
+
+
+def iso_utc(at: datetime) -> str:
+    """An aware instant as ISO 8601 in UTC, as every event and the store's JSON give it."""
+    return at.astimezone(UTC).isoformat()
+
+
+def utf8_tail(text: str, limit: int) -> bytes:
+    """The last `limit` bytes of `text` as UTF-8, starting where a character starts (a character the cut
+    would split is left out; undecodable characters are replaced). Only the last `limit` characters are
+    encoded: no character is shorter than a byte."""
+    data = text[-limit:].encode("utf-8", errors="replace")[-limit:]
+    start = 0
+    while start < len(data) and data[start] & 0xC0 == 0x80:  # a continuation byte: mid-character
+        start += 1
+    return data[start:]
