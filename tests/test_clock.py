@@ -105,7 +105,7 @@ class FakeTime:
     def __init__(self, start: datetime, until: datetime) -> None:
         self.t = start
         self.until = until
-        self.actions: list[tuple[datetime, Callable[[], None]]] = []
+        self.actions: list[tuple[datetime, Callable[[], object]]] = []
         self.runs: list[FakeRun] = []
         self.durations: dict[str, float | None] = {}
         self.statuses: dict[str, list[str]] = {}  # per task, the status of each run in turn (then success)
@@ -116,7 +116,12 @@ class FakeTime:
     def now(self) -> datetime:
         return self.t
 
-    def at(self, when: datetime, action: Callable[[], None]) -> None:
+    def reload(self) -> None:
+        """SIGHUP, as an action."""
+        if self.clock is not None:
+            self.clock.request_reload()
+
+    def at(self, when: datetime, action: Callable[[], object]) -> None:
         self.actions.append((when, action))
         self.actions.sort(key=lambda a: a[0])
 
@@ -208,7 +213,7 @@ def drive(
 
     with capture_logs() as logs:
         asyncio.run(main())
-    return logs
+    return [dict(e) for e in logs]
 
 
 def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -362,9 +367,7 @@ class TestReload:
             task("keep", "*/2 * * * * *"), task("edit", "*/5 * * * * *"), task("fresh", "*/3 * * * * *")
         )
         fake = FakeTime(T0, T0 + timedelta(seconds=10, milliseconds=500))
-        fake.at(
-            T0 + timedelta(seconds=2, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
-        )
+        fake.at(T0 + timedelta(seconds=2, milliseconds=500), fake.reload)
         logs = drive(old, fake, reload_config=lambda: new)
         (reloaded,) = events(logs, "config.reloaded")
         assert (["fresh"], ["gone"], ["edit"]) == (
@@ -384,9 +387,7 @@ class TestReload:
             raise ConfigError(["schedules.yaml:3:5: task 'x': unknown key 'comand'"])
 
         fake = FakeTime(T0, T0 + timedelta(seconds=4, milliseconds=500))
-        fake.at(
-            T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
-        )
+        fake.at(T0 + timedelta(seconds=1, milliseconds=500), fake.reload)
         logs = drive(config(task("a", "* * * * * *")), fake, reload_config=broken)
         (invalid,) = events(logs, "config.invalid")
         assert "unknown key 'comand'" in invalid["error"]
@@ -410,7 +411,7 @@ class TestReload:
         """Reloading an identical file changes nothing and keeps jittered fire times."""
         cfg = config(task("a", "* * * * *", jitter_s=30.0))
         fake = FakeTime(T0, T0 + timedelta(minutes=3))
-        fake.at(T0 + timedelta(seconds=50), lambda: fake.clock and fake.clock.request_reload())
+        fake.at(T0 + timedelta(seconds=50), fake.reload)
         logs = drive(cfg, fake, reload_config=lambda: replace(cfg))
         (reloaded,) = events(logs, "config.reloaded")
         assert ([], [], []) == (reloaded["added"], reloaded["removed"], reloaded["changed"])
@@ -421,9 +422,7 @@ class TestReloadDigest:
     def test_a_touch_is_not_a_reload_but_sighup_is(self) -> None:
         """On a file change with the running digest nothing happens; SIGHUP reloads all the same."""
         fake = FakeTime(T0, T0 + timedelta(seconds=3, milliseconds=500))
-        fake.at(
-            T0 + timedelta(seconds=2, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
-        )
+        fake.at(T0 + timedelta(seconds=2, milliseconds=500), fake.reload)
         cfg = config(task("a", "* * * * * *"))
         loader = FakeLoader(lambda: cfg, iter(["", "", "", "", ""]))
         logs = drive(cfg, fake, load=loader, watcher=FakeWatcher())
@@ -433,9 +432,7 @@ class TestReloadDigest:
     def test_the_new_digest_goes_to_the_registry(self) -> None:
         """A reload tells the store which config this clock now runs."""
         fake = FakeTime(T0, T0 + timedelta(seconds=2, milliseconds=500))
-        fake.at(
-            T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
-        )
+        fake.at(T0 + timedelta(seconds=1, milliseconds=500), fake.reload)
         recorder = FakeRecorder()
         new = replace(config(task("a", "*/2 * * * * *")), digest="d2")
         drive(config(task("a", "* * * * * *")), fake, recorder=recorder, load=FakeLoader(lambda: new))
@@ -454,10 +451,8 @@ class TestReloadDigest:
             raise AssertionError("unreachable")
 
         fake = FakeTime(T0, T0 + timedelta(seconds=2, milliseconds=500))
-        fake.at(
-            T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
-        )
-        logs = drive(config(task("a", "* * * * * *")), fake, load=stuck)  # type: ignore[arg-type]
+        fake.at(T0 + timedelta(seconds=1, milliseconds=500), fake.reload)
+        logs = drive(config(task("a", "* * * * * *")), fake, load=stuck)
         assert [True] == cancelled
         assert "scheduler.stopping" == [e["event"] for e in logs if e["event"].startswith("scheduler.")][-1]
 
@@ -572,9 +567,7 @@ class TestStore:
     def test_a_changed_task_keeps_its_claim(self) -> None:
         """A reload changes a task whose next fire was claimed already: that fire runs, by that claim."""
         fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
-        fake.at(
-            T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
-        )
+        fake.at(T0 + timedelta(seconds=1, milliseconds=500), fake.reload)
         logs = drive(
             config(task("tick", "* * * * * *")),
             fake,
@@ -589,9 +582,7 @@ class TestStore:
         """A task removed by a reload after its next fire was claimed: that claim is recorded as skipped."""
         fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=4, milliseconds=500))
         recorder = FakeRecorder(now=fake.now)
-        fake.at(
-            T0 + timedelta(seconds=1, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
-        )
+        fake.at(T0 + timedelta(seconds=1, milliseconds=500), fake.reload)
         drive(
             config(task("gone", "* * * * * *"), task("kept", "*/10 * * * * *")),
             fake,
@@ -823,9 +814,7 @@ class TestMetrics:
         fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
         fake.durations["slow"] = 1.5
         metrics = Recording()
-        fake.at(
-            T0 + timedelta(seconds=2, milliseconds=500), lambda: fake.clock and fake.clock.request_reload()
-        )
+        fake.at(T0 + timedelta(seconds=2, milliseconds=500), fake.reload)
         drive(
             config(task("slow", "* * * * * *"), task("gone", "0 0 1 1 *")),
             fake,

@@ -83,7 +83,10 @@ class FakeHost:
         self.started.append((state.spec.name, trigger, run_id, attempt))
         return not self.refuse
 
-    def skipped(self, name: str, instant: datetime, reason: str, log: Any) -> None:
+    def task(self, name: str) -> TaskState | None:
+        return None
+
+    def skipped(self, name: str, instant: datetime, reason: str, log: Any, **fields: Any) -> None:
         pass
 
     def track(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -171,7 +174,8 @@ class TestFollowUps:
 
         async def main() -> None:
             states = {"t": TaskState(spec(ping_url="https://hc/x", on_failure="alert"))}
-            host, pinger, hooks = FakeHost(), FakePinger(), []
+            host, pinger = FakeHost(), FakePinger()
+            hooks: list[tuple[str, object]] = []
             f = followups(states, host, pinger, hooks)
             f.run_ended(states["t"], FakeRun(states["t"].spec, "r1"), FAILED, 1)  # type: ignore[arg-type]
             await asyncio.gather(*host.jobs)

@@ -322,6 +322,7 @@ class TestGuardProcess:
         assert proc.poll() is None
         assert not (tmp_path / f"mark.{proc.pid}").exists()
 
+    @pytest.mark.timing
     def test_sigterm_ignored_then_sigkill(self, tmp_path: Path, groups: list[int]) -> None:
         """A group that ignores SIGTERM is SIGKILLed once its grace has passed, not before."""
         guard = start_guard(_Recorder().log)

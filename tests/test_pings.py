@@ -264,6 +264,7 @@ class TestFailures:
             "error": "HTTP 500",
         } == failed
 
+    @pytest.mark.timing
     def test_hung_server_never_holds_up_the_caller(self, server: PingServer, logs: Logs) -> None:
         """Against a server that never answers, start() and finish() return at once; each ping times out."""
         server.statuses.update({"/check/start": HANG, "/check/fail": HANG})
@@ -335,6 +336,7 @@ class TestOrdering:
 
 
 class TestClose:
+    @pytest.mark.timing
     def test_close_returns_within_its_timeout(self, server: PingServer, logs: Logs) -> None:
         """With every worker stuck on a hung server, close() gives up at its timeout and counts the rest."""
         server.statuses["/check/start"] = HANG

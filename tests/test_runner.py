@@ -303,6 +303,7 @@ class TestStartRun:
         [finished] = rec.named("task.finished")
         assert ("warning", "SIGUSR1", None) == (finished["level"], finished["signal"], finished["exit_code"])
 
+    @pytest.mark.timing
     def test_background_process_holding_stdout(self) -> None:
         """A background process that keeps stdout open delays the end of the run by about a second only."""
         rec = _Recorder()
@@ -393,6 +394,7 @@ class TestOutput:
 
         assert ["\ufffdok"] == rec.lines()
 
+    @pytest.mark.timing
     def test_60_mb_line_keeps_memory_bounded(self) -> None:
         """60 MB without a newline gives one truncated line, and the daemon's RSS stays flat."""
         rec = _Recorder()
@@ -414,6 +416,7 @@ class TestOutput:
         assert peak_kib - before_kib < 20 * 1024
         assert _rss_kib() - before_kib < 20 * 1024
 
+    @pytest.mark.timing
     def test_flood_does_not_starve_loop(self) -> None:
         """While one task floods its output, other timers on the loop still fire on time."""
         rec = _Recorder()
@@ -497,6 +500,7 @@ class TestLineSplitter:
 
 @pytest.mark.usefixtures("spawner")
 class TestStop:
+    @pytest.mark.timing
     def test_timeout_kills_grandchildren(self, tmp_path: Path) -> None:
         """On timeout the whole group gets SIGTERM, grandchildren included, and the run is "timed_out"."""
         pid_file = tmp_path / "grandchild.pid"
@@ -523,6 +527,7 @@ class TestStop:
             finished["signal"],
         )
 
+    @pytest.mark.timing
     def test_sigkill_after_grace_when_sigterm_ignored(self) -> None:
         """A group that ignores SIGTERM is SIGKILLed kill_grace_s after stop() and ends as "killed"."""
         rec = _Recorder()
@@ -541,6 +546,7 @@ class TestStop:
         assert 128 + signal.SIGKILL == result.shell_exit_status
         assert 0.3 <= elapsed < 2.0
 
+    @pytest.mark.timing
     def test_second_stop_keeps_status_and_shortens_grace(self) -> None:
         """A second stop() keeps the first status and may only bring the SIGKILL forward."""
         rec = _Recorder()
@@ -576,6 +582,7 @@ class TestStop:
         assert ("killed", 0, None) == (result.status, result.exit_code, result.signal)
         assert 128 + signal.SIGTERM == result.shell_exit_status
 
+    @pytest.mark.timing
     def test_leftovers_keep_the_grace_period(self, tmp_path: Path) -> None:
         """When `sh` dies on SIGTERM, the worker under it still gets to clean up and log before SIGKILL."""
         worker = tmp_path / "worker.py"

@@ -418,6 +418,7 @@ class TestConnect:
         with pytest.raises(StoreError, match=f"run-history store {url}: cannot connect"):
             open_store(url).connect()
 
+    @pytest.mark.timing
     def test_postgres_dead_port(self) -> None:
         """Nothing listening: a StoreError within a few seconds, without the password."""
         pytest.importorskip("psycopg")

@@ -19,7 +19,7 @@ SCHEDULER = [sys.executable, "-m", "scheduler"]
 Event = dict[str, Any]
 
 
-class Clock:
+class ClockProcess:
     """A running `scheduler run`, its events collected by a reader thread."""
 
     def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
@@ -97,14 +97,14 @@ class Clock:
 
 
 @pytest.fixture
-def start_clock(tmp_path: Path) -> Iterator[Callable[..., Clock]]:
+def start_clock(tmp_path: Path) -> Iterator[Callable[..., ClockProcess]]:
     """Start `scheduler run` on a config text; every clock is stopped (and killed if need be) at the end."""
-    clocks: list[Clock] = []
+    clocks: list[ClockProcess] = []
 
-    def start(config_text: str, *args: str, env: dict[str, str] | None = None) -> Clock:
+    def start(config_text: str, *args: str, env: dict[str, str] | None = None) -> ClockProcess:
         path = tmp_path / "schedules.yaml"
         path.write_text(config_text)
-        clock = Clock(path, *args, env=env)
+        clock = ClockProcess(path, *args, env=env)
         clocks.append(clock)
         clock.wait_event("scheduler.started")
         return clock

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Clock
+from tests.integration.conftest import ClockProcess
 from tests.integration.test_store import _stalling
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def big_config(tasks: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stop_timed(clock: Clock) -> float:
+def stop_timed(clock: ClockProcess) -> float:
     began = time.monotonic()
     clock.signal(signal.SIGTERM)
     assert 0 == clock.stop(timeout=30)
@@ -34,7 +34,9 @@ def stop_timed(clock: Clock) -> float:
 
 
 class TestBoundedShutdown:
-    def test_sigterm_during_a_long_reload(self, start_clock: Callable[..., Clock], tmp_path: Path) -> None:
+    def test_sigterm_during_a_long_reload(
+        self, start_clock: Callable[..., ClockProcess], tmp_path: Path
+    ) -> None:
         """A reload parsing a file that takes many seconds is cancelled at SIGTERM: its child is killed,
         the clock exits at once, and scheduler.stopped is its last event."""
         clock = start_clock(TICK)
@@ -53,7 +55,7 @@ class TestBoundedShutdown:
         proxy, url = _stalling(postgres_store_url, b"scheduler_runs")
         path = tmp_path / "schedules.yaml"
         path.write_text(TICK)
-        clock = Clock(path, "--store", url)
+        clock = ClockProcess(path, "--store", url)
         try:
             clock.wait_event("scheduler.started", timeout=20)
             assert proxy.stalled.wait(10)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Clock, run_cli
+from tests.integration.conftest import ClockProcess, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -30,20 +30,20 @@ def at(text: object) -> datetime:
     return datetime.fromisoformat(str(text))
 
 
-def started_instants(clocks: list[Clock]) -> Counter[str]:
+def started_instants(clocks: list[ClockProcess]) -> Counter[str]:
     return Counter(e["scheduled_for"] for c in clocks for e in c.named("task.started"))
 
 
-def start_clocks(tmp_path: Path, text: str, store: str, count: int) -> list[Clock]:
+def start_clocks(tmp_path: Path, text: str, store: str, count: int) -> list[ClockProcess]:
     path = tmp_path / "schedules.yaml"
     path.write_text(text)
-    clocks = [Clock(path, "--store", store, "--log-level", "debug") for _ in range(count)]
+    clocks = [ClockProcess(path, "--store", store, "--log-level", "debug") for _ in range(count)]
     for clock in clocks:
         clock.wait_event("scheduler.started")
     return clocks
 
 
-def first_start(clocks: list[Clock], count: int = 1, timeout: float = 20) -> dict[str, Any]:
+def first_start(clocks: list[ClockProcess], count: int = 1, timeout: float = 20) -> dict[str, Any]:
     """Wait until one of the clocks has started `count` runs; its last, with `clock` set to that clock."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,7 +55,7 @@ def first_start(clocks: list[Clock], count: int = 1, timeout: float = 20) -> dic
     pytest.fail(f"no clock started {count} runs in {timeout} s")
 
 
-def stop_all(clocks: list[Clock]) -> None:
+def stop_all(clocks: list[ClockProcess]) -> None:
     for clock in clocks:
         if clock.proc.poll() is None:
             clock.signal(signal.SIGTERM)
