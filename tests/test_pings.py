@@ -320,7 +320,8 @@ class TestOrdering:
         pinger.close(DEADLINE_S)
         start, success = server.requests
         assert ["/check/start", "/check"] == [start.path, success.path]
-        assert success.at - start.at >= 0.2
+        # The start's 0.2 s timeout runs from before the server saw its request: allow for that lag.
+        assert success.at - start.at >= 0.15
         assert ["start"] == [e["kind"] for e in events(logs, "ping.failed")]
 
     def test_other_runs_are_not_held_up(self, server: PingServer, logs: Logs) -> None:

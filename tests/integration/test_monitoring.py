@@ -163,6 +163,7 @@ class TestPings:
             else:
                 assert ("POST", "/bad/3", "broken") == (final["method"], final["path"], final["body"])
 
+    @pytest.mark.timing
     @pytest.mark.parametrize("kind", ["hangs", "refuses"])
     def test_a_bad_ping_server_does_not_delay_fires(self, start_clock: Any, kind: str) -> None:
         """A ping server that hangs or refuses: the per-second task still starts on the second."""

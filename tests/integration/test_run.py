@@ -21,6 +21,7 @@ def at(event: dict[str, object], key: str) -> datetime:
 
 
 class TestFiring:
+    @pytest.mark.timing
     def test_per_second_task_fires_on_the_second(self, start_clock) -> None:
         """A per-second task starts every second, each within a fraction of its instant."""
         clock = start_clock('tasks:\n  tick:\n    schedule: "* * * * * *"\n    command: "true"\n')
@@ -134,6 +135,7 @@ class TestShutdown:
             if at(e, "timestamp") > at(clock.named("scheduler.stopping")[0], "timestamp")
         ]
 
+    @pytest.mark.timing
     def test_task_ignoring_term_is_killed_within_grace(self, start_clock) -> None:
         """A task ignoring SIGTERM is SIGKILLed when the grace ends; a repeated SIGTERM changes nothing."""
         clock = start_clock(
@@ -155,6 +157,7 @@ class TestShutdown:
         finished = clock.named("task.finished")
         assert [("killed", "SIGKILL")] == [(e["status"], e["signal"]) for e in finished]
 
+    @pytest.mark.timing
     def test_second_sigint_cuts_the_grace_short(self, start_clock) -> None:
         """A second Ctrl-C kills what is left at once."""
         clock = start_clock(
@@ -216,6 +219,7 @@ class TestOutputFlood:
         assert 1 == len([e for e in clock.named("task.output") if e["task"] == "flood"])
         assert after - before < 30_000, (before, after)
 
+    @pytest.mark.timing
     def test_flood_of_lines_does_not_delay_other_tasks(self, start_clock) -> None:
         """A task printing 200,000 lines does not hold up a per-second task."""
         clock = start_clock(

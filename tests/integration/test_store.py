@@ -65,16 +65,16 @@ def stop_all(clocks: list[ClockProcess]) -> None:
 
 class TestSeveralClocks:
     def test_three_clocks_run_each_instant_once(self, tmp_path: Path, postgres_store_url: str) -> None:
-        """Three clocks on one per-second task for 20 s: every instant is started by exactly one of them."""
+        """Three clocks on one per-second task for 12 s: every instant is started by exactly one of them."""
         clocks = start_clocks(tmp_path, PER_SECOND, postgres_store_url, 3)
         try:
             first = at(first_start(clocks)["scheduled_for"])
-            time.sleep(20)
+            time.sleep(12)
         finally:
             stop_all(clocks)
         counts = started_instants(clocks)
         window = sorted(i for i in counts if at(i) >= first)
-        assert len(window) >= 19
+        assert len(window) >= 11
         assert {1} == {counts[i] for i in window}, {i: n for i, n in counts.items() if n != 1}
         assert all(n == 1 for n in counts.values())
         # No gaps: consecutive seconds from the first to the last.
