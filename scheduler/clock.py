@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import gc
 import heapq
 import itertools
@@ -37,7 +38,7 @@ from scheduler.state import Fire, TaskState
 
 if TYPE_CHECKING:
     from scheduler.recorder import History
-    from scheduler.runner import Run
+    from scheduler.runner import Run, RunResult
 
 __all__ = ["ClockLoop", "StartRun", "SystemTime", "TimeSource"]
 
@@ -50,6 +51,8 @@ PRECISE_SLEEP_S = 0.002
 DEFAULT_SHUTDOWN_GRACE_S = 25.0
 # Counting the instants missed during a long pause stops here; the event then says `count_capped`.
 MISSED_COUNT_CAP = 100_000
+# A schedule's instants are whole seconds: two are never closer than this.
+_MIN_SPACING_S = 1.0
 # When many tasks are due at once, the loop serves the running runs' I/O after this many starts.
 _YIELD_EVERY_FIRES = 128
 # While the config is parsed in a thread, the loop thread waits at most this long for the GIL.
@@ -326,7 +329,8 @@ class ClockLoop:
         self._metrics.run_started(spec.name)
         if spec.ping_url is not None:
             self._pinger.start(spec.ping_url, run.run_id, timeout_s=spec.ping_timeout_s)
-        self.track(self._forget_when_done(state, run, attempt))
+        # A callback, not a task per run: a burst of starts creates nothing more on the way to its spawns.
+        run.when_done(functools.partial(self._run_ended, state, run, attempt))
         return True
 
     # Scheduling
@@ -378,6 +382,14 @@ class ClockLoop:
         """
         spec = state.spec
         first = fire.instant
+        now_ts = now.timestamp()
+        if now_ts - first.timestamp() < _MIN_SPACING_S and now_ts - fire.due <= spec.grace_s:
+            # On time, the common case: no other instant can have passed (a schedule's instants are at
+            # least a second apart), so the run starts first and the next fire is worked out after it.
+            state.last_instant = first
+            started = self._gate.fire(state, first)
+            self._push(state, spec.schedule.next_fire(first).at)
+            return started
         newest, count, previous = first, 1, None
         upcoming = spec.schedule.next_fire(first).at
         while upcoming <= now and count < MISSED_COUNT_CAP:
@@ -416,16 +428,20 @@ class ClockLoop:
         if not job.cancelled() and (exc := job.exception()) is not None:
             self._log.error("scheduler.error", error=f"{type(exc).__name__}: {exc}")
 
-    async def _forget_when_done(self, state: TaskState, run: Run, attempt: int) -> None:
+    def _run_ended(self, state: TaskState, run: Run, attempt: int, result: RunResult) -> None:
+        """A run has finished (its task.finished is logged): forget it, record it, and follow it up."""
         try:
-            result = await run.wait()
-        finally:
             state.runs.remove(run)
             self._runs.discard(run)
-        self._metrics.run_finished(run.task.name, result.status, result.duration_s)
-        self._gate.finished(run, result)
-        if not self._stop_signals:
-            self._followups.run_ended(state, run, result, attempt)
+            self._metrics.run_finished(run.task.name, result.status, result.duration_s)
+            self._gate.finished(run, result)
+            if not self._stop_signals:
+                self._followups.run_ended(state, run, result, attempt)
+        except Exception as exc:  # a bug: an event, not a traceback from the loop's callback
+            self._log.error("scheduler.error", task=run.task.name, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if self._stop_signals:
+                self._wake.set()  # the shutdown waits for the runs to end
 
     # Reload
 
@@ -534,8 +550,11 @@ class ClockLoop:
                 break
         for run in self.running_runs:
             run.kill()
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=_REAP_WAIT_S)
+        reaped = {asyncio.ensure_future(run.wait()) for run in self.running_runs}
+        if reaped or self._pending:
+            await asyncio.wait({*reaped, *self._pending}, timeout=_REAP_WAIT_S)
+        for still in reaped:
+            still.cancel()
         await self._gate.close()
 
 

@@ -27,6 +27,8 @@ LogFormat = Literal["auto", "console", "logfmt", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "logfmt", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 BUFFER_LINES = 10_000  # lines waiting for a slow reader; past this (or BUFFER_BYTES), new lines are dropped
+# The writer waits this long after the first line of a quiet spell, so that a burst is written in one go.
+_GATHER_S = 0.002
 BUFFER_BYTES = 4 * 1024 * 1024
 _FIRST_KEYS = ("timestamp", "level", "event")
 _WRITE_BYTES = 64 * 1024  # lines are joined into writes of about this size (a pipe's buffer)
@@ -199,6 +201,15 @@ class LineBuffer:
                         self._drained.notify_all()
                         return
                     self._wake.wait()
+                if len(self._queue) == 1 and not self._closed:
+                    # Woken by the first line of what may be a burst (a hundred task.started at one
+                    # instant): let the rest come before writing, rather than waking and taking the
+                    # interpreter's lock from the loop for every line.
+                    self._lock.release()
+                    try:
+                        time.sleep(_GATHER_S)
+                    finally:
+                        self._lock.acquire()
                 batch, self._queue = self._queue, deque()
                 if len(batch) > 1 and isinstance(batch[-1], _Gap):
                     # Lines still being dropped go on counting in this gap, for one notice per stall.

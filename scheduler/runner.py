@@ -131,6 +131,10 @@ class Run:
         """True once the run has finished and task.finished has been logged."""
         return self._result.done()
 
+    def when_done(self, callback: Callable[[RunResult], None]) -> None:
+        """Call `callback` with the result once the run has finished and task.finished has been logged."""
+        self._result.add_done_callback(lambda result: callback(result.result()))
+
     async def wait(self) -> RunResult:
         """Wait until the run has finished and task.finished has been logged; cancelling a waiter leaves
         the run alone."""
@@ -182,8 +186,11 @@ class Run:
             pass  # the whole group has exited already
 
     def _start(self, env: Mapping[str, str], capture_output: bool, yield_cpu: bool) -> None:
-        """Spawn the child before anything else (logging, timers, the supervisor), and without awaiting:
-        the latency from the fire to the task's exec is what a clock is judged by."""
+        """Spawn the child now and tell the guard, and leave everything else (logging, the exit watch,
+        timers, the supervisor) to a callback right after: the latency from the fire to the task's exec is
+        what a clock is judged by, and when many tasks are due at once, each child's bookkeeping would
+        otherwise hold up the next one's spawn. The pid is set at once, so stop() and kill() work from
+        the start."""
         task = self.task
         argv = [task.shell, "-c", task.command] if isinstance(task.command, str) else list(task.command)
         scheduled_for = iso_utc(self.scheduled_for)
@@ -209,7 +216,14 @@ class Run:
             self._finish(RunResult("failed", None, None, duration_s, message, _not_started_status=status))
             return
         self.pid = pid
+        # The guard hears of the group at once: a clock killed a moment after this spawn still stops it.
         self._guard.register(pid, task.kill_grace_s)
+        self._loop.call_soon(self._started, outputs, scheduled_for, started)
+
+    def _started(self, outputs: list[tuple[str, int]], scheduled_for: str, started: float) -> None:
+        """The bookkeeping of a spawned run, on the loop's next turn (after the rest of a burst)."""
+        assert self.pid is not None
+        pid, task = self.pid, self.task
         self._log = self._log.bind(task=task.name, run_id=self.run_id)
         self._pipes = [_Pipe(self, fd, stream) for stream, fd in outputs]
         self._open_pipes = len(self._pipes)
@@ -218,7 +232,9 @@ class Run:
         self._watch_exit(pid)
         self._log.info("task.started", trigger=self.trigger, scheduled_for=scheduled_for, pid=pid)
         if task.timeout_s is not None and not self._leader_gone:
-            self._timeout_timer = self._loop.call_later(task.timeout_s, self.stop, "timed_out")
+            self._timeout_timer = self._loop.call_later(
+                max(task.timeout_s - (time.monotonic() - started), 0.0), self.stop, "timed_out"
+            )
         self._supervisor = self._loop.create_task(self._supervise(started))
 
     def _spawn(

@@ -54,10 +54,17 @@ class FakeRun:
     stopped_with: str | None = None
     killed: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def done(self) -> bool:
         return self.finished.is_set()
+
+    def when_done(self, callback: Callable[[RunResult], None]) -> None:
+        async def waiter() -> None:
+            callback(await self.wait())
+
+        self.waiters.add(asyncio.get_running_loop().create_task(waiter()))
 
     async def wait(self) -> RunResult:
         await self.finished.wait()
