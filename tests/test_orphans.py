@@ -15,6 +15,7 @@ import pytest
 
 from scheduler import orphans, runner
 from scheduler.orphans import NO_GUARD, Guard, _GuardProcess, _Registry, _terminate, start_guard
+from tests.procs import group_alive
 from tests.test_runner import _Recorder, _run, _start, _task, _until
 
 DEADLINE_S = 10.0
@@ -26,19 +27,6 @@ def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = DEADLINE_
         if time.monotonic() > deadline:
             raise AssertionError(f"not before the deadline: {what}")
         time.sleep(0.01)
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while a process of group `pgid` runs (zombies waiting for init do not count)."""
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 def _ignores(pid: int, signum: int) -> bool:
@@ -289,7 +277,7 @@ class TestGuardProcess:
         _wait(lambda: proc.poll() is not None, "the task exits")
         assert 0 == proc.returncode
         assert "TERM\n" == (tmp_path / f"mark.{proc.pid}").read_text()
-        _wait(lambda: not _group_alive(proc.pid), "the whole group is gone")
+        _wait(lambda: not group_alive(proc.pid), "the whole group is gone")
         guard._reap(DEADLINE_S)
         assert 0 == guard.pid
         assert [] == rec.events
@@ -336,7 +324,7 @@ class TestGuardProcess:
         _wait(lambda: proc.poll() is not None, "the task is killed")
         assert time.monotonic() - closed >= 0.5
         assert -signal.SIGKILL == proc.returncode
-        _wait(lambda: not _group_alive(proc.pid), "the whole group is gone")
+        _wait(lambda: not group_alive(proc.pid), "the whole group is gone")
 
     def test_guard_deaf_to_clock_signals(self, tmp_path: Path, groups: list[int]) -> None:
         """SIGINT, SIGTERM and SIGHUP do not stop the guard: it still acts when the clock dies."""

@@ -12,23 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import SCHEDULER, pid_alive, wait_until
+from tests.procs import group_alive
 
 pytestmark = pytest.mark.integration
 
 _TRAP_TERM = "trap 'echo TERM > {mark}; exit 0' TERM"
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while a process of group `pgid` runs (zombies waiting for init do not count)."""
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
@@ -96,7 +84,7 @@ def test_killed_clock_terminates_running_task(
 
     assert wait_until(lambda: task.mark.exists(), 10), "the task got no SIGTERM"
     assert "TERM\n" == task.mark.read_text()
-    assert wait_until(lambda: not _group_alive(pgid), 10)
+    assert wait_until(lambda: not group_alive(pgid), 10)
 
 
 def test_task_ignoring_sigterm_is_killed_after_its_grace(
@@ -113,7 +101,7 @@ def test_task_ignoring_sigterm_is_killed_after_its_grace(
     killed = time.monotonic()
     clock.proc.wait(10)
 
-    assert wait_until(lambda: not _group_alive(pgid), 15)
+    assert wait_until(lambda: not group_alive(pgid), 15)
     assert time.monotonic() - killed >= 1.0
 
 
@@ -130,7 +118,7 @@ def test_grandchild_in_its_own_session_survives(start_clock, tmp_path: Path, lef
     clock.proc.kill()
     clock.proc.wait(10)
 
-    assert wait_until(lambda: not _group_alive(pgid), 10)
+    assert wait_until(lambda: not group_alive(pgid), 10)
     assert "TERM\n" == task.mark.read_text()
     assert pid_alive(grandchild)
 
@@ -173,7 +161,7 @@ def test_killed_run_now_terminates_its_task(tmp_path: Path, leftovers: list[int]
         proc.wait(10)
 
         assert wait_until(lambda: task.mark.exists(), 10), "the task got no SIGTERM"
-        assert wait_until(lambda: not _group_alive(pgid), 10)
+        assert wait_until(lambda: not group_alive(pgid), 10)
     finally:
         proc.kill()
         proc.wait(10)
