@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scheduler.runs import new_run_id
 from scheduler.schedule import Schedule
-from scheduler.state import Fire, TaskState
+from scheduler.state import Fire, Host, LogMethod, TaskState
 from scheduler.store import Claim, RunRecord
 
 if TYPE_CHECKING:
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 CLAIM_AHEAD_S = 1.0
 # When many claimed instants start at once, the loop serves the running runs' I/O after this many starts.
 YIELD_EVERY_FIRES = 128
-
-LogMethod = Callable[..., Any]
 
 
 class Ledger(Protocol):
@@ -49,42 +47,6 @@ class Ledger(Protocol):
     def finished(self, run_id: str, **fields: Any) -> None: ...
     def released(self, run_id: str) -> None: ...
     async def close(self) -> None: ...
-
-
-class Host(Protocol):
-    """What a gate needs from the loop."""
-
-    @property
-    def stopping(self) -> bool:
-        """True once a stop was requested: nothing new starts."""
-
-    def now(self) -> datetime: ...
-
-    def task(self, name: str) -> TaskState | None:
-        """The task of that name as the loop runs it now, if any."""
-
-    def is_current(self, state: TaskState) -> bool:
-        """Whether `state` is still the task's (a reload may have removed or replaced it)."""
-
-    def is_live(self, fire: Fire) -> bool:
-        """Whether a queued fire still belongs to its task's current schedule."""
-
-    def start(
-        self,
-        state: TaskState,
-        instant: datetime,
-        trigger: str,
-        *,
-        run_id: str | None = None,
-        yield_cpu: bool | None = None,
-        attempt: int = 1,
-    ) -> bool:
-        """Start a run under the task's overlap policy; True if one started."""
-
-    def skipped(self, name: str, instant: datetime, reason: str, log: LogMethod, **fields: Any) -> None: ...
-
-    def track(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a job the shutdown waits for."""
 
 
 class Gate(Protocol):

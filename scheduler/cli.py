@@ -25,12 +25,11 @@ from scheduler.config import (
     TaskSpec,
     expand_env,
     format_duration,
-    load_config,
     parse_duration,
     suggest,
 )
 from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
-from scheduler.loader import load_isolated
+from scheduler.loader import load_config, load_isolated
 from scheduler.observe import NO_METRICS
 from scheduler.runs import new_run_id
 from scheduler.watch import FileWatcher

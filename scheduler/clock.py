@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from structlog.typing import FilteringBoundLogger
 
 from scheduler import __version__
-from scheduler.claims import Claims, Gate, Ledger, LogMethod, Unclaimed
+from scheduler.claims import Claims, Gate, Ledger, Unclaimed
 from scheduler.config import Config, TaskSpec
 from scheduler.followups import FollowUps, StartRun
 from scheduler.loader import Loaded
 from scheduler.observe import NO_METRICS, NO_PINGS, MetricsSink, PingSink
 from scheduler.runs import iso_utc, new_run_id
-from scheduler.state import Fire, TaskState
+from scheduler.state import Fire, LogMethod, TaskState
 
 if TYPE_CHECKING:
     from scheduler.recorder import History

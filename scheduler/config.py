@@ -1,6 +1,6 @@
 """schedules.yaml text -> validated, frozen task specs. Errors carry PATH:LINE:COL.
 
-Pure: no clock, no processes; the only I/O is `load_config` reading the file. Parsing works on PyYAML's
+Pure: no clock, no processes, no files (loader.py reads them). Parsing works on PyYAML's
 composed node tree rather than on loaded dicts, because only nodes know their line and column and only they
 show duplicate keys (`yaml.safe_load` silently keeps the last one). Every problem found is collected and
 raised together in one `ConfigError`, so that a user fixes them all in one pass.
@@ -129,14 +129,6 @@ class Config:
     keep_runs: int = DEFAULT_KEEP_RUNS
     namespace: str = ""
     digest: str = field(default="", compare=False)
-
-
-def load_config(path: str) -> Config:
-    """Read and validate the config file at `path`: `loader.load_config`, which owns the reading (bounded,
-    regular files only). Kept here for callers that know only this module."""
-    from scheduler.loader import load_config as load  # the edge that opens files; it imports this module
-
-    return load(path)
 
 
 def parse_config(text: str | bytes, path: str, *, base_dir: str | None = None) -> Config:

@@ -14,10 +14,9 @@ from structlog.typing import FilteringBoundLogger
 from scheduler import hooks
 from scheduler.config import TaskSpec
 from scheduler.observe import PingSink
-from scheduler.state import TaskState
+from scheduler.state import Host, PendingRetry, TaskState
 
 if TYPE_CHECKING:
-    from scheduler.claims import Host
     from scheduler.runner import Run, RunResult
 
 
@@ -56,18 +55,6 @@ class RetryPolicy:
         if attempt > self.retries:
             return None
         return min(self.delay_s * self.backoff ** (attempt - 1), self.max_delay_s)
-
-
-@dataclass(slots=True)
-class PendingRetry:
-    """A failed run's next attempt, waiting out its delay; it keeps what the last attempt left, for the
-    failure notices when the retries end without another attempt."""
-
-    due: float
-    instant: datetime
-    attempt: int  # the attempt this retry will be (2 for the first retry)
-    failed: Run
-    result: RunResult
 
 
 class FollowUps:

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import pytest
 
 from scheduler import loader
-from scheduler.config import load_config as config_load_config
 from scheduler.errors import ConfigError
 from scheduler.loader import (
     MAX_CONFIG_BYTES,
@@ -187,12 +186,6 @@ class TestLoadConfig:
         assert str(path) == config.path
         assert str(tmp_path / "jobs") == config.tasks["a"].cwd
         assert sha256(text.encode()) == config.digest
-
-    def test_config_module_delegates(self, config_file: Path) -> None:
-        """config.load_config is the same bounded load."""
-        assert load_config(str(config_file)) == config_load_config(str(config_file))
-        with pytest.raises(ConfigError, match="not a regular file"):
-            config_load_config("/dev/zero")
 
     def test_errors_name_the_path(self, tmp_path: Path) -> None:
         """Problems in a file on disk start with its path."""
