@@ -562,3 +562,24 @@ class TestLeases:
         statuses = [r["status"] for r in json.loads(history.stdout) if r["claimed_by"] == dead_id]
         assert "lost" in statuses
         assert "running" not in statuses
+
+    def test_clocks_on_different_configs_warn(self, tmp_path: Path, postgres_store_url: str) -> None:
+        """Two live clocks on one store running different schedules files (a deploy half done): each logs
+        config.mismatch naming both clocks and their config digests."""
+        clocks = []
+        try:
+            for name, schedule in (("a", "0 3 * * *"), ("b", "0 4 * * *")):
+                folder = tmp_path / name
+                folder.mkdir()
+                path = folder / "schedules.yaml"
+                path.write_text(f'tasks:\n  nightly:\n    schedule: "{schedule}"\n    command: "true"\n')
+                clock = ClockProcess(path, "--store", postgres_store_url)
+                clock.wait_event("scheduler.started", timeout=20)
+                clocks.append(clock)
+            ids = {c.wait_event("store.opened")[0]["claimed_by"] for c in clocks}
+            for clock in clocks:
+                (mismatch,) = clock.wait_event("config.mismatch", timeout=20)[:1]
+                assert ids == set(mismatch["clocks"])
+                assert 2 == len(set(mismatch["clocks"].values()))
+        finally:
+            stop_all(clocks)
