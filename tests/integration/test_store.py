@@ -583,3 +583,24 @@ class TestLeases:
                 assert 2 == len(set(mismatch["clocks"].values()))
         finally:
             stop_all(clocks)
+
+    def test_sqlite_file_deleted_under_the_clock(self, tmp_path: Path) -> None:
+        """The SQLite file is deleted while the clock runs: the clock notices at its heartbeat
+        (store.unavailable), recreates it (store.recovered, 0600), and records the next runs there."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text(PER_SECOND)
+        db = tmp_path / "state.db"
+        clock = ClockProcess(path, "--store", f"sqlite:///{db}")
+        try:
+            clock.wait_event("task.finished", timeout=20)
+            db.unlink()
+            clock.wait_event("store.unavailable", timeout=15)
+            clock.wait_event("store.recovered", timeout=15)
+            recovered = len(clock.named("task.finished"))
+            clock.wait_event("task.finished", count=recovered + 2, timeout=10)
+        finally:
+            clock.stop()
+        assert 0o600 == db.stat().st_mode & 0o777
+        history = run_cli("history", "tick", "--json", "--store", f"sqlite:///{db}", cwd=tmp_path)
+        assert 0 == history.returncode, history.stderr
+        assert len(json.loads(history.stdout)) >= 2
