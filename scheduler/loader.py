@@ -134,11 +134,11 @@ def _load_with_digest(path: str) -> Loaded:
         data = read_config_file(path)
     except ConfigError as exc:
         return Loaded(None, None, tuple(exc.problems))
-    digest = hashlib.sha256(data).hexdigest()
     try:
-        return Loaded(digest, parse_config(data, path), ())
+        config = parse_config(data, path)  # hashes the bytes once, into Config.digest
     except ConfigError as exc:
-        return Loaded(digest, None, tuple(exc.problems))
+        return Loaded(hashlib.sha256(data).hexdigest(), None, tuple(exc.problems))
+    return Loaded(config.digest, config, ())
 
 
 async def load_isolated(path: str, *, timeout_s: float = DEFAULT_LOAD_TIMEOUT_S) -> Loaded:
