@@ -259,36 +259,20 @@ class Claims:
         return record.run_id
 
     def finished(self, run: Run, result: RunResult) -> None:
-        if run.run_id not in self._recorded:
-            return
-        self._recorded.discard(run.run_id)
-        output = (run.output_tail or result.error) if run.task.store_output else None
-        self._ledger.finished(
+        self._write_end(
             run.run_id,
-            finished_at=self._host.now(),
             status=result.status,
             exit_code=result.exit_code,
             signal=result.signal,
             duration_s=result.duration_s,
-            output=output,
+            output=(run.output_tail or result.error) if run.task.store_output else None,
         )
 
     def config_changed(self, digest: str) -> None:
         self._ledger.config_changed(digest)
 
     def not_run(self, run_id: str) -> None:
-        if run_id not in self._recorded:
-            return
-        self._recorded.discard(run_id)
-        self._ledger.finished(
-            run_id,
-            finished_at=self._host.now(),
-            status="skipped",
-            exit_code=None,
-            signal=None,
-            duration_s=None,
-            output=None,
-        )
+        self._write_end(run_id, status="skipped", exit_code=None, signal=None, duration_s=None, output=None)
 
     def stop(self) -> None:
         for key in list(self._claims):
@@ -309,6 +293,12 @@ class Claims:
             await self._claim_and_fire([(state, instant)], "schedule")
             return
         self._decide(state, instant, "schedule", claim.record, answer, yield_cpu=True)
+
+    def _write_end(self, run_id: str, **fields: Any) -> None:
+        """Record how a run this clock recorded ended (finish's keyword arguments); others are not ours."""
+        if run_id in self._recorded:
+            self._recorded.discard(run_id)
+            self._ledger.finished(run_id, finished_at=self._host.now(), **fields)
 
     def _release(self, name: str, instant: datetime) -> None:
         """Give up a claim made ahead that will not be used; a won one is given back to the store."""

@@ -114,8 +114,7 @@ def _open_store(config: Config, store_url: str | None) -> Store | None:
         url = _SQLITE_RELATIVE + os.path.join(folder, url[len(_SQLITE_RELATIVE) :])
     from scheduler.store import open_store  # sqlite3, maybe psycopg: only with a store
 
-    # getattr: `namespace` is a config key of its own, which may not be there yet.
-    return open_store(url, keep_runs=config.keep_runs, namespace=getattr(config, "namespace", ""))
+    return open_store(url, keep_runs=config.keep_runs, namespace=config.namespace)
 
 
 def _bounded(store: Store, call: Callable[[Store], _T], timeout_s: float = STORE_CALL_TIMEOUT_S) -> _T:

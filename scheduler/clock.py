@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from structlog.typing import FilteringBoundLogger
 
 from scheduler import __version__
-from scheduler.claims import Claims, Gate, Ledger, Unclaimed
+from scheduler.claims import YIELD_EVERY_FIRES, Claims, Gate, Ledger, Unclaimed
 from scheduler.config import Config, TaskSpec
 from scheduler.followups import FollowUps, StartRun
 from scheduler.loader import Loaded
@@ -53,8 +53,6 @@ DEFAULT_SHUTDOWN_GRACE_S = 25.0
 MISSED_COUNT_CAP = 100_000
 # A schedule's instants are whole seconds: two are never closer than this.
 _MIN_SPACING_S = 1.0
-# When many tasks are due at once, the loop serves the running runs' I/O after this many starts.
-_YIELD_EVERY_FIRES = 128
 # While the config is parsed in a thread, the loop thread waits at most this long for the GIL.
 _SWITCH_INTERVAL_S = 0.001
 # After the final SIGKILL, how long shutdown waits for the runs to be reaped.
@@ -368,7 +366,7 @@ class ClockLoop:
                     continue  # the task was removed or rescheduled by a reload
                 if self._fire_due(state, fire, now):
                     self._batch_fired += 1
-                    if self._batch_fired % _YIELD_EVERY_FIRES == 0:
+                    if self._batch_fired % YIELD_EVERY_FIRES == 0:
                         await asyncio.sleep(0)  # with many tasks due at once, let the runs' I/O flow too
         finally:
             if collecting:
