@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import SCHEDULER, pid_alive, wait_until
+from tests.integration.conftest import SCHEDULER, ClockProcess, pid_alive, wait_until
 from tests.procs import group_alive
 
 pytestmark = pytest.mark.integration
@@ -60,10 +60,15 @@ class _Task:
         )
         self.command = f"sh {script}"
 
-    def wait_ready(self, leftovers: list[int]) -> int:
+    def wait_ready(self, leftovers: list[int], clock: ClockProcess | None = None) -> int:
+        """The task's group, once the task is ready and, given its clock, the clock has logged its start
+        (the guard hears of a group right after its spawn, which a loaded machine may delay past the
+        task's own first steps)."""
         assert wait_until(lambda: self.ready.exists() and self.ready.read_text().endswith("\n"), 15)
         pgid = os.getpgid(int(self.ready.read_text()))
         leftovers.append(pgid)
+        if clock is not None:
+            clock.wait_event("task.started", pid=pgid)
         return pgid
 
 
@@ -77,7 +82,7 @@ def test_killed_clock_terminates_running_task(
         f"tasks:\n  long:\n    schedule: every second\n    command: {task.command}\n"
         + (f"    cwd: {tmp_path}\n" if cwd else "")
     )
-    pgid = task.wait_ready(leftovers)
+    pgid = task.wait_ready(leftovers, clock)
 
     clock.proc.kill()
     clock.proc.wait(10)
@@ -95,7 +100,7 @@ def test_task_ignoring_sigterm_is_killed_after_its_grace(
     clock = start_clock(
         f"tasks:\n  stubborn:\n    schedule: every second\n    command: {task.command}\n    kill_grace: 1s\n"
     )
-    pgid = task.wait_ready(leftovers)
+    pgid = task.wait_ready(leftovers, clock)
 
     clock.proc.kill()
     killed = time.monotonic()
@@ -110,7 +115,7 @@ def test_grandchild_in_its_own_session_survives(start_clock, tmp_path: Path, lef
     pidfile = tmp_path / "grandchild"
     task = _Task(tmp_path, before=f"setsid sleep 300 & echo $! > {pidfile}")
     clock = start_clock(f"tasks:\n  daemonizes:\n    schedule: every second\n    command: {task.command}\n")
-    pgid = task.wait_ready(leftovers)
+    pgid = task.wait_ready(leftovers, clock)
     grandchild = int(pidfile.read_text())
     leftovers.append(grandchild)
     assert wait_until(lambda: os.getsid(grandchild) == grandchild, 10)
@@ -147,15 +152,19 @@ def test_killed_run_now_terminates_its_task(tmp_path: Path, leftovers: list[int]
     (tmp_path / "schedules.yaml").write_text(
         f"tasks:\n  long:\n    schedule: '@daily'\n    command: {task.command}\n"
     )
-    proc = subprocess.Popen(
-        [*SCHEDULER, "run-now", "long"],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    events = tmp_path / "events.log"
+    with events.open("wb") as err:
+        proc = subprocess.Popen(
+            [*SCHEDULER, "run-now", "long", "--log-format", "json"],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         pgid = task.wait_ready(leftovers)
+        # As for the clock: run-now has told the guard once it logs the start.
+        assert wait_until(lambda: b'"task.started"' in events.read_bytes(), 15)
 
         proc.kill()
         proc.wait(10)
