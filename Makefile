@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= schedules.example.yaml
 METRICS_ADDR ?= 127.0.0.1:9464
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit dist bench clean
 
 $(BIN)/scheduler: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ unit: $(BIN)/scheduler
 	$(BIN)/pytest -q -n 2 -m "not timing"
 	$(BIN)/pytest -q -m timing
 
-test: lint typecheck unit
+# The wheel and sdist as they would go to PyPI (as scheduler-clock), with their metadata checked.
+dist: $(BIN)/scheduler
+	rm -rf dist
+	$(BIN)/python -m build --quiet --no-isolation --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+test: lint typecheck dist unit
 
 # Side by side with APScheduler 3 and a C floor; prints a table, writes bench/results/. Needs cc.
 bench: $(BIN)/scheduler
@@ -37,4 +43,4 @@ bench: $(BIN)/scheduler
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist build *.egg-info

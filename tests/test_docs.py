@@ -1,0 +1,213 @@
+"""The docs cannot go stale: every command shown with its output is run, every link resolves, every install
+line names our distribution, and the README's example is the file that is checked.
+
+A ```console block in README.md or docs/*.md holds `$ command` lines, each followed by the output it prints
+(stdout and stderr together). The commands of one page run in order, in one scratch folder holding a copy of
+schedules.example.yaml and docs/examples/, so a page can set things up (`scheduler init`, a `run-now` into a
+store) before it shows them. Both sides are compared after masking what changes from run to run: date-times
+(and the weekday and zone beside them), durations in seconds, run ids; `…` in the docs stands for any text,
+and runs of spaces compare equal, so table columns may shift when a masked value has another width.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+_MARK = "@@docs-test-end@@"
+_COMMAND_TIMEOUT_S = 60
+
+_MASKS = [
+    # A date-time, with the weekday before it and the zone after it (a zone's abbreviation changes with
+    # the season: GMT in winter, BST in summer).
+    (
+        re.compile(
+            r"(?:\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) )?\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?"
+            r"(?:Z|[+-]\d\d:?\d\d)?(?: (?:[A-Z]{2,5}|[+-]\d\d(?:\d\d)?)\b)?"
+        ),
+        "<time>",
+    ),
+    (re.compile(r"\b[0-9a-f]{12}\b"), "<id>"),  # run ids
+    (re.compile(r"\b\d+(?:\.\d+)?(?:s|ms)\b"), "<dur>"),
+    (re.compile(r"\b(duration_s|pid)=[\d.]+"), r"\1=<n>"),
+    (re.compile(r'"(duration_s|pid)": [\d.]+'), r'"\1": <n>'),
+]
+
+
+@dataclass
+class Example:
+    page: Path
+    line: int  # of the `$` line, 1-based
+    command: str
+    expected: list[str]
+
+
+def _examples(page: Path) -> list[Example]:
+    examples: list[Example] = []
+    in_console = False
+    for number, line in enumerate(page.read_text().splitlines(), 1):
+        fence = line.strip()
+        if fence.startswith("```"):
+            in_console = not in_console and fence == "```console"
+            continue
+        if not in_console:
+            continue
+        if line.startswith("$ "):
+            examples.append(Example(page, number, line[2:], []))
+        elif examples:
+            examples[-1].expected.append(line)
+    return examples
+
+
+def _mask(line: str) -> str:
+    for pattern, replacement in _MASKS:
+        line = pattern.sub(replacement, line)
+    return " ".join(line.split())
+
+
+def _matches(expected: str, actual: str) -> bool:
+    pattern = ".*".join(re.escape(part) for part in _mask(expected).split("…"))
+    return re.fullmatch(pattern, _mask(actual)) is not None
+
+
+def _strip_blank_tail(lines: list[str]) -> list[str]:
+    while lines and not lines[-1].strip():
+        lines = lines[:-1]
+    return lines
+
+
+def _run_page(page: Path, work: Path) -> list[tuple[Example, list[str]]]:
+    """Run every example of the page in one shell, in order, so that `$?` and files carry over."""
+    examples = _examples(page)
+    script = ["set +e"]
+    for example in examples:
+        script.append(example.command)
+        script.append(f"__rc=$?; printf '\\n{_MARK}\\n'; (exit $__rc)")
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(work),
+        "LANG": "C.UTF-8",
+        "TZ": "UTC",
+        "COLUMNS": "100",
+    }
+    result = subprocess.run(
+        ["bash", "-c", "\n".join(script)],
+        cwd=work,
+        env=env,
+        capture_output=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=_COMMAND_TIMEOUT_S * max(1, len(examples)),
+    )
+    outputs = result.stdout.split(f"\n{_MARK}\n")
+    return [(example, output.splitlines()) for example, output in zip(examples, outputs, strict=False)]
+
+
+def _scratch(tmp_path: Path) -> Path:
+    shutil.copy(ROOT / "schedules.example.yaml", tmp_path / "schedules.example.yaml")
+    shutil.copytree(ROOT / "docs" / "examples", tmp_path / "docs" / "examples")
+    return tmp_path
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if _examples(p)], ids=lambda p: p.name)
+def test_command_output_in_the_docs_is_what_the_command_prints(page: Path, tmp_path: Path) -> None:
+    results = _run_page(page, _scratch(tmp_path))
+    assert len(results) == len(_examples(page))
+    problems = []
+    for example, actual in results:
+        expected = _strip_blank_tail(example.expected)
+        got = _strip_blank_tail(actual)
+        same = len(expected) == len(got) and all(_matches(e, a) for e, a in zip(expected, got, strict=True))
+        if not same:
+            problems.append(
+                f"{page.relative_to(ROOT)}:{example.line}: $ {example.command}\n"
+                f"--- the docs show:\n" + "\n".join(expected) + "\n--- the command prints:\n" + "\n".join(got)
+            )
+    assert not problems, "\n\n".join(problems)
+
+
+def test_the_masks_keep_what_matters() -> None:
+    assert _matches("x  2026-11-30 09:00:00 GMT  y", "x 2027-06-01 10:15:00 BST y")
+    assert _matches("started after 2.4s", "started after 0.1s")
+    assert _matches("run_id=… trigger=schedule", "run_id=0123456789ab trigger=schedule")
+    assert not _matches("OK, 5 tasks (4 enabled)", "OK, 6 tasks (5 enabled)")
+    assert not _matches("status=succeeded", "status=failed")
+
+
+_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    anchors: set[str] = set()
+    in_code = False
+    for line in page.read_text().splitlines():
+        if line.strip().startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            anchors.add(_slug(line.lstrip("#")))
+    return anchors
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_link_resolves(page: Path) -> None:
+    broken = []
+    for target in _LINK.findall(page.read_text()):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+            broken.append(f"{target}: no heading #{anchor} in {linked.name}")
+    assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_install_lines_name_our_distribution(page: Path) -> None:
+    """`scheduler` on the package index is another project: every install names scheduler-clock."""
+    text = page.read_text()
+    wrong = [
+        m.group(0)
+        for m in re.finditer(r"pip install [^\n`]*", text)
+        if re.search(r"(?<![\w-])'?scheduler(?:\[|'|\s|$)", m.group(0))
+    ]
+    wrong += re.findall(r"`scheduler\[[a-z,]+\]`", text)
+    assert not wrong, f"{page.relative_to(ROOT)} installs the wrong distribution: {wrong}"
+
+
+def test_the_readme_example_is_the_file_that_is_checked() -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "docs" / "examples" / "ten-lines.yaml").read_text()
+    section = readme.split("## A ten-line example", 1)[1]
+    shown = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert shown == example
+    assert len(example.strip().splitlines()) <= 10
+
+
+def test_the_readme_reads_in_five_minutes() -> None:
+    readme = ROOT / "README.md"
+    assert readme.stat().st_size < 20 * 1024
+    assert "- [Install](#install)" in readme.read_text()  # a table of contents
+
+
+def test_no_page_is_left_out_of_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for page in (ROOT / "docs").glob("*.md"):
+        assert f"(docs/{page.name})" in readme, f"README.md does not link docs/{page.name}"
