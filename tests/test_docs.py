@@ -211,3 +211,68 @@ def test_no_page_is_left_out_of_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     for page in (ROOT / "docs").glob("*.md"):
         assert f"(docs/{page.name})" in readme, f"README.md does not link docs/{page.name}"
+
+
+_LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical", "msg"}
+_EVENT_NAME = re.compile(r"[a-z_]+\.[a-z_]+")
+
+
+def _logged_events() -> tuple[dict[str, set[str]], set[str]]:
+    """Every event the package logs with a literal name, with the keywords it is logged with; and every key
+    bound to a logger somewhere (task, run_id...), which any event may then carry. An event logged with
+    `**fields` somewhere may carry anything: it gets the wildcard "*"."""
+    import ast
+
+    events: dict[str, set[str]] = {}
+    bound: set[str] = set()
+    for module in (ROOT / "scheduler").glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Dict):  # an event built by hand: {"event": "log.dropped", ...}
+                keys = [k.value if isinstance(k, ast.Constant) else "*" for k in node.keys]
+                values = dict(zip(keys, node.values, strict=True))
+                name = values.get("event")
+                if isinstance(name, ast.Constant) and _EVENT_NAME.fullmatch(str(name.value)):
+                    events.setdefault(str(name.value), set()).update(str(k) for k in keys if k != "event")
+                continue
+            if not isinstance(node, ast.Call):
+                continue
+            keywords = {k.arg if k.arg is not None else "*" for k in node.keywords}
+            # logger.info("x.y", ...), or a bound method held in a variable: log("x.y", ...)
+            method = node.func.attr if isinstance(node.func, ast.Attribute) else "msg"
+            if method == "bind":
+                bound |= keywords
+            elif (
+                method in _LOG_METHODS
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+                and _EVENT_NAME.fullmatch(node.args[0].value)
+            ):
+                events.setdefault(node.args[0].value, set()).update(keywords)
+    return events, bound
+
+
+def _documented_events() -> dict[str, set[str]]:
+    """The events table of docs/logs.md: event -> the fields its row names (before any explanation)."""
+    documented: dict[str, set[str]] = {}
+    for line in (ROOT / "docs" / "logs.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not re.fullmatch(r"`[a-z_]+\.[a-z_]+`", cells[0]):
+            continue
+        fields = re.sub(r"\([^()]*\)", "", cells[2]).split(": ", 1)[0]
+        documented[cells[0].strip("`")] = set(re.findall(r"`([a-z_]+)`", fields))
+    return documented
+
+
+def test_every_logged_event_is_documented_with_the_fields_it_carries() -> None:
+    logged, bound = _logged_events()
+    documented = _documented_events()
+    assert documented, "no events table found in docs/logs.md"
+    assert sorted(set(logged) - set(documented)) == [], "logged but not documented"
+    assert sorted(set(documented) - set(logged)) == [], "documented but never logged"
+    wrong = {
+        event: sorted(fields - logged[event] - bound)
+        for event, fields in documented.items()
+        if "*" not in logged[event] and fields - logged[event] - bound
+    }
+    assert wrong == {}, "fields documented that the events do not carry"
