@@ -73,8 +73,8 @@ class Gate(Protocol):
     def missed(self, name: str, instant: datetime) -> None:
         """A fire will not run: it was missed."""
 
-    def unclaimed(self, name: str, instant: datetime, trigger: str) -> str | None:
-        """A run about to start without a claim (a retry): its run id if it is recorded."""
+    def unclaimed(self, name: str, instant: datetime, trigger: str, attempt: int = 1) -> str | None:
+        """A run about to start without a claim (a retry, its attempt): its run id if it is recorded."""
 
     def finished(self, run: Run, result: RunResult) -> None:
         """A run (that this gate may have recorded) ended."""
@@ -119,7 +119,7 @@ class Unclaimed:
     def missed(self, name: str, instant: datetime) -> None:
         pass
 
-    def unclaimed(self, name: str, instant: datetime, trigger: str) -> str | None:
+    def unclaimed(self, name: str, instant: datetime, trigger: str, attempt: int = 1) -> str | None:
         return None
 
     def finished(self, run: Run, result: RunResult) -> None:
@@ -252,8 +252,8 @@ class Claims:
     def missed(self, name: str, instant: datetime) -> None:
         self._release(name, instant)  # claimed ahead, then missed
 
-    def unclaimed(self, name: str, instant: datetime, trigger: str) -> str | None:
-        record = self._record(name, instant, trigger, self._host.now())
+    def unclaimed(self, name: str, instant: datetime, trigger: str, attempt: int = 1) -> str | None:
+        record = self._record(name, instant, trigger, self._host.now(), attempt)
         self._ledger.started_unclaimed(record)
         self._recorded.add(record.run_id)
         return record.run_id
@@ -317,7 +317,9 @@ class Claims:
         else:
             claim.answer.add_done_callback(when_answered)
 
-    def _record(self, name: str, instant: datetime, trigger: str, started_at: datetime) -> RunRecord:
+    def _record(
+        self, name: str, instant: datetime, trigger: str, started_at: datetime, attempt: int = 1
+    ) -> RunRecord:
         """A run as this clock claims or records it, under a new run id."""
         return RunRecord(
             task=name,
@@ -326,6 +328,7 @@ class Claims:
             run_id=new_run_id(),
             claimed_by=self._ledger.claimed_by,
             started_at=started_at,
+            attempt=attempt,
         )
 
     def _give_back(self, run_id: str) -> None:

@@ -43,3 +43,8 @@ class StoreError(SchedulerError):
 
     The message names the store by its redacted URL (store.redact), so it is safe to log: never a password.
     """
+
+
+class StoreMissingError(StoreError):
+    """A command that only reads the run history named a SQLite file that does not exist (a mistyped path
+    would otherwise create a new, empty database)."""

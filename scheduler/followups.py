@@ -70,7 +70,7 @@ class FollowUps:
         env: Mapping[str, str],
         log: FilteringBoundLogger,
         pinger: PingSink,
-        unclaimed: Callable[[str, datetime, str], str | None],
+        unclaimed: Callable[[str, datetime, str, int], str | None],
         wake: Callable[[], None],
     ) -> None:
         self._host = host
@@ -135,7 +135,7 @@ class FollowUps:
         if state is None or retry is None or retry.due > now_ts:
             return  # superseded by a scheduled run, or the task was removed
         state.retry = None
-        run_id = self._unclaimed(name, retry.instant, "retry")
+        run_id = self._unclaimed(name, retry.instant, "retry", retry.attempt)
         if not self._host.start(
             state, retry.instant, "retry", run_id=run_id, yield_cpu=True, attempt=retry.attempt
         ):

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from scheduler.config import DEFAULT_KEEP_RUNS
-from scheduler.errors import StoreError
+from scheduler.errors import StoreError, StoreMissingError
 from scheduler.redact import redact, secrets
 from scheduler.runs import STORE_TAIL_BYTES, iso_utc, utf8_tail
 
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 CLAIMED_TRIGGERS = ("schedule", "catch_up")
 """Triggers whose (task, scheduled_for) is unique, so that exactly one clock runs each instant."""
+RUN_STATUSES = ("running", "succeeded", "failed", "timed_out", "killed", "skipped", "lost")
+"""Every status a recorded run can have: running until it ends; skipped for a claimed instant not run
+(overlap across clocks); lost when its clock died before it could record the end."""
 CONNECT_TIMEOUT_S = 2.0
 """No call waits on the database much longer than this: connect, lock and statement timeouts."""
 HEARTBEAT_S = 5.0
@@ -90,6 +93,7 @@ _COLUMNS = (
     "signal",
     "duration_s",
     "output",
+    "attempt",
 )
 _DATETIME_COLUMNS = (1, 5, 7)
 _COLUMN_LIST = ", ".join(_COLUMNS)
@@ -132,6 +136,10 @@ def _leases(timestamp: str) -> list[str]:
     ]
 
 
+# Migration 3: a run's attempt (1, then 2 for the first retry...); every row written before it was a first.
+_ATTEMPT = ["ALTER TABLE scheduler_runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1"]
+
+
 # Migration N (counting from 1) takes a database from schema version N-1 to N. Append, never edit: a database
 # records the version it is at. Both backends have the same number of migrations with the same meaning.
 _SQLITE_MIGRATIONS: list[list[str]] = [
@@ -155,6 +163,7 @@ _SQLITE_MIGRATIONS: list[list[str]] = [
         *_INDEXES,
     ],
     _leases("TEXT"),
+    _ATTEMPT,
 ]
 _POSTGRES_MIGRATIONS: list[list[str]] = [
     [
@@ -176,6 +185,7 @@ _POSTGRES_MIGRATIONS: list[list[str]] = [
         *_INDEXES,
     ],
     _leases("TIMESTAMPTZ"),
+    _ATTEMPT,
 ]
 
 # A claim renews its clock's lease too: the clock was heard from. Parameters: namespace, clock id.
@@ -207,12 +217,13 @@ _SQL_BUSY = """
 # A `skip` instant that another live clock's run overlaps is still inserted (so no other clock runs it), as
 # skipped, or, claimed ahead (`skip_ahead`), left alone to be asked again when due; a `replace` instant that
 # this clock won asks the other clocks to stop their runs of the task.
-# Parameters: the 12 columns and the overlaps as arrays, the namespace, the claimer, the namespace again.
+# Parameters: the 13 columns and the overlaps as arrays, the namespace, the claimer, the namespace again.
 _SQL_CLAIM_BATCH = f"""
     WITH batch AS (
         SELECT * FROM unnest(
             ?::text[], ?::timestamptz[], ?::text[], ?::text[], ?::text[], ?::timestamptz[],
-            ?::text[], ?::timestamptz[], ?::integer[], ?::text[], ?::double precision[], ?::text[], ?::text[]
+            ?::text[], ?::timestamptz[], ?::integer[], ?::text[], ?::double precision[], ?::text[],
+            ?::integer[], ?::text[]
         ) AS batch ({_COLUMN_LIST}, overlap)
     ),
     busy AS (
@@ -223,7 +234,7 @@ _SQL_CLAIM_BATCH = f"""
         SELECT ?, task, scheduled_for, trigger, run_id, claimed_by, started_at,
             CASE WHEN skipped THEN 'skipped' ELSE status END,
             CASE WHEN skipped THEN started_at ELSE finished_at END,
-            exit_code, signal, duration_s, output
+            exit_code, signal, duration_s, output, attempt
         FROM (
             SELECT batch.*,
                 overlap = 'skip' AND EXISTS (SELECT 1 FROM busy WHERE busy.task = batch.task AND busy.going)
@@ -294,12 +305,23 @@ _SQL_HISTORY = f"""
     SELECT {_COLUMN_LIST} FROM scheduler_runs WHERE namespace = ? {{where}}
     ORDER BY started_at DESC, id DESC LIMIT ?
 """
+# {before} is empty, or a bound on started_at (claims made ahead start in the future).
 _SQL_LAST_RUNS = f"""
     SELECT {_COLUMN_LIST} FROM scheduler_runs AS run WHERE namespace = ? AND id = (
         SELECT id FROM scheduler_runs
-        WHERE namespace = run.namespace AND task = run.task ORDER BY started_at DESC, id DESC LIMIT 1
+        WHERE namespace = run.namespace AND task = run.task {{before}}
+        ORDER BY started_at DESC, id DESC LIMIT 1
     ) ORDER BY task
 """
+# Runs going now: started (not a claim made ahead), not finished, on a live clock. run-now's runs are not
+# among them: run-now holds no lease.
+_SQL_RUNNING = """
+    SELECT {columns} FROM scheduler_runs AS run
+    JOIN scheduler_clocks AS clock ON clock.namespace = run.namespace AND clock.id = run.claimed_by
+    WHERE run.namespace = ? AND run.status = 'running' AND run.finished_at IS NULL AND run.started_at <= {now}
+    AND clock.stopped_at IS NULL AND clock.heartbeat_at > {dead_before} {where}
+    ORDER BY run.task, run.started_at, run.id
+""".replace("{columns}", ", ".join(f"run.{column}" for column in _COLUMNS))
 # Clocks. Parameters of the upsert: namespace, id, host, pid, version, config_digest.
 _SQL_CLOCK_BEAT = """
     INSERT INTO scheduler_clocks
@@ -403,12 +425,13 @@ class RunRecord:
     run_id: str  # the clock's 12-hex run id
     claimed_by: str  # the clock that ran it, e.g. "myhost:1234"
     started_at: datetime
-    status: str = "running"  # running | succeeded | failed | timed_out | killed | skipped
+    status: str = "running"  # one of RUN_STATUSES
     finished_at: datetime | None = None
     exit_code: int | None = None
     signal: str | None = None  # e.g. "SIGKILL"
     duration_s: float | None = None
     output: str | None = None  # the tail of the output, at most STORE_TAIL_BYTES bytes of UTF-8
+    attempt: int = 1  # 1 for a run, 2 for its first retry, ...
 
     def to_json(self, *, output: bool = False) -> dict[str, object]:
         """The run for `--json` output: datetimes as ISO 8601 UTC strings; the output only when asked."""
@@ -416,6 +439,7 @@ class RunRecord:
             "task": self.task,
             "scheduled_for": _iso(self.scheduled_for),
             "trigger": self.trigger,
+            "attempt": self.attempt,
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "status": self.status,
@@ -430,21 +454,24 @@ class RunRecord:
         return data
 
 
-def open_store(url: str, *, keep_runs: int = DEFAULT_KEEP_RUNS, namespace: str = "") -> Store:
+def open_store(
+    url: str, *, keep_runs: int = DEFAULT_KEEP_RUNS, namespace: str = "", create: bool = True
+) -> Store:
     """A store for this URL, not connected yet: parsing only, no I/O.
 
     sqlite:///relative/path.db is relative to the current directory (resolved now, so a later chdir does
     not move it). postgres:// is Heroku's spelling of postgresql://. A PostgreSQL URL's query parameters
     (sslmode, options, ...) are passed to libpq. `namespace` keeps the runs and clocks of apps that share
     one database apart: each sees and claims only its own. The default, '', holds the rows written before
-    namespaces existed.
+    namespaces existed. With create=False (readers: `history`, `list`) a SQLite file that does not exist is
+    not created: connecting raises StoreMissingError, naming the path.
     """
     if keep_runs < 1:
         raise ValueError(f"keep_runs must be at least 1, not {keep_runs}")
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if sep and scheme == "sqlite":
-        return _SQLiteStore(url, _sqlite_path(url, rest), keep_runs, namespace)
+        return _SQLiteStore(url, _sqlite_path(url, rest), keep_runs, namespace, create=create)
     if sep and scheme in ("postgresql", "postgres"):
         return _PostgresStore(url, f"postgresql://{rest}", keep_runs, namespace)
     raise StoreError(f"unsupported store URL '{redact(url)}': use {_ACCEPTED_URLS}")
@@ -640,22 +667,61 @@ class Store(ABC):
         )
         return {task: self._from_db(at) for task, at in rows}
 
-    def history(self, task: str | None = None, limit: int = 20) -> list[RunRecord]:
-        """The newest runs first (by started_at, then insertion), of one task or of all."""
+    def history(
+        self,
+        task: str | None = None,
+        limit: int = 20,
+        *,
+        statuses: Sequence[str] | None = None,
+        since: datetime | None = None,
+    ) -> list[RunRecord]:
+        """The newest runs first (by started_at, then insertion), of one task or of all; only those with one
+        of `statuses` if given, and only those started at or after `since` if given."""
         if limit < 0:
             raise ValueError(f"limit must not be negative, not {limit}")
-        params: tuple[object, ...]
-        if task is None:
-            sql, params = _SQL_HISTORY.format(where=""), (self.namespace, limit)
-        else:
-            sql, params = _SQL_HISTORY.format(where="AND task = ?"), (self.namespace, task, limit)
+        where: list[str] = []
+        params: list[object] = [self.namespace]
+        if task is not None:
+            where.append("AND task = ?")
+            params.append(task)
+        if statuses is not None:
+            unknown = sorted(set(statuses) - set(RUN_STATUSES))
+            if unknown:
+                raise ValueError(f"unknown run status {unknown[0]!r}: use {', '.join(RUN_STATUSES)}")
+            if not statuses:
+                return []
+            where.append(f"AND status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if since is not None:
+            where.append("AND started_at >= ?")
+            params.append(self._to_db(since))
+        params.append(limit)
+        sql = _SQL_HISTORY.format(where=" ".join(where))
         rows = self._call("read the history", lambda: self._query(sql, params))
         return [self._record(row) for row in rows]
 
-    def last_runs(self) -> dict[str, RunRecord]:
-        """Per task, its newest run (as history() orders them), by task name."""
-        rows = self._call("read the last runs", lambda: self._query(_SQL_LAST_RUNS, (self.namespace,)))
+    def last_runs(self, *, before: datetime | None = None) -> dict[str, RunRecord]:
+        """Per task, its newest run (as history() orders them), by task name; with `before`, its newest run
+        that started by then (leaving out the claims made ahead for an instant still to come)."""
+        params: tuple[object, ...]
+        if before is None:
+            sql, params = _SQL_LAST_RUNS.format(before=""), (self.namespace,)
+        else:
+            sql, params = (
+                _SQL_LAST_RUNS.format(before="AND started_at <= ?"),
+                (self.namespace, self._to_db(before)),
+            )
+        rows = self._call("read the last runs", lambda: self._query(sql, params))
         return {record.task: record for record in map(self._record, rows)}
+
+    def running(self, task: str | None = None) -> list[RunRecord]:
+        """The runs going now, of one task or all, by task: started, not finished, on a live clock (one heard
+        from within DEAD_AFTER_S that has not stopped); run-now's runs are not among them: run-now holds no
+        lease."""
+        where, params = ("", ()) if task is None else ("AND run.task = ?", (task,))
+        sql = self._sql(_SQL_RUNNING.replace("{where}", where))
+        rows = self._call("read the running runs", lambda: self._query(sql, (self.namespace, *params)))
+        return [self._record(row) for row in rows]
 
     @abstractmethod
     def lock_single_clock(self) -> None:
@@ -832,9 +898,10 @@ class _SQLiteStore(Store):
 
     _now_sql = _SQLITE_NOW.format("")
 
-    def __init__(self, url: str, path: str, keep_runs: int, namespace: str) -> None:
+    def __init__(self, url: str, path: str, keep_runs: int, namespace: str, *, create: bool = True) -> None:
         super().__init__(url, keep_runs, namespace)
         self.path = path
+        self.create = create
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file the connection opened
@@ -890,6 +957,11 @@ class _SQLiteStore(Store):
     def _open(self) -> None:
         import sqlite3
 
+        if not self.create and not os.path.exists(self.path):
+            raise StoreMissingError(
+                f"run-history store {self.display_url}: no database file {self.path} "
+                "(`scheduler run` creates it)"
+            )
         os.makedirs(os.path.dirname(self.path), mode=_PRIVATE_DIR, exist_ok=True)
         # The history holds task output: the file is created (or tightened) to 0600 before SQLite opens it,
         # whatever the umask. SQLite gives the -wal and -shm files the database file's mode.
@@ -1148,6 +1220,7 @@ def _row(record: RunRecord, to_db: Callable[[datetime], object]) -> tuple[object
         record.signal,
         record.duration_s,
         _tail(record.output),
+        record.attempt,
     )
 
 

@@ -765,6 +765,15 @@ class TestRetries:
         assert 3 == len([p for p in pinger.pings if p[0] == "start"])
         assert [("on_success", "ok")] == [(h.trigger, h.task.command) for h in fake.hooks]
 
+    def test_retries_recorded_with_their_attempt(self) -> None:
+        """With a store, each retry is recorded as a run of its own: trigger retry, and its attempt."""
+        fake = FakeTime(T0 - timedelta(seconds=1), T0 + timedelta(minutes=2))
+        fake.statuses["flaky"] = ["failed", "failed"]
+        recorder = FakeRecorder(now=fake.now)
+        drive(config(task("flaky", "0 * * * *", retries=3, retry_delay_s=10.0)), fake, recorder=recorder)
+        assert [("retry", 2), ("retry", 3)] == [(r.trigger, r.attempt) for r in recorder.unclaimed]
+        assert [fake.runs[1].run_id, fake.runs[2].run_id] == [r.run_id for r in recorder.unclaimed]
+
     def test_last_failure_reported_once(self) -> None:
         """Every attempt fails: on_failure and the fail ping come once, after the last; delays are capped."""
         fake = FakeTime(T0 - timedelta(seconds=1), T0 + timedelta(minutes=5))

@@ -132,7 +132,7 @@ def followups(
         env={},
         log=structlog.get_logger(),
         pinger=pinger,
-        unclaimed=lambda name, instant, trigger: f"rec-{name}",
+        unclaimed=lambda name, instant, trigger, attempt: f"rec-{name}",
         wake=lambda: None,
     )
 

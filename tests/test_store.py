@@ -24,10 +24,11 @@ import pytest
 
 from scheduler import store as store_module
 from scheduler.config import DEFAULT_KEEP_RUNS
-from scheduler.errors import SchedulerError, StoreError
+from scheduler.errors import SchedulerError, StoreError, StoreMissingError
 from scheduler.runs import STORE_TAIL_BYTES
 from scheduler.store import (
     CLAIMED_TRIGGERS,
+    RUN_STATUSES,
     Claim,
     ClockInfo,
     RunRecord,
@@ -148,6 +149,7 @@ class TestRunRecord:
             "task",
             "scheduled_for",
             "trigger",
+            "attempt",
             "started_at",
             "finished_at",
             "status",
@@ -178,6 +180,7 @@ class TestRunRecord:
             "task": "backup",
             "scheduled_for": "2026-11-27T10:00:00+00:00",
             "trigger": "catch_up",
+            "attempt": 1,
             "started_at": "2026-11-27T10:00:00.250000+00:00",
             "finished_at": None,
             "status": "killed",
@@ -734,6 +737,68 @@ class TestHistory:
         store.claim([run("a")])
         assert [] == store.history("nope")
 
+    def test_by_status(self, store: Store) -> None:
+        """statuses keeps the runs with one of them; an empty list keeps none."""
+        ok, bad, slow, going = run("a", 0), run("a", 1), run("b", 2), run("b", 3)
+        store.claim([ok, bad, slow, going])
+        finish(store, ok)
+        finish(store, bad, status="failed", exit_code=1)
+        finish(store, slow, status="timed_out", exit_code=None, signal="SIGTERM")
+        assert [bad.run_id] == [r.run_id for r in store.history(statuses=["failed"])]
+        assert [slow.run_id, bad.run_id] == [
+            r.run_id for r in store.history(statuses=["failed", "timed_out"])
+        ]
+        assert [going.run_id] == [r.run_id for r in store.history("b", statuses=["running"])]
+        assert [] == store.history(statuses=[])
+
+    def test_unknown_status(self, store: Store) -> None:
+        """A status no run can have is a ValueError naming the known ones."""
+        with pytest.raises(ValueError, match="unknown run status 'faild': use running, succeeded, failed"):
+            store.history(statuses=["faild"])
+
+    def test_since(self, store: Store) -> None:
+        """since keeps the runs started at or after it, whatever the zone it is given in."""
+        records = [run("a", minutes) for minutes in range(4)]
+        store.claim(records)
+        since = (T0 + timedelta(minutes=2)).astimezone(timezone(timedelta(hours=-5)))
+        assert [r.run_id for r in records[:1:-1]] == [r.run_id for r in store.history(since=since)]
+        assert [records[3].run_id] == [
+            r.run_id for r in store.history(since=since, limit=1, statuses=["running"])
+        ]
+
+
+class TestAttempt:
+    def test_claimed_and_recorded_runs_keep_it(self, store: Store) -> None:
+        """A run's attempt is stored as given, claimed or recorded; 1 unless told."""
+        first, retry = run("a", 0), replace(run("a", 0, "retry", started_minutes=1), attempt=3)
+        store.claim([first])
+        store.record(retry)
+        finish(store, retry, status="failed", exit_code=1)
+        assert [(retry.run_id, 3, "failed"), (first.run_id, 1, "running")] == [
+            (r.run_id, r.attempt, r.status) for r in store.history()
+        ]
+
+    def test_skipped_claim_keeps_it(self, make_store: Callable[..., Store]) -> None:
+        """A claim taken as skipped (overlap across clocks) keeps its attempt too."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        b.heartbeat(clock(B))
+        a.claim([started("t", A)])
+        skipped = replace(run("t", 1), claimed_by=B, attempt=2)
+        b.claim([skipped], {"t": "skip"})
+        [row] = [r for r in b.history() if r.run_id == skipped.run_id]
+        assert ("skipped", 2) == (row.status, row.attempt)
+
+
+class TestRunStatuses:
+    def test_every_status_written_is_known(self) -> None:
+        """The statuses a run can end with, and the store's own, are all in RUN_STATUSES."""
+        from typing import get_args
+
+        from scheduler.runner import RunStatus
+
+        assert {"running", "skipped", "lost", *get_args(RunStatus)} == set(RUN_STATUSES)
+
 
 class TestLastRuns:
     def test_newest_per_task(self, store: Store) -> None:
@@ -742,6 +807,12 @@ class TestLastRuns:
         store.claim([a_new, run("a", 5), b_only])
         store.record(run("a", 1, "manual", started_minutes=6))
         assert {"a": a_new, "b": b_only} == store.last_runs()
+
+    def test_before_leaves_out_later_starts(self, store: Store) -> None:
+        """With before, a task's newest run started by then: a claim made ahead is not its last run."""
+        done, ahead, only_ahead = run("a", 0), run("a", 1), run("b", 1)
+        store.claim([done, ahead, only_ahead])
+        assert {"a": done} == store.last_runs(before=T0 + timedelta(seconds=30))
 
     def test_empty(self, store: Store) -> None:
         """A new database has no runs."""
@@ -891,6 +962,35 @@ class TestClocks:
         assert {"a": "lost", "b": "lost", "c": "running"} == {r.task: r.status for r in store.history()}
 
 
+class TestRunning:
+    def test_only_runs_going_on_live_clocks(self, make_store: Callable[..., Store], raw: Raw) -> None:
+        """running(): started, not ended, on a live clock; not ended runs, claims ahead, runs of a stopped
+        or dead clock, or of no clock at all (run-now)."""
+        a, b, c = make_store(), make_store(), make_store()
+        now = datetime.now(UTC)
+        for store, clock_id in ((a, A), (b, B), (c, "c.1:30:cccccc")):
+            store.heartbeat(clock(clock_id))
+        going = replace(started("t", A), started_at=now - timedelta(minutes=1))
+        ended = replace(started("u", A), started_at=now - timedelta(minutes=2))
+        ahead = replace(started("v", A), started_at=now + timedelta(minutes=5))
+        stopped = replace(started("w", B), started_at=now - timedelta(minutes=1))
+        dead = replace(started("x", "c.1:30:cccccc"), started_at=now - timedelta(minutes=1))
+        manual = replace(run("y", 0, "manual"), claimed_by="here:99:abcdef", started_at=now)
+        a.claim([going, ended, ahead])
+        finish(a, ended)
+        b.claim([stopped])
+        b.stop_clock(B)
+        c.claim([dead])
+        raw(f"UPDATE scheduler_clocks SET heartbeat_at = '{ago(60)}' WHERE id = 'c.1:30:cccccc'")
+        a.record(manual)
+        assert [going.run_id] == [r.run_id for r in a.running()]
+        assert ([going.run_id], []) == ([r.run_id for r in a.running("t")], a.running("w"))
+
+    def test_empty(self, store: Store) -> None:
+        """A new database has nothing running."""
+        assert [] == store.running()
+
+
 class TestOverlapAcrossClocks:
     def test_skip_takes_the_instant_as_skipped(self, make_store: Callable[..., Store]) -> None:
         """skip: while another live clock runs the task, the instant is taken (no clock runs it) and
@@ -1015,7 +1115,7 @@ class TestUpgrade:
         raw("DROP TABLE scheduler_clocks")
         for index in ("claim", "task_started", "running"):
             raw(f"DROP INDEX scheduler_runs_{index}")
-        for column in ("namespace", "stop_requested_at"):
+        for column in ("namespace", "stop_requested_at", "attempt"):
             raw(f"ALTER TABLE scheduler_runs DROP COLUMN {column}")
         for statement in store_module._INDEXES[:2]:
             raw(statement)
@@ -1023,7 +1123,20 @@ class TestUpgrade:
         store = make_store()
         assert [record.run_id] == [r.run_id for r in store.history()]
         assert [False] == won(store, [replace(record, run_id="3" * 12)])
-        assert 2 == schema_version(raw)
+        assert len(store_module._SQLITE_MIGRATIONS) == schema_version(raw)
+
+    def test_database_before_attempts_gets_them(self, make_store: Callable[..., Store], raw: Raw) -> None:
+        """A database at the schema version before attempts keeps its runs, each taken as a first attempt."""
+        old = make_store()
+        record = run()
+        old.claim([record])
+        old.close()
+        before = store_module._SQLITE_MIGRATIONS.index(store_module._ATTEMPT)
+        raw("ALTER TABLE scheduler_runs DROP COLUMN attempt")
+        raw(f"UPDATE scheduler_schema SET version = {before}")
+        store = make_store()
+        assert [(record.run_id, 1)] == [(r.run_id, r.attempt) for r in store.history()]
+        assert len(store_module._SQLITE_MIGRATIONS) == schema_version(raw)
 
 
 class TestPrivacy:
@@ -1050,6 +1163,19 @@ class TestPrivacy:
         store.connect()
         store.close()
         assert 0o600 == path.stat().st_mode & 0o777
+
+    def test_readers_do_not_create_the_file(self, tmp_path: Path) -> None:
+        """create=False: a missing SQLite file (or folder) is a StoreMissingError naming the path, and
+        nothing is created; an existing file opens as usual."""
+        path = tmp_path / "typo" / "state.db"
+        store = open_store(f"sqlite:///{path}", create=False)
+        for _ in range(2):
+            with pytest.raises(StoreMissingError, match=f"no database file {path} "):
+                store.history()
+        assert not (tmp_path / "typo").exists()
+        open_store(f"sqlite:///{path}").connect()
+        assert [] == store.history()
+        store.close()
 
     @pytest.mark.parametrize("how", ["deleted", "replaced"])
     def test_file_deleted_under_the_clock(self, tmp_path: Path, how: str) -> None:
