@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import resource
+import shlex
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTas
 from scheduler.loader import load_config, load_isolated
 from scheduler.observe import NO_METRICS
 from scheduler.runs import new_run_id
+from scheduler.starter import STARTER_CONFIG, STARTER_TASKS
 from scheduler.watch import FileWatcher
 
 if TYPE_CHECKING:
@@ -560,6 +562,34 @@ def _run_duration(seconds: float) -> str:
 
 def _local_time(at: datetime) -> str:
     return f"{at.astimezone():%Y-%m-%d %H:%M:%S}"
+
+
+@cli.command()
+@click.argument("path", default=DEFAULT_CONFIG_PATH, required=False, type=click.Path())
+def init(path: str) -> None:
+    """Write a starter schedules file at PATH (default schedules.yaml): two example tasks, every key
+    explained, the store and ping lines commented out. An existing file is never overwritten (exit 2)."""
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(STARTER_CONFIG)
+    except FileExistsError:
+        _fail(
+            SchedulerError(f"{path}: already exists; not overwriting it (move it away, or name another PATH)")
+        )
+    except OSError as exc:
+        _fail(SchedulerError(f"{path}: cannot write: {exc.strerror or exc}"))
+    # The commands shown must read this file: name it unless it is the one they read by default.
+    named = path == DEFAULT_CONFIG_PATH and not os.environ.get("SCHEDULER_CONFIG")
+    config = "" if named else f" -c {shlex.quote(path)}"
+    width = len(f"scheduler run-now {STARTER_TASKS[0]}{config}")
+    click.echo(f"Wrote {path}, with the example tasks {' and '.join(STARTER_TASKS)}. Next:")
+    for command, what in (
+        (f"scheduler check{config}", "validate it after each edit"),
+        (f"scheduler list{config}", "see each task's next fire"),
+        (f"scheduler run-now {STARTER_TASKS[0]}{config}", "run a task once, now"),
+        (f"scheduler run{config}", "start the clock, in the foreground"),
+    ):
+        click.echo(f"  {command.ljust(width)}  {what}")
 
 
 @cli.command()

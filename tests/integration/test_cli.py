@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -130,8 +131,6 @@ class TestCheck:
 
     def test_env_var_names_the_config(self, project: Path, tmp_path: Path) -> None:
         """SCHEDULER_CONFIG sets the config path."""
-        import os
-
         result = run_cli(
             "check",
             cwd=tmp_path.parent,
@@ -237,3 +236,45 @@ class TestHistoryOutput:
         assert "" == table.stdout.split("\n")[4]
         raw = json.loads(run_cli("history", "--output", "--json", cwd=tmp_path).stdout)
         assert output == raw[0]["output"]
+
+
+class TestInit:
+    def test_writes_a_file_that_checks(self, tmp_path: Path) -> None:
+        """init writes schedules.yaml, which `check` accepts, and says what to do next."""
+        result = run_cli("init", cwd=tmp_path)
+        assert 0 == result.returncode, result.stderr
+        assert [
+            "Wrote schedules.yaml, with the example tasks hello and disk-report. Next:",
+            "  scheduler check          validate it after each edit",
+            "  scheduler list           see each task's next fire",
+            "  scheduler run-now hello  run a task once, now",
+            "  scheduler run            start the clock, in the foreground",
+        ] == result.stdout.splitlines()
+        text = (tmp_path / "schedules.yaml").read_text()
+        assert "# store: sqlite:///.scheduler/state.db" in text
+        assert "# ping_url: " in text
+        check = run_cli("check", cwd=tmp_path)
+        assert (0, "schedules.yaml: OK, 2 tasks (2 enabled)\n") == (check.returncode, check.stdout)
+        now = run_cli("run-now", "hello", cwd=tmp_path)
+        assert (0, "hello from hello, scheduled for ") == (now.returncode, now.stdout[:32])
+
+    def test_a_path_of_its_own(self, tmp_path: Path) -> None:
+        """init PATH writes there, and the next steps name it."""
+        (tmp_path / "conf").mkdir()
+        result = run_cli("init", "conf/my schedules.yaml", cwd=tmp_path)
+        assert 0 == result.returncode, result.stderr
+        assert "  scheduler check -c 'conf/my schedules.yaml'" in result.stdout
+        assert 0 == run_cli("check", "-c", "conf/my schedules.yaml", cwd=tmp_path).returncode
+
+    def test_never_overwrites(self, tmp_path: Path) -> None:
+        """An existing file is left as it was (exit 2, one line saying so); a missing folder is exit 2 too."""
+        (tmp_path / "schedules.yaml").write_text("mine\n")
+        result = run_cli("init", cwd=tmp_path)
+        assert (2, "") == (result.returncode, result.stdout)
+        assert [
+            "schedules.yaml: already exists; not overwriting it (move it away, or name another PATH)"
+        ] == result.stderr.splitlines()
+        assert "mine\n" == (tmp_path / "schedules.yaml").read_text()
+        nowhere = run_cli("init", "no/such/dir.yaml", cwd=tmp_path)
+        assert 2 == nowhere.returncode
+        assert ["no/such/dir.yaml: cannot write: No such file or directory"] == nowhere.stderr.splitlines()
