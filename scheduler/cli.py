@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
 from scheduler import __version__, clock, log, orphans, runner
 from scheduler.config import (
@@ -61,8 +62,23 @@ def _config_option(func: F) -> F:
         envvar="SCHEDULER_CONFIG",
         show_default=True,
         metavar="PATH",
+        type=click.Path(),  # completes file names
         help="The schedules file (also SCHEDULER_CONFIG).",
     )(func)
+
+
+def _complete_tasks(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of a TASK argument: the task names of the config given by -c/--config on the
+    command line so far, else SCHEDULER_CONFIG, else schedules.yaml. A config that cannot be read or is
+    invalid completes nothing: completion never prints an error."""
+    path = ctx.params.get("config_path") or DEFAULT_CONFIG_PATH  # click has applied the env var and default
+    try:
+        names = list(load_config(str(path)).tasks)
+    except Exception:
+        return []
+    given = ctx.params.get(param.name or "") if param.nargs == -1 else ()
+    taken = set(given or ())
+    return [CompletionItem(name) for name in names if name.startswith(incomplete) and name not in taken]
 
 
 def _log_options(func: F) -> F:
@@ -300,7 +316,7 @@ def _raise_fd_limit() -> None:
 
 
 @cli.command("run-now")
-@click.argument("task")
+@click.argument("task", shell_complete=_complete_tasks)
 @_config_option
 @_log_options
 @_store_option
@@ -394,7 +410,7 @@ async def _run_now(spec: TaskSpec, run_id: str, scheduled_for: datetime) -> runn
 
 
 @cli.command("next")
-@click.argument("tasks", nargs=-1)
+@click.argument("tasks", nargs=-1, shell_complete=_complete_tasks)
 @_config_option
 @click.option(
     "-n", "count", default=5, show_default=True, type=click.IntRange(1, 10_000), help="Fires per task."
@@ -493,7 +509,7 @@ def _last_runs(config: Config, store_url: str | None) -> dict[str, RunRecord] | 
 
 
 @cli.command()
-@click.argument("task", required=False)
+@click.argument("task", required=False, shell_complete=_complete_tasks)
 @_config_option
 @_store_option
 @click.option(

@@ -278,3 +278,62 @@ class TestInit:
         nowhere = run_cli("init", "no/such/dir.yaml", cwd=tmp_path)
         assert 2 == nowhere.returncode
         assert ["no/such/dir.yaml: cannot write: No such file or directory"] == nowhere.stderr.splitlines()
+
+
+def complete(shell: str, words: str, cwd: Path, env: dict[str, str] | None = None) -> list[str]:
+    """What the shell would be offered for the last of `words` (click's completion protocol)."""
+    environ = {**os.environ, **(env or {}), "_SCHEDULER_COMPLETE": f"{shell}_complete"}
+    if "SCHEDULER_CONFIG" not in (env or {}):
+        environ.pop("SCHEDULER_CONFIG", None)
+    parts = words.split(" ")
+    # bash and zsh give the index of the word being completed; fish gives the word itself.
+    cword = parts[-1] if shell == "fish" else str(len(parts) - 1)
+    environ |= {"COMP_WORDS": words, "COMP_CWORD": cword}
+    result = subprocess.run(
+        SCHEDULER, capture_output=True, text=True, cwd=cwd, env=environ, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert (0, "") == (result.returncode, result.stderr)
+    lines = [line for line in result.stdout.splitlines() if line]
+    if shell == "bash":
+        return [line.split(",", 1)[1] for line in lines]
+    if shell == "zsh":
+        return lines[1::3]  # type, value, help (_ for none)
+    return [line.split("\t")[0].split(",", 1)[-1] for line in lines]
+
+
+class TestCompletion:
+    @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+    def test_scripts(self, shell: str) -> None:
+        """_SCHEDULER_COMPLETE=<shell>_source prints the shell's completion script."""
+        env = {**os.environ, "_SCHEDULER_COMPLETE": f"{shell}_source"}
+        result = subprocess.run(SCHEDULER, capture_output=True, text=True, env=env, timeout=60)
+        assert 0 == result.returncode
+        assert "_SCHEDULER_COMPLETE" in result.stdout
+
+    @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+    def test_task_names(self, project: Path, shell: str) -> None:
+        """run-now, next and history complete the task names of schedules.yaml."""
+        assert ["fail"] == complete(shell, "scheduler run-now fa", project)
+        assert ["slow", "suicide"] == complete(shell, "scheduler history s", project)
+
+    def test_config_from_the_command_line_then_the_environment(self, project: Path, tmp_path: Path) -> None:
+        """-c/--config given so far names the file; else SCHEDULER_CONFIG; names already given to next are
+        not offered again."""
+        other = tmp_path / "other.yaml"
+        other.write_text(
+            "tasks:\n"
+            "  alpha:\n    schedule: '@daily'\n    command: 'true'\n"
+            "  beta:\n    schedule: '@daily'\n    command: 'true'\n"
+        )
+        assert ["alpha", "beta"] == complete("bash", f"scheduler run-now -c {other} ", project)
+        assert ["alpha", "beta"] == complete("bash", f"scheduler history --config={other} ", project)
+        assert ["beta"] == complete("bash", f"scheduler next -c {other} alpha ", project)
+        assert ["alpha", "beta"] == complete(
+            "bash", "scheduler run-now ", project, env={"SCHEDULER_CONFIG": str(other)}
+        )
+
+    def test_broken_config_completes_nothing(self, tmp_path: Path) -> None:
+        """A missing or invalid config offers nothing, silently."""
+        assert [] == complete("bash", "scheduler run-now ", tmp_path)
+        (tmp_path / "schedules.yaml").write_text("tasks: [\n")
+        assert [] == complete("bash", "scheduler run-now ", tmp_path)
