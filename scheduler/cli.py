@@ -14,7 +14,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
@@ -64,6 +64,12 @@ def _config_option(func: F) -> F:
         metavar="PATH",
         type=click.Path(),  # completes file names
         help="The schedules file (also SCHEDULER_CONFIG).",
+    )(func)
+
+
+def _utc_option(func: F) -> F:
+    return click.option(
+        "--utc", is_flag=True, help="Show the fire times in UTC rather than in each task's zone."
     )(func)
 
 
@@ -418,11 +424,14 @@ async def _run_now(spec: TaskSpec, run_id: str, scheduled_for: datetime) -> runn
 @click.option(
     "--from", "start", metavar="ISO8601", help="Show fires strictly after this instant (default: now)."
 )
+@_utc_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def next_(tasks: Sequence[str], config_path: str, count: int, start: str | None, as_json: bool) -> None:
-    """Show the next fire instants of each task (or of TASKS), in its zone and in UTC."""
+def next_(
+    tasks: Sequence[str], config_path: str, count: int, start: str | None, utc: bool, as_json: bool
+) -> None:
+    """Show the next fire instants of each task (or of TASKS), in its zone and in UTC (--utc: in UTC only)."""
     config = _load(config_path)
-    after = _parse_instant(start) if start else datetime.now(UTC)
+    after = _parse_instant(start, "--from") if start else datetime.now(UTC)
     specs = [_task(config, name) for name in tasks] if tasks else list(config.tasks.values())
     if as_json:
         out = [
@@ -430,7 +439,7 @@ def next_(tasks: Sequence[str], config_path: str, count: int, start: str | None,
                 "task": spec.name,
                 "schedule": spec.schedule.text,
                 "timezone": spec.timezone,
-                "next": [f.at.astimezone(spec.zone).isoformat() for f in spec.schedule.fires(after, count)],
+                "next": [_iso_in(f.at, UTC if utc else spec.zone) for f in spec.schedule.fires(after, count)],
             }
             for spec in specs
         ]
@@ -442,27 +451,58 @@ def next_(tasks: Sequence[str], config_path: str, count: int, start: str | None,
         state = "" if spec.enabled else "  [disabled]"
         click.echo(f"{spec.name}: {spec.schedule.text} ({spec.schedule.describe()}), {spec.timezone}{state}")
         for fire in spec.schedule.fires(after, count):
-            local = fire.at.astimezone(spec.zone)
-            line = f"  {local:%a %Y-%m-%d %H:%M:%S %Z}  {fire.at:%Y-%m-%dT%H:%M:%SZ}"
+            zone = UTC if utc else spec.zone
+            line = f"  {fire.at.astimezone(zone):%a} {_zone_time(fire.at, zone)}"
+            if not utc:
+                line += f"  {_utc_time(fire.at)}"
             click.echo(line + (f"  DST: {fire.note}" if fire.note else ""))
 
 
-def _parse_instant(text: str) -> datetime:
+def _parse_instant(text: str, option: str) -> datetime:
     try:
         at = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise click.BadParameter(
-            f"'{text}' is not an ISO 8601 instant (e.g. 2026-03-08T06:00:00Z)", param_hint="--from"
+            f"'{text}' is not an ISO 8601 instant (e.g. 2026-03-08T06:00:00Z)", param_hint=option
         ) from None
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+# Times as every command prints them. Schedule times (next fires) are in the task's zone, labelled with its
+# abbreviation and offset; run times (when a run started, what it was scheduled for) are in UTC, labelled
+# UTC, whatever $TZ says: the clock ignores $TZ, so the machine's zone would only mislead.
+
+
+def _utc_time(at: datetime) -> str:
+    """'2026-11-27 09:00:00 UTC'."""
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _zone_time(at: datetime, zone: tzinfo) -> str:
+    """'2026-11-27 16:00:00-05:00 EST' in the zone: the offset as in ISO 8601, then the abbreviation, if the
+    zone has one that is not only its offset ('... 01:00:00+03:00'); '... UTC' for UTC."""
+    local = at.astimezone(zone)
+    offset = local.utcoffset() or timedelta(0)
+    name = local.tzname() or ""
+    if not offset and name in ("UTC", "Z", "+00", ""):
+        return _utc_time(at)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    numeric = f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return f"{local:%Y-%m-%d %H:%M:%S}{numeric}" + (f" {name}" if name[:1].isalpha() else "")
+
+
+def _iso_in(at: datetime, zone: tzinfo) -> str:
+    return at.astimezone(zone).isoformat()
 
 
 @cli.command("list")
 @_config_option
 @_store_option
-def list_(config_path: str, store_url: str | None) -> None:
-    """Show a table of the tasks: schedule in plain words, zone, next fire, overlap and timeout; with a
-    store, also each task's last run and its status."""
+@_utc_option
+def list_(config_path: str, store_url: str | None, utc: bool) -> None:
+    """Show a table of the tasks: schedule in plain words, zone, next fire (in the task's zone; --utc: in
+    UTC), overlap and timeout; with a store, also each task's last run (UTC) and its status."""
     config = _load(config_path)
     now = datetime.now(UTC)
     last = _last_runs(config, store_url)
@@ -470,11 +510,8 @@ def list_(config_path: str, store_url: str | None) -> None:
     if last is not None:
         rows[0] += ("LAST RUN", "LAST STATUS")
     for spec in config.tasks.values():
-        if spec.enabled:
-            nxt = spec.schedule.next_fire(now).at.astimezone(spec.zone)
-            next_text = f"{nxt:%Y-%m-%d %H:%M:%S %Z}"
-        else:
-            next_text = "disabled"
+        nxt = spec.schedule.next_fire(now).at if spec.enabled else None
+        next_text = "disabled" if nxt is None else _zone_time(nxt, UTC if utc else spec.zone)
         timeout = format_duration(spec.timeout_s) if spec.timeout_s is not None else "none"
         rows.append(
             (
@@ -489,7 +526,7 @@ def list_(config_path: str, store_url: str | None) -> None:
         )
         if last is not None:
             record = last.get(spec.name)
-            rows[-1] += (_local_time(record.started_at), record.status) if record else ("never", "-")
+            rows[-1] += (_utc_time(record.started_at), record.status) if record else ("never", "-")
     for line in _table(rows):
         click.echo(line)
 
@@ -522,8 +559,8 @@ def history(
 ) -> None:
     """Show the newest runs first (of TASK, or of every task), from the store.
 
-    Columns: start (local time), task, trigger, status, exit code or signal, duration, the instant it was
-    scheduled for (UTC) and the clock that ran it. Exit status 69 when the store cannot be reached.
+    Columns: start, task, trigger, status, exit code or signal, duration, the instant it was scheduled for,
+    and the clock that ran it. Times are in UTC. Exit status 69 when the store cannot be reached.
     """
     config = _load(config_path)
     store = _open_store(config, store_url)
@@ -546,19 +583,19 @@ def history(
     if not records:
         click.echo(f"no runs recorded{f' of {task}' if task else ''} in {store.display_url}")
         return
-    rows = [("STARTED", "TASK", "TRIGGER", "STATUS", "EXIT", "DURATION", "SCHEDULED FOR (UTC)", "CLOCK")]
+    rows = [("STARTED", "TASK", "TRIGGER", "STATUS", "EXIT", "DURATION", "SCHEDULED FOR", "CLOCK")]
     for r in records:
         ended = r.signal or ("" if r.exit_code is None else str(r.exit_code))
         duration = "" if r.duration_s is None else _run_duration(r.duration_s)
         rows.append(
             (
-                _local_time(r.started_at),
+                _utc_time(r.started_at),
                 r.task,
                 r.trigger,
                 r.status,
                 ended,
                 duration,
-                f"{r.scheduled_for:%Y-%m-%d %H:%M:%S}",
+                _utc_time(r.scheduled_for),
                 r.claimed_by,
             )
         )
@@ -574,10 +611,6 @@ def history(
 
 def _run_duration(seconds: float) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else format_duration(round(seconds))
-
-
-def _local_time(at: datetime) -> str:
-    return f"{at.astimezone():%Y-%m-%d %H:%M:%S}"
 
 
 @cli.command()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from scheduler.store import RunRecord, Store, open_store
 from tests.integration.conftest import SCHEDULER, run_cli
 
 pytestmark = pytest.mark.integration
@@ -164,7 +168,7 @@ class TestNext:
     def test_text_marks_dst(self, project: Path) -> None:
         """The text form shows local and UTC times and marks a DST move."""
         result = run_cli("next", "slow", "-n", "1", "--from", "2026-03-07T12:00:00Z", cwd=project)
-        assert "2026-03-08T07:00:00Z" in result.stdout
+        assert "2026-03-08 07:00:00 UTC" in result.stdout
         assert "02:30 did not exist" in result.stdout
 
     def test_bad_from(self, project: Path) -> None:
@@ -236,6 +240,103 @@ class TestHistoryOutput:
         assert "" == table.stdout.split("\n")[4]
         raw = json.loads(run_cli("history", "--output", "--json", cwd=tmp_path).stdout)
         assert output == raw[0]["output"]
+
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+LA = {**os.environ, "TZ": "America/Los_Angeles"}  # a machine zone that must not show
+STORED = """\
+store: sqlite:///state.db
+tasks:
+  new-year:
+    schedule: "0 0 1 1 *"
+    command: "true"
+    timezone: America/New_York
+    timeout: 10m
+  backup:
+    schedule: "@daily"
+    command: "true"
+  idle:
+    schedule: "@hourly"
+    command: "true"
+    enabled: false
+"""
+
+
+def ran(task: str, minutes: float, status: str = "succeeded", **fields: Any) -> RunRecord:
+    """A run of `task` started `minutes` after T0 (or at the datetime given as started_at)."""
+    started = fields.get("started_at", T0 + timedelta(minutes=minutes))
+    values: dict[str, Any] = {
+        "task": task,
+        "scheduled_for": started,
+        "trigger": "schedule",
+        "run_id": os.urandom(6).hex(),
+        "claimed_by": "clock.1:4:abcdef",
+        "started_at": started,
+        "status": status,
+    }
+    if status != "running":
+        values |= {"finished_at": started + timedelta(seconds=2), "duration_s": 2.0, "exit_code": 0}
+    return RunRecord(**{**values, **fields})
+
+
+def seed(folder: Path, *records: RunRecord, config: str = STORED) -> Store:
+    """A schedules file with a SQLite store holding these runs; the store, to add more."""
+    (folder / "schedules.yaml").write_text(config)
+    store = open_store(f"sqlite:///{folder / 'state.db'}")
+    for record in records:
+        assert store.record(record)
+    return store
+
+
+def table(stdout: str) -> dict[str, list[str]]:
+    """A table's rows by their first cell (the header's by ''), cut where the header's columns start."""
+    header, *rows = stdout.splitlines()
+    starts = [m.start() for m in re.finditer(r"\S+(?: \S+)*", header)]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    cells = [[line[a:b].strip() for a, b in bounds] for line in [header, *rows]]
+    return {"": cells[0], **{row[0]: row for row in cells[1:]}}
+
+
+class TestTimes:
+    def test_next_labels_the_zone_and_utc(self, project: Path) -> None:
+        """next: each fire in the task's zone with its abbreviation and offset, then in UTC, labelled."""
+        result = run_cli("next", "slow", "-n", "2", "--from", "2026-03-07T12:00:00Z", cwd=project, env=LA)
+        assert 0 == result.returncode, result.stderr
+        header, dst, after = result.stdout.splitlines()
+        assert "slow: 30 2 * * * (at 02:30), America/New_York" == header
+        # The DST note's wording is schedule.py's; the times before it are what this test is about.
+        assert dst.startswith("  Sun 2026-03-08 03:00:00-04:00 EDT  2026-03-08 07:00:00 UTC  DST: ")
+        assert "  Mon 2026-03-09 02:30:00-04:00 EDT  2026-03-09 06:30:00 UTC" == after
+
+    def test_next_utc(self, project: Path) -> None:
+        """next --utc shows the fires in UTC only; with --json, as ISO 8601 in UTC."""
+        args = ("next", "ok", "-n", "1", "--from", "2026-11-27T00:00:00Z", "--utc")
+        text = run_cli(*args, cwd=project)
+        assert "  Fri 2026-11-27 14:00:00 UTC" == text.stdout.splitlines()[1]
+        out = json.loads(run_cli(*args, "--json", cwd=project).stdout)
+        assert ["2026-11-27T14:00:00+00:00"] == out[0]["next"]
+
+    def test_list_next_fire_in_the_task_zone_and_last_run_in_utc(self, tmp_path: Path) -> None:
+        """list: NEXT FIRE in the task's zone, labelled; LAST RUN in UTC, labelled, whatever $TZ says;
+        --utc puts NEXT FIRE in UTC too."""
+        seed(tmp_path, ran("new-year", 0)).close()
+        rows = table(run_cli("list", cwd=tmp_path, env=LA).stdout)
+        assert re.fullmatch(r"\d{4}-01-01 00:00:00-05:00 EST", rows["new-year"][4])
+        assert "2026-11-27 10:00:00 UTC" == rows["new-year"][rows[""].index("LAST RUN")]
+        utc = table(run_cli("list", "--utc", cwd=tmp_path, env=LA).stdout)
+        assert re.fullmatch(r"\d{4}-01-01 05:00:00 UTC", utc["new-year"][4])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d 00:00:00 UTC", utc["backup"][4])
+
+    def test_history_in_utc_whatever_tz_says(self, tmp_path: Path) -> None:
+        """history: started and scheduled-for times in UTC, labelled, under any $TZ."""
+        seed(tmp_path, ran("backup", 0)).close()
+        result = run_cli("history", cwd=tmp_path, env=LA)
+        assert 0 == result.returncode, result.stderr
+        rows = table(result.stdout)
+        assert "STARTED" == rows[""][0]
+        [started] = [key for key in rows if key]
+        scheduled_for = rows[started][rows[""].index("SCHEDULED FOR")]
+        assert ("2026-11-27 10:00:00 UTC", "2026-11-27 10:00:00 UTC") == (started, scheduled_for)
 
 
 class TestInit:

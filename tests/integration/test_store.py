@@ -340,8 +340,8 @@ class TestHistory:
         assert 0 == table.returncode, table.stderr
         header, *rows = table.stdout.splitlines()
         assert header.split()[:4] == ["STARTED", "TASK", "TRIGGER", "STATUS"]
-        assert ["fails", "hello"] == [row.split()[2] for row in rows]
-        assert ["failed", "3"] == rows[0].split()[4:6]
+        assert ["fails", "hello"] == [row.split()[3] for row in rows]
+        assert ["UTC", "fails", "manual", "failed", "3"] == rows[0].split()[2:7]
 
         out = json.loads(run_cli("history", "fails", "--json", cwd=tmp_path).stdout)
         assert 1 == len(out)
