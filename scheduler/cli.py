@@ -33,7 +33,7 @@ from scheduler.config import (
 from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
 from scheduler.loader import load_config, load_isolated
 from scheduler.observe import NO_METRICS
-from scheduler.runs import new_run_id
+from scheduler.runs import iso_utc, new_run_id
 from scheduler.starter import STARTER_CONFIG, STARTER_TASKS
 from scheduler.watch import FileWatcher
 
@@ -500,17 +500,24 @@ def _iso_in(at: datetime, zone: tzinfo) -> str:
 @_config_option
 @_store_option
 @_utc_option
-def list_(config_path: str, store_url: str | None, utc: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per task.")
+def list_(config_path: str, store_url: str | None, utc: bool, as_json: bool) -> None:
     """Show a table of the tasks: schedule in plain words, zone, next fire (in the task's zone; --utc: in
-    UTC), overlap and timeout; with a store, also each task's last run (UTC) and its status."""
+    UTC), overlap and timeout; with a store, also whether each task is running now, and its last run (UTC)
+    and status."""
     config = _load(config_path)
     now = datetime.now(UTC)
-    last = _last_runs(config, store_url)
+    seen = _store_view(config, store_url, now)
+    specs = list(config.tasks.values())
+    nexts = {spec.name: spec.schedule.next_fire(now).at if spec.enabled else None for spec in specs}
+    if as_json:
+        click.echo(json.dumps([_list_json(spec, nexts[spec.name], seen, utc) for spec in specs], indent=2))
+        return
     rows: list[tuple[str, ...]] = [("TASK", "SCHEDULE", "MEANING", "ZONE", "NEXT FIRE", "OVERLAP", "TIMEOUT")]
-    if last is not None:
-        rows[0] += ("LAST RUN", "LAST STATUS")
-    for spec in config.tasks.values():
-        nxt = spec.schedule.next_fire(now).at if spec.enabled else None
+    if seen is not None:
+        rows[0] += ("RUNNING", "LAST RUN", "LAST STATUS")
+    for spec in specs:
+        nxt = nexts[spec.name]
         next_text = "disabled" if nxt is None else _zone_time(nxt, UTC if utc else spec.zone)
         timeout = format_duration(spec.timeout_s) if spec.timeout_s is not None else "none"
         rows.append(
@@ -524,25 +531,66 @@ def list_(config_path: str, store_url: str | None, utc: bool) -> None:
                 timeout,
             )
         )
-        if last is not None:
+        if seen is not None:
+            last, running = seen
             record = last.get(spec.name)
-            rows[-1] += (_utc_time(record.started_at), record.status) if record else ("never", "-")
+            rows[-1] += (
+                "yes" if spec.name in running else "no",
+                _utc_time(record.started_at) if record else "never",
+                record.status if record else "-",
+            )
     for line in _table(rows):
         click.echo(line)
 
 
-def _last_runs(config: Config, store_url: str | None) -> dict[str, RunRecord] | None:
-    """Each task's newest run, or None without a store; an unreachable store is a warning, not a failure."""
+def _list_json(
+    spec: TaskSpec,
+    nxt: datetime | None,
+    seen: tuple[dict[str, RunRecord], set[str]] | None,
+    utc: bool,
+) -> dict[str, object]:
+    last, running = seen if seen is not None else ({}, set())
+    record = last.get(spec.name)
+    return {
+        "task": spec.name,
+        "schedule": spec.schedule.text,
+        "description": spec.schedule.describe(),
+        "timezone": spec.timezone,
+        "enabled": spec.enabled,
+        "next": None if nxt is None else _iso_in(nxt, UTC if utc else spec.zone),
+        "overlap": spec.overlap,
+        "timeout_s": _number(spec.timeout_s),
+        "running": spec.name in running,
+        "last_run": None
+        if record is None
+        else {
+            "status": record.status,
+            "started_at": iso_utc(record.started_at),
+            "duration_s": record.duration_s,
+        },
+    }
+
+
+def _number(value: float | None) -> float | int | None:
+    """A whole number of seconds as an int in JSON (600, not 600.0)."""
+    return int(value) if value is not None and value.is_integer() else value
+
+
+def _store_view(
+    config: Config, store_url: str | None, now: datetime
+) -> tuple[dict[str, RunRecord], set[str]] | None:
+    """Each task's newest run started by now, and the tasks running now; None without a store. A store
+    that cannot be reached is a warning, not a failure."""
     store = _open_store(config, store_url)
     if store is None:
         return None
     try:
-        last = _bounded(store, lambda s: s.last_runs())
+        last, running = _bounded(store, lambda s: (s.last_runs(before=now), s.running()))
     except StoreError as exc:
         click.echo(f"warning: no last runs: {exc}", err=True)
         return None
     _close(store)
-    return last
+    return last, {record.task for record in running}
 
 
 @cli.command()

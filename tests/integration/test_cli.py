@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.store import RunRecord, Store, open_store
+from scheduler.store import ClockInfo, RunRecord, Store, open_store
 from tests.integration.conftest import SCHEDULER, run_cli
 
 pytestmark = pytest.mark.integration
@@ -337,6 +337,79 @@ class TestTimes:
         [started] = [key for key in rows if key]
         scheduled_for = rows[started][rows[""].index("SCHEDULED FOR")]
         assert ("2026-11-27 10:00:00 UTC", "2026-11-27 10:00:00 UTC") == (started, scheduled_for)
+
+
+class TestListJson:
+    def test_without_a_store(self, project: Path) -> None:
+        """list --json: one object per task, `task` first, in the documented keys; not running, no last run
+        without a store; next in the task's zone (null when disabled), or in UTC with --utc."""
+        result = run_cli("list", "--json", cwd=project)
+        assert 0 == result.returncode, result.stderr
+        out = json.loads(result.stdout)
+        keys = ["task", "schedule", "description", "timezone", "enabled", "next", "overlap", "timeout_s"]
+        assert [[*keys, "running", "last_run"]] * 7 == [list(task) for task in out]
+        ok = out[0]
+        assert {
+            "task": "ok",
+            "schedule": "0 9 * * MON-FRI",
+            "description": "at 09:00 on Monday through Friday",
+            "timezone": "America/New_York",
+            "enabled": True,
+            "overlap": "skip",
+            "timeout_s": 600,
+            "running": False,
+            "last_run": None,
+        } == {k: v for k, v in ok.items() if k != "next"}
+        nxt = datetime.fromisoformat(ok["next"])
+        assert (9, 0) == (nxt.hour, nxt.minute)
+        assert nxt.utcoffset() in (timedelta(hours=-5), timedelta(hours=-4))
+        disabled = next(task for task in out if task["task"] == "utc-task")
+        assert (False, None) == (disabled["enabled"], disabled["next"])
+        utc = json.loads(run_cli("list", "--json", "--utc", cwd=project).stdout)
+        assert datetime.fromisoformat(utc[0]["next"]) == nxt
+        assert utc[0]["next"].endswith("+00:00")
+
+    def test_with_a_store(self, tmp_path: Path) -> None:
+        """With a store: running is true for a task with a run going on a live clock; last_run is the
+        newest run started by now (a claim made ahead is not), with its status, start and duration."""
+        now = datetime.now(UTC).replace(microsecond=0)
+        store = seed(tmp_path, ran("new-year", 0, "failed", exit_code=1))
+        clock_id = "clock.1:4:abcdef"
+        store.heartbeat(ClockInfo(clock_id, "clock.1", 4, "0", "digest"))
+        going = ran("backup", 0, "running", started_at=now - timedelta(minutes=1))
+        ahead = ran("backup", 0, "running", started_at=now + timedelta(minutes=5), trigger="manual")
+        assert [True] == [c.won for c in store.claim([going])]
+        assert store.record(ahead)
+        store.close()
+        result = run_cli("list", "--json", cwd=tmp_path)
+        assert 0 == result.returncode, result.stderr
+        by_task = {task["task"]: task for task in json.loads(result.stdout)}
+        assert (
+            False,
+            {"status": "failed", "started_at": "2026-11-27T10:00:00+00:00", "duration_s": 2.0},
+        ) == (
+            by_task["new-year"]["running"],
+            by_task["new-year"]["last_run"],
+        )
+        assert (
+            True,
+            {"status": "running", "started_at": going.started_at.isoformat(), "duration_s": None},
+        ) == (
+            by_task["backup"]["running"],
+            by_task["backup"]["last_run"],
+        )
+        assert (False, None) == (by_task["idle"]["running"], by_task["idle"]["last_run"])
+
+        rows = table(run_cli("list", cwd=tmp_path).stdout)
+        assert ["RUNNING", "LAST RUN", "LAST STATUS"] == rows[""][-3:]
+        assert ["no", "2026-11-27 10:00:00 UTC", "failed"] == rows["new-year"][-3:]
+        assert ["yes", f"{going.started_at:%Y-%m-%d %H:%M:%S} UTC", "running"] == rows["backup"][-3:]
+        assert ["no", "never", "-"] == rows["idle"][-3:]
+
+    def test_text_without_a_store_has_no_store_columns(self, project: Path) -> None:
+        """Without a store, the table has no RUNNING, LAST RUN or LAST STATUS columns."""
+        rows = table(run_cli("list", cwd=project).stdout)
+        assert ["TASK", "SCHEDULE", "MEANING", "ZONE", "NEXT FIRE", "OVERLAP", "TIMEOUT"] == rows[""]
 
 
 class TestInit:
