@@ -600,17 +600,44 @@ def _store_view(
 @click.option(
     "-n", "limit", default=20, show_default=True, type=click.IntRange(1, 100_000), help="How many runs."
 )
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS",
+    callback=lambda ctx, param, value: _check_statuses(value),
+    shell_complete=lambda ctx, param, incomplete: [
+        CompletionItem(s) for s in _run_statuses() if s.startswith(incomplete)
+    ],
+    help="Only runs with this status (repeat it, or separate with commas): running, succeeded, failed, "
+    "timed_out, killed, skipped, lost.",
+)
+@click.option(
+    "--since",
+    metavar="DURATION|ISO8601",
+    help="Only runs started since then: a duration back from now (24h, 7d, 30m) or an instant "
+    "(2026-11-30T00:00:00Z; without an offset, UTC).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.option("--output", "with_output", is_flag=True, help="Show each run's output tail.")
 def history(
-    task: str | None, config_path: str, store_url: str | None, limit: int, as_json: bool, with_output: bool
+    task: str | None,
+    config_path: str,
+    store_url: str | None,
+    limit: int,
+    statuses: tuple[str, ...],
+    since: str | None,
+    as_json: bool,
+    with_output: bool,
 ) -> None:
     """Show the newest runs first (of TASK, or of every task), from the store.
 
-    Columns: start, task, trigger, status, exit code or signal, duration, the instant it was scheduled for,
-    and the clock that ran it. Times are in UTC. Exit status 69 when the store cannot be reached.
+    Columns: start, task, trigger, attempt (2 for a run's first retry), status, exit code or signal,
+    duration, the instant it was scheduled for, and the clock that ran it. Times are in UTC. Exit status
+    69 when the store cannot be reached.
     """
     config = _load(config_path)
+    since_at = _parse_since(since, datetime.now(UTC)) if since else None
     store = _open_store(config, store_url)
     if store is None:
         raise click.UsageError(
@@ -618,7 +645,7 @@ def history(
             "or pass --store URL"
         )
     try:
-        records = _bounded(store, lambda s: s.history(task, limit))
+        records = _bounded(store, lambda s: s.history(task, limit, statuses=statuses or None, since=since_at))
     except StoreError as exc:
         click.echo(f"scheduler: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
@@ -629,9 +656,12 @@ def history(
         click.echo(json.dumps([r.to_json(output=with_output) for r in records], indent=2))
         return
     if not records:
-        click.echo(f"no runs recorded{f' of {task}' if task else ''} in {store.display_url}")
+        which = f" {' or '.join(statuses)}" if statuses else ""
+        of = f" of {task}" if task else ""
+        when = f" since {_utc_time(since_at)}" if since_at else ""
+        click.echo(f"no{which} runs{of}{when} recorded in {store.display_url}")
         return
-    rows = [("STARTED", "TASK", "TRIGGER", "STATUS", "EXIT", "DURATION", "SCHEDULED FOR", "CLOCK")]
+    rows = [("STARTED", "TASK", "TRIGGER", "ATTEMPT", "STATUS", "EXIT", "DURATION", "SCHEDULED FOR", "CLOCK")]
     for r in records:
         ended = r.signal or ("" if r.exit_code is None else str(r.exit_code))
         duration = "" if r.duration_s is None else _run_duration(r.duration_s)
@@ -640,6 +670,7 @@ def history(
                 _utc_time(r.started_at),
                 r.task,
                 r.trigger,
+                str(r.attempt),
                 r.status,
                 ended,
                 duration,
@@ -655,6 +686,44 @@ def history(
             # A run's output is the task's, not ours: its controls (ESC, CR...) are shown, not obeyed.
             for out in r.output.removesuffix("\n").split("\n"):
                 click.echo(f"    | {log.escape_controls(out)}")
+
+
+def _run_statuses() -> tuple[str, ...]:
+    from scheduler.store import RUN_STATUSES  # the store module only for the commands that use it
+
+    return RUN_STATUSES
+
+
+def _check_statuses(values: Sequence[str]) -> tuple[str, ...]:
+    """--status values, split at commas, each one a known status: else a one-line error listing them."""
+    known = _run_statuses()
+    statuses: list[str] = []
+    for value in values:
+        for status in filter(None, (part.strip() for part in value.split(","))):
+            if status not in known:
+                guess = suggest(status, known)
+                hint = f" (did you mean '{guess}'?)" if guess else ""
+                raise SchedulerError(
+                    f"--status: unknown status '{status}'{hint}; statuses: {', '.join(known)}"
+                )
+            if status not in statuses:
+                statuses.append(status)
+    return tuple(statuses)
+
+
+def _parse_since(text: str, now: datetime) -> datetime:
+    """--since: a duration back from now (24h), or an instant (2026-11-30T00:00:00Z, UTC without offset)."""
+    try:
+        return now - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        return _parse_instant(text, "--since")
+    except click.BadParameter:
+        raise SchedulerError(
+            f"--since: '{text}' is neither a duration back from now (24h, 7d, 30m) nor an ISO 8601 instant "
+            "(2026-11-30T00:00:00Z)"
+        ) from None
 
 
 def _run_duration(seconds: float) -> str:

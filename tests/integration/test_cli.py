@@ -412,6 +412,67 @@ class TestListJson:
         assert ["TASK", "SCHEDULE", "MEANING", "ZONE", "NEXT FIRE", "OVERLAP", "TIMEOUT"] == rows[""]
 
 
+class TestHistoryFilters:
+    def test_status_and_since(self, tmp_path: Path) -> None:
+        """--status keeps runs of those statuses (repeated or comma-separated); --since a duration back
+        from now or an instant; together, both apply."""
+        now = datetime.now(UTC)
+        old_fail = ran("backup", 0, "failed", exit_code=1, started_at=now - timedelta(days=3))
+        recent_fail = ran("backup", 0, "failed", exit_code=2, started_at=now - timedelta(hours=1))
+        recent_ok = ran("backup", 0, started_at=now - timedelta(hours=2))
+        timed_out = ran("new-year", 0, "timed_out", signal="SIGTERM", started_at=now - timedelta(hours=3))
+        seed(tmp_path, old_fail, recent_fail, recent_ok, timed_out).close()
+
+        def ids(*args: str) -> list[str]:
+            result = run_cli("history", "--json", *args, cwd=tmp_path)
+            assert 0 == result.returncode, result.stderr
+            return [run["run_id"] for run in json.loads(result.stdout)]
+
+        assert [recent_fail.run_id, old_fail.run_id] == ids("--status", "failed")
+        assert [recent_fail.run_id] == ids("--status", "failed", "--since", "24h")
+        assert [recent_fail.run_id, timed_out.run_id] == ids("--status", "failed,timed_out", "--since", "1d")
+        assert [recent_fail.run_id, timed_out.run_id] == ids(
+            "--status", "failed", "--status", "timed_out", "--since", "1d"
+        )
+        assert [recent_fail.run_id] == ids("backup", "--status", "failed", "-n", "1")
+        since = (now - timedelta(hours=2, minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert [recent_fail.run_id, recent_ok.run_id] == ids("backup", "--since", since)
+        empty = run_cli("history", "--status", "killed", "--since", "2026-11-30T00:00:00Z", cwd=tmp_path)
+        assert 0 == empty.returncode
+        assert (
+            f"no killed runs since 2026-11-30 00:00:00 UTC recorded in sqlite:///{tmp_path / 'state.db'}\n"
+            == empty.stdout
+        )
+
+    def test_bad_status_and_since(self, tmp_path: Path) -> None:
+        """An unknown status is exit 2 with one line that suggests and lists the statuses; so is a --since
+        that is neither a duration nor an instant."""
+        seed(tmp_path).close()
+        status = run_cli("history", "--status", "faild", cwd=tmp_path)
+        assert (2, "") == (status.returncode, status.stdout)
+        assert [
+            "--status: unknown status 'faild' (did you mean 'failed'?); "
+            "statuses: running, succeeded, failed, timed_out, killed, skipped, lost"
+        ] == status.stderr.splitlines()
+        since = run_cli("history", "--since", "yesterday", cwd=tmp_path)
+        assert 2 == since.returncode
+        assert [
+            "--since: 'yesterday' is neither a duration back from now (24h, 7d, 30m) nor an ISO 8601 instant "
+            "(2026-11-30T00:00:00Z)"
+        ] == since.stderr.splitlines()
+
+    def test_attempt_shown(self, tmp_path: Path) -> None:
+        """history shows each run's attempt: the ATTEMPT column and the JSON key attempt."""
+        first = ran("backup", 0, "failed", exit_code=1)
+        retry = ran("backup", 1, trigger="retry", attempt=2, scheduled_for=first.scheduled_for)
+        seed(tmp_path, first, retry).close()
+        rows = table(run_cli("history", cwd=tmp_path).stdout)
+        assert "ATTEMPT" == rows[""][3]
+        assert [("retry", "2"), ("schedule", "1")] == [(row[2], row[3]) for key, row in rows.items() if key]
+        out = json.loads(run_cli("history", "--json", cwd=tmp_path).stdout)
+        assert [2, 1] == [run["attempt"] for run in out]
+
+
 class TestInit:
     def test_writes_a_file_that_checks(self, tmp_path: Path) -> None:
         """init writes schedules.yaml, which `check` accepts, and says what to do next."""
@@ -511,3 +572,8 @@ class TestCompletion:
         assert [] == complete("bash", "scheduler run-now ", tmp_path)
         (tmp_path / "schedules.yaml").write_text("tasks: [\n")
         assert [] == complete("bash", "scheduler run-now ", tmp_path)
+        assert [] == complete("bash", "scheduler history --status faild ", tmp_path)
+
+    def test_statuses(self, tmp_path: Path) -> None:
+        """history --status completes the run statuses."""
+        assert ["timed_out"] == complete("bash", "scheduler history --status ti", tmp_path)

@@ -339,9 +339,9 @@ class TestHistory:
         table = run_cli("history", cwd=tmp_path)
         assert 0 == table.returncode, table.stderr
         header, *rows = table.stdout.splitlines()
-        assert header.split()[:4] == ["STARTED", "TASK", "TRIGGER", "STATUS"]
+        assert header.split()[:5] == ["STARTED", "TASK", "TRIGGER", "ATTEMPT", "STATUS"]
         assert ["fails", "hello"] == [row.split()[3] for row in rows]
-        assert ["UTC", "fails", "manual", "failed", "3"] == rows[0].split()[2:7]
+        assert ["UTC", "fails", "manual", "1", "failed", "3"] == rows[0].split()[2:8]
 
         out = json.loads(run_cli("history", "fails", "--json", cwd=tmp_path).stdout)
         assert 1 == len(out)
@@ -361,6 +361,27 @@ class TestHistory:
         assert by_task["fails"].endswith("failed")
         assert by_task["hello"].endswith("succeeded")
         assert ["never", "-"] == by_task["quiet"].split()[-2:]
+
+    def test_retries_recorded_with_their_attempt(self, tmp_path: Path, start_clock: Any) -> None:
+        """A clock with a store records each retry as a run of its own, for the failed run's instant, with
+        its attempt; history shows it."""
+        clock = start_clock(
+            "store: sqlite:///state.db\n"
+            "tasks:\n"
+            "  flaky:\n    schedule: '*/2 * * * * *'\n    command: exit 1\n"
+            "    retries: 1\n    retry_delay: 200ms\n"
+        )
+        clock.wait_event("task.finished", attempt=2)
+        assert 0 == clock.stop()
+        result = run_cli("history", "--json", "-n", "1000", cwd=tmp_path)
+        assert 0 == result.returncode, result.stderr
+        runs = json.loads(result.stdout)
+        retries = [r for r in runs if r["trigger"] == "retry"]
+        firsts = {r["scheduled_for"]: r for r in runs if r["trigger"] == "schedule"}
+        assert retries
+        assert {("failed", 2)} == {(r["status"], r["attempt"]) for r in retries}
+        assert {1} == {r["attempt"] for r in firsts.values()}
+        assert all(r["scheduled_for"] in firsts for r in retries)
 
     def test_history_errors(self, tmp_path: Path) -> None:
         """No store, an unset variable, an unknown task: clear messages, no traceback."""
