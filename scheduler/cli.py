@@ -30,7 +30,7 @@ from scheduler.config import (
     parse_duration,
     suggest,
 )
-from scheduler.errors import ConfigError, SchedulerError, StoreError, UnknownTaskError
+from scheduler.errors import ConfigError, SchedulerError, StoreError, StoreMissingError, UnknownTaskError
 from scheduler.loader import load_config, load_isolated
 from scheduler.observe import NO_METRICS
 from scheduler.runs import iso_utc, new_run_id
@@ -120,9 +120,10 @@ def _store_option(func: F) -> F:
 _SQLITE_RELATIVE = "sqlite:///"
 
 
-def _open_store(config: Config, store_url: str | None) -> Store | None:
+def _open_store(config: Config, store_url: str | None, *, create: bool = True) -> Store | None:
     """The store named by --store (or SCHEDULER_STORE_URL), else by the file's `store:`, with ${VAR}s
-    filled in from the environment; None when neither names one."""
+    filled in from the environment; None when neither names one. create=False for the commands that only
+    read: a SQLite file that is not there is then an error (StoreMissingError), not a new empty database."""
     if store_url:
         where = "--store"
         url = store_url
@@ -138,7 +139,7 @@ def _open_store(config: Config, store_url: str | None) -> Store | None:
         url = _SQLITE_RELATIVE + os.path.join(folder, url[len(_SQLITE_RELATIVE) :])
     from scheduler.store import open_store  # sqlite3, maybe psycopg: only with a store
 
-    return open_store(url, keep_runs=config.keep_runs, namespace=config.namespace)
+    return open_store(url, keep_runs=config.keep_runs, namespace=config.namespace, create=create)
 
 
 def _bounded(store: Store, call: Callable[[Store], _T], timeout_s: float = STORE_CALL_TIMEOUT_S) -> _T:
@@ -580,12 +581,14 @@ def _store_view(
     config: Config, store_url: str | None, now: datetime
 ) -> tuple[dict[str, RunRecord], set[str]] | None:
     """Each task's newest run started by now, and the tasks running now; None without a store. A store
-    that cannot be reached is a warning, not a failure."""
-    store = _open_store(config, store_url)
+    that cannot be reached is a warning, not a failure; a SQLite file that is not there is an error."""
+    store = _open_store(config, store_url, create=False)
     if store is None:
         return None
     try:
         last, running = _bounded(store, lambda s: (s.last_runs(before=now), s.running()))
+    except StoreMissingError as exc:
+        _fail(exc)
     except StoreError as exc:
         click.echo(f"warning: no last runs: {exc}", err=True)
         return None
@@ -634,11 +637,11 @@ def history(
 
     Columns: start, task, trigger, attempt (2 for a run's first retry), status, exit code or signal,
     duration, the instant it was scheduled for, and the clock that ran it. Times are in UTC. Exit status
-    69 when the store cannot be reached.
+    69 when the store cannot be reached; 2 when it names a SQLite file that does not exist.
     """
     config = _load(config_path)
     since_at = _parse_since(since, datetime.now(UTC)) if since else None
-    store = _open_store(config, store_url)
+    store = _open_store(config, store_url, create=False)
     if store is None:
         raise click.UsageError(
             f"no store: add a line such as `store: sqlite:///.scheduler/state.db` to {config.path}, "
@@ -646,6 +649,8 @@ def history(
         )
     try:
         records = _bounded(store, lambda s: s.history(task, limit, statuses=statuses or None, since=since_at))
+    except StoreMissingError as exc:
+        _fail(exc)
     except StoreError as exc:
         click.echo(f"scheduler: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)

@@ -473,6 +473,40 @@ class TestHistoryFilters:
         assert [2, 1] == [run["attempt"] for run in out]
 
 
+class TestMissingStore:
+    def test_history_and_list_refuse_a_missing_sqlite_file(self, tmp_path: Path) -> None:
+        """history and list on a SQLite file that is not there: exit 2 naming the path, and no file (or
+        folder) is created."""
+        (tmp_path / "schedules.yaml").write_text(
+            "store: sqlite:///typo/state.db\n" + CONFIG.split("\n", 1)[1]
+        )
+        missing = tmp_path / "nowhere" / "state.db"
+        results = [
+            run_cli("history", "--store", f"sqlite:///{missing}", cwd=tmp_path),
+            run_cli("list", "--store", f"sqlite:///{missing}", cwd=tmp_path),
+            run_cli("history", cwd=tmp_path),
+            run_cli("list", "--json", cwd=tmp_path),
+        ]
+        assert [2, 2, 2, 2] == [r.returncode for r in results]
+        typo = tmp_path / "typo" / "state.db"
+        for result, path in zip(results, [missing, missing, typo, typo], strict=True):
+            assert [
+                f"run-history store sqlite:///{path}: no database file {path} (`scheduler run` creates it)"
+            ] == result.stderr.splitlines()
+            assert "" == result.stdout
+        assert not (tmp_path / "nowhere").exists()
+        assert not (tmp_path / "typo").exists()
+
+    def test_run_creates_it(self, tmp_path: Path, start_clock: Any) -> None:
+        """`run` still creates the SQLite file (and its folder); list then reads it."""
+        clock = start_clock("store: sqlite:///fresh/state.db\n" + CONFIG.split("\n", 1)[1])
+        clock.wait_event("store.opened")
+        assert 0 == clock.stop()
+        assert (tmp_path / "fresh" / "state.db").is_file()
+        listing = run_cli("list", cwd=tmp_path)
+        assert (0, "") == (listing.returncode, listing.stderr)
+
+
 class TestInit:
     def test_writes_a_file_that_checks(self, tmp_path: Path) -> None:
         """init writes schedules.yaml, which `check` accepts, and says what to do next."""

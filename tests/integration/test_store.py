@@ -400,6 +400,7 @@ class TestHistory:
         assert 2 == unset.returncode
         assert "schedules.yaml:1: store: environment variable NO_SUCH_DATABASE_URL is not set" in unset.stderr
 
+        (tmp_path / "s.db").touch()  # an empty file is an empty database; a missing one is an error
         unknown = run_cli("history", "b", "--store", "sqlite:///s.db", cwd=tmp_path)
         assert 2 == unknown.returncode
         assert "unknown task 'b'" in unknown.stderr
