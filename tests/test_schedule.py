@@ -158,12 +158,12 @@ class TestErrors:
             ("0 0 L * *", "L, W, #, \\? and R are not supported"),
             ("0 R * * *", "not supported"),
             ("0 0 * * 5#2", "not supported"),
-            ("every 7 minutes", "N must divide 60"),
-            ("every 5 hours", "N must divide 24"),
-            ("every 0 seconds", "N must divide 60"),
+            ("every 7 minutes", "60 is not a multiple of 7"),
+            ("every 5 hours", "24 is not a multiple of 5"),
+            ("every 0 seconds", "must be at least 1"),
             ("daily at 25:00", "not a time of day"),
             ("hourly at :75", "out of range"),
-            ("every fortnight", "unknown schedule 'every fortnight'; accepted forms: .*every N minutes"),
+            ("every fortnight", "unknown word 'fortnight' in schedule 'every fortnight'; accepted forms: "),
             ("@often", "unknown alias '@often'"),
         ],
     )
@@ -171,6 +171,220 @@ class TestErrors:
         """Each bad schedule gets an error naming the value."""
         with pytest.raises(ScheduleError, match=message):
             parse(text, name="x", zone=UTC_ZONE)
+
+
+class TestPhrases:
+    @pytest.mark.parametrize(
+        ("phrase", "cron"),
+        [
+            ("every weekday at 09:00", "0 9 * * 1-5"),
+            ("every weekend at 10:30", "30 10 * * 0,6"),
+            ("every monday at 9am", "0 9 * * 1"),
+            ("every Monday and Thursday at 9am", "0 9 * * 1,4"),
+            ("every mondays and thursdays at 9am", "0 9 * * 1,4"),
+            ("every mon, wed, and fri at 9am and 5pm", "0 9,17 * * 1,3,5"),
+            ("every weekday and saturday at 8am", "0 8 * * 1-6"),
+            ("every sunday at midnight", "0 0 * * 0"),
+            ("daily at 9am", "0 9 * * *"),
+            ("daily at 9:30pm", "30 21 * * *"),
+            ("daily at 9 am", "0 9 * * *"),
+            ("daily at 9:30 PM", "30 21 * * *"),
+            ("daily at noon", "0 12 * * *"),
+            ("every day at 18:45", "45 18 * * *"),
+            ("every 1 day at 7am", "0 7 * * *"),
+            ("daily at 9:00, 9:30, 17:00 and 17:30", "0,30 9,17 * * *"),
+            ("hourly", "0 * * * *"),
+            ("hourly at :15", "15 * * * *"),
+            ("every hour at :45", "45 * * * *"),
+            ("every 2 hours at :30", "30 */2 * * *"),
+            ("every two hours", "0 */2 * * *"),
+            ("twice a day at 9am and 9pm", "0 9,21 * * *"),
+            ("twice daily at 09:00 and 21:00", "0 9,21 * * *"),
+            ("twice per day at noon and midnight", "0 0,12 * * *"),
+            ("twice a day", "0 0,12 * * *"),
+            ("3 times a day", "0 0,8,16 * * *"),
+            ("four times a day", "0 0,6,12,18 * * *"),
+            ("three times a day at 8am, 1pm and 6pm", "0 8,13,18 * * *"),
+            ("once a day at 7:15", "15 7 * * *"),
+            ("every 15 minutes", "*/15 * * * *"),
+            ("every 2 hours", "0 */2 * * *"),
+            ("every 120 minutes", "0 */2 * * *"),
+            ("every 120 seconds", "*/2 * * * *"),
+        ],
+    )
+    def test_cron(self, phrase: str, cron: str) -> None:
+        """Each phrase maps to exactly one cron expression."""
+        assert cron == parse(phrase, name="x", zone=UTC_ZONE).cron
+
+    @pytest.mark.parametrize(
+        ("time", "hour", "minute"),
+        [
+            ("12am", 0, 0),
+            ("12:30am", 0, 30),
+            ("1am", 1, 0),
+            ("11:59am", 11, 59),
+            ("12pm", 12, 0),
+            ("12:15pm", 12, 15),
+            ("1pm", 13, 0),
+            ("11pm", 23, 0),
+            ("midnight", 0, 0),
+            ("noon", 12, 0),
+        ],
+    )
+    def test_twelve_hour_times(self, time: str, hour: int, minute: int) -> None:
+        """12am is midnight and 12pm is noon; the other hours add 12 after noon."""
+        assert f"{minute} {hour} * * *" == parse(f"daily at {time}", name="x", zone=UTC_ZONE).cron
+
+    @pytest.mark.parametrize(
+        ("phrase", "message"),
+        [
+            (
+                "daily at 13pm",
+                r"13pm is not a time of day: with am or pm the hour goes from 1 to 12 .*write 13:00",
+            ),
+            ("daily at 0am", r"0am is not a time of day: .*write 00:00"),
+            ("daily at 9:60pm", r"minute 60 is out of range"),
+            ("daily at 24:00", r"24:00 is not a time of day \(00:00-23:59\)"),
+            ("daily at 9", r"expected a time of day after 'daily at', not '9': write 09:00, 21:30, 9am"),
+            ("every weekday 9am", r"write 'at' before the time: 'every weekday at 9am'"),
+            ("hourly at 15", r"expected a minute like ':15' after 'at', not '15'"),
+            ("every 2 hours at 9am", r"expected a minute like ':15' after 'at', not '9am'"),
+        ],
+    )
+    def test_bad_times(self, phrase: str, message: str) -> None:
+        """A time that is no time of day, or in the wrong place, is named."""
+        with pytest.raises(ScheduleError, match=message):
+            parse(phrase, name="x", zone=UTC_ZONE)
+
+    @pytest.mark.parametrize(
+        "phrase", ["daily", "every day", "every weekday", "every monday and friday", "once a day"]
+    )
+    def test_day_needs_a_time(self, phrase: str) -> None:
+        """A day without a time is an error asking for one, not a silent midnight."""
+        with pytest.raises(
+            ScheduleError, match=rf"^'{phrase}' needs a time: add 'at' and a time, like '{phrase} at 09:00'"
+        ):
+            parse(phrase, name="x", zone=UTC_ZONE)
+
+    def test_every_seven_minutes(self) -> None:
+        """A step that does not divide the hour: why (the restart and its gap), the nearest even steps, and
+        the cron expression to write if the gap is fine."""
+        with pytest.raises(ScheduleError) as info:
+            parse("every 7 minutes", name="x", zone=UTC_ZONE)
+        assert (
+            "'every 7 minutes' cannot be exact in cron: 60 is not a multiple of 7, so */7 starts again at "
+            ":00 every hour (…, :49, :56, then :00: a 4-minute gap); use 'every 6 minutes' or 'every 10 "
+            'minutes\', or write "*/7 * * * *" if that gap is fine'
+        ) == str(info.value)
+
+    @pytest.mark.parametrize(
+        ("phrase", "parts"),
+        [
+            (
+                "every 5 hours",
+                [
+                    "24 is not a multiple of 5",
+                    "(…, 15:00, 20:00, then 00:00: a 4-hour gap)",
+                    "'every 4 hours' or 'every 6 hours'",
+                    '"0 */5 * * *"',
+                ],
+            ),
+            (
+                "every 13 hours",
+                ["(00:00, 13:00, then 00:00: an 11-hour gap)", "'every 12 hours' or 'daily at 00:00'"],
+            ),
+            (
+                "every 45 seconds",
+                [
+                    "60 is not a multiple of 45",
+                    "(:00, :45, then :00: a 15-second gap)",
+                    "'every 30 seconds' or 'every minute'",
+                    '"*/45 * * * * *"',
+                ],
+            ),
+            (
+                "every 90 minutes",
+                [
+                    "cron's minute field starts again every hour",
+                    "takes 2 tasks, one per schedule",
+                    '"0 */3 * * *" and "30 1-22/3 * * *"',
+                    "'every hour' or 'every 2 hours'",
+                ],
+            ),
+            (
+                "every 90 seconds",
+                ['"0 */3 * * * *" and "30 1-58/3 * * * *"', "'every minute' or 'every 2 minutes'"],
+            ),
+            ("every 100 minutes", ["100 minutes does not divide a day either"]),
+            (
+                "every 2 days",
+                ["its day-of-month field every month", '"0 0 */2 * *"', "days 1, 3, 5, … of each month"],
+            ),
+            ("every 36 hours", ["'every 12 hours' or 'daily at 00:00'"]),
+            ("every 2 weeks", ["cannot be exact in cron", "'every monday at 09:00'"]),
+            ("5 times a day", ["24 is not a multiple of 5", "list the 5 times after 'at'"]),
+        ],
+    )
+    def test_not_exact(self, phrase: str, parts: list[str]) -> None:
+        """A cadence cron cannot keep exactly is an error saying why and what comes nearest."""
+        with pytest.raises(ScheduleError) as info:
+            parse(phrase, name="x", zone=UTC_ZONE)
+        for part in parts:
+            assert part in str(info.value)
+
+    def test_ninety_minutes_as_two_tasks(self) -> None:
+        """The two schedules suggested for every 90 minutes together fire exactly every 90 minutes."""
+        start = utc(2026, 1, 1) - timedelta(seconds=1)
+        both = sorted(fires("0 */3 * * *", start, 8) + fires("30 1-22/3 * * *", start, 8))
+        at = [datetime.fromisoformat(s) for s in both]
+        assert {timedelta(minutes=90)} == {b - a for a, b in itertools.pairwise(at)}
+
+    def test_times_cron_cannot_combine(self) -> None:
+        """Times whose hours and minutes cron would cross are an error naming the extra times."""
+        with pytest.raises(
+            ScheduleError,
+            match=r"^'twice a day at 9:15 and 17:30': 09:15 and 17:30 cannot be one cron expression: .* "
+            r"would also run at 09:30 and 17:15; use one task per time",
+        ):
+            parse("twice a day at 9:15 and 17:30", name="x", zone=UTC_ZONE)
+
+    def test_count_of_times(self) -> None:
+        """'twice a day at ...' needs two different times."""
+        with pytest.raises(ScheduleError, match=r"twice a day needs 2 different times, got 3"):
+            parse("twice a day at 9am, 1pm and 9pm", name="x", zone=UTC_ZONE)
+        with pytest.raises(ScheduleError, match=r"twice a day needs 2 different times, got 1"):
+            parse("twice a day at 9am and 9am", name="x", zone=UTC_ZONE)
+
+    @pytest.mark.parametrize(
+        ("phrase", "message"),
+        [
+            (
+                "every wekday at 9am",
+                r"^unknown word 'wekday' in schedule 'every wekday at 9am' \(did you mean 'weekday'\?\)",
+            ),
+            (
+                "every day at 9:00 run",
+                r"^unknown word 'run' in schedule 'every day at 9:00 run'; accepted forms:",
+            ),
+            ("every other day", r"^unknown word 'other'"),
+            ("at 9am every day", r"^unknown schedule 'at 9am every day': a phrase starts with 'every'"),
+            ("every 15 minutes at :05", r"unexpected 'at' after 'every 15 minutes'"),
+            ("every 2 fortnights", r"^unknown word 'fortnights'"),
+            ("every 9:30", r"expected a number, 'minute', 'hour', 'day'"),
+        ],
+    )
+    def test_unknown_words(self, phrase: str, message: str) -> None:
+        """A word the grammar does not know is named; known words out of place say what was expected."""
+        with pytest.raises(ScheduleError, match=message):
+            parse(phrase, name="x", zone=UTC_ZONE)
+
+    def test_twice_a_day_is_fixed_time(self) -> None:
+        """'twice a day' runs at fixed local times (Debian's once-per-local-time DST rule), while 'every 12
+        hours' keeps real-time cadence: on New York's fall-back night they differ."""
+        after = utc(2026, 10, 31, 12)
+        assert parse("twice a day", name="x", zone=NEW_YORK).fixed_time
+        assert not parse("every 12 hours", name="x", zone=NEW_YORK).fixed_time
+        assert fires("0 0,12 * * *", after, 3, NEW_YORK) == fires("twice a day", after, 3, NEW_YORK)
 
 
 class TestDescribe:
@@ -185,7 +399,21 @@ class TestDescribe:
             ("hourly at :05", "every hour at :05"),
             ("@monthly", "at 00:00 on day 1 of the month"),
             ("0 0 13 * FRI", "at 00:00 on day 13 of the month or on Friday"),
-            ("30 6 * 6-8 SAT,SUN", "at 06:30 on Sunday, Saturday in June through August"),
+            ("30 6 * 6-8 SAT,SUN", "at 06:30 on Saturday and Sunday in June through August"),
+            ("every weekday at 9am", "at 09:00 on Monday through Friday"),
+            ("every weekend at 10:30", "at 10:30 on Saturday and Sunday"),
+            ("every mon, wed and fri at 9am", "at 09:00 on Monday, Wednesday and Friday"),
+            ("every friday and sunday at 18:00", "at 18:00 on Friday and Sunday"),
+            ("twice a day at 9am and 9pm", "at 09:00 and 21:00"),
+            ("twice a day", "at 00:00 and 12:00"),
+            ("daily at 9:00, 9:30, 17:00 and 17:30", "at 09:00, 09:30, 17:00 and 17:30"),
+            ("every 2 hours at :30", "every 2 hours at :30"),
+            ("hourly at :15", "every hour at :15"),
+            ("0 0-23/2 * * *", "every 2 hours"),
+            ("0 9 * 1,7 *", "at 09:00 in January and July"),
+            ("*/7 * * * *", "every 7 minutes, starting again at :00 every hour"),
+            ("0 */5 * * *", "every 5 hours, starting again at 00:00 every day"),
+            ("*/45 * * * * *", "every 45 seconds, starting again at :00 every minute"),
         ],
     )
     def test_words(self, text: str, words: str) -> None:
