@@ -844,16 +844,17 @@ class _Parser:
                 valid = False
         if not self._retry_delays_agree(where, key_node, values, value_nodes, defaults, failed_defaults):
             valid = False
-        # The schedule is checked whenever its text and zone are known, even if other settings are bad.
+        # The schedule is checked whenever its text is known, even if other settings are bad. With an unknown
+        # zone (already reported) it is read in UTC: no schedule error depends on the zone.
         zone = values.get("timezone") if "timezone" in value_nodes else default_zone
-        if "schedule" not in values or zone is None:
+        if "schedule" not in values:
             return None
         try:
-            schedule = schedule_module.parse(values["schedule"], name=name, zone=ZoneInfo(zone))
+            schedule = schedule_module.parse(values["schedule"], name=name, zone=ZoneInfo(zone or "UTC"))
         except (ScheduleError, ValueError) as error:
             self.report(value_nodes["schedule"], f"{where}: schedule: {error}")
             return None
-        if not valid or failed_defaults - values.keys():
+        if not valid or zone is None or failed_defaults - values.keys():
             return None
         settings = {**defaults, **values, "env": {**defaults.get("env", {}), **values.get("env", {})}}
         del settings["schedule"]

@@ -533,6 +533,46 @@ class TestErrors:
         for zone in ("America", "../etc/passwd", "/etc/localtime", "''"):
             assert "unknown time zone" in task_error(f"timezone: {zone}")
 
+    def test_bad_task_timezone_does_not_hide_the_schedule(self) -> None:
+        """A task with an unknown zone still has its schedule checked: both problems, each at its place."""
+        assert [
+            "schedules.yaml:4:15: task 'a': schedule: 'every 7 minutes' cannot be exact in cron: 60 is not a "
+            "multiple of 7, so */7 starts again at :00 every hour (…, :49, :56, then :00: a 4-minute gap); "
+            "use 'every 6 minutes' or 'every 10 minutes', or write \"*/7 * * * *\" if that gap is fine",
+            "schedules.yaml:6:15: task 'a': timezone: unknown time zone 'Europe/Londn' "
+            "(did you mean 'Europe/London'?)",
+        ] == problems("""
+            tasks:
+              a:
+                schedule: every 7 minutes
+                command: run
+                timezone: Europe/Londn
+        """)
+
+    def test_bad_top_level_or_default_timezone_does_not_hide_schedules(self) -> None:
+        """An unknown zone at the top level or in defaults, which every task relies on, hides no schedule."""
+        found = problems("""
+            timezone: Mars/Base
+            defaults:
+              timezone: Mars/Olympus
+            tasks:
+              a:
+                schedule: every fortnight
+                command: run
+              b:
+                schedule: "0 25 * * *"
+                command: run
+        """)
+
+        assert [2, 4, 7, 10] == [int(problem.split(":")[1]) for problem in found]
+        assert "schedules.yaml:2:11: timezone: unknown time zone 'Mars/Base'" == found[0]
+        assert "schedules.yaml:4:13: defaults: timezone: unknown time zone 'Mars/Olympus'" == found[1]
+        assert found[2].startswith("schedules.yaml:7:15: task 'a': schedule: unknown word 'fortnight'")
+        assert (
+            "schedules.yaml:10:15: task 'b': schedule: '0 25 * * *': bad hour field '25' (values 0-23)"
+            == found[3]
+        )
+
     @pytest.mark.parametrize(
         ("setting", "message"),
         [
