@@ -326,6 +326,18 @@ _QUOTE_HINTS = {
 }
 
 
+# Characters that cannot start a plain value, with no better hint than quoting.
+_PLAIN_STARTS = frozenset("`%")
+# A key simple enough to show in a hint.
+_SIMPLE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+
+
+def _before_and_at(lines: list[str], mark: Mark) -> tuple[str, str]:
+    """The text of `mark`'s line before it, and the character at it ("" past the end)."""
+    line = lines[mark.line] if mark.line < len(lines) else ""
+    return line[: mark.column], line[mark.column : mark.column + 1]
+
+
 @functools.cache
 def _zone_names() -> tuple[str, ...]:
     """Every IANA key on this machine; slow (it lists files), so only computed for a did-you-mean."""
@@ -643,16 +655,85 @@ class _Parser:
         elif error.problem and error.context and error.context_mark is not None:
             where = f"line {error.context_mark.line + 1}, column {error.context_mark.column + 1}"
             message += f" ({error.context} at {where})"
-        for hint_mark in (error.context_mark, error.problem_mark):
-            if hint_mark is not None:
-                hint = _QUOTE_HINTS.get(self.text[hint_mark.index : hint_mark.index + 1])
-                if hint:
-                    message += f"; {hint}"
-                    break
+        hint = self._syntax_hint(error)
+        if hint:
+            message += f"; {hint}"
         if mark is None:
             self.problems.append((1, 1, message))
         else:
             self.report(mark, message)
+
+    def _syntax_hint(self, error: yaml.MarkedYAMLError) -> str:
+        """What to do about a YAML syntax error, for the mistakes people make most; "" for the others. The
+        hints name keys and lines, never a value (it may be a secret). PyYAML's and libyaml's messages differ:
+        both are matched."""
+        problem, context = error.problem or "", error.context or ""
+        lines = self.text.split("\n")
+        for hint_mark in (error.context_mark, error.problem_mark):
+            if hint_mark is not None:
+                char = _before_and_at(lines, hint_mark)[1]
+                if char in _QUOTE_HINTS:
+                    return _QUOTE_HINTS[char]
+        mark = error.problem_mark
+        if mark is None:
+            return ""
+        before, char = _before_and_at(lines, mark)
+        if char == "\t":
+            if before.strip():
+                return "YAML does not allow a tab here: use a space"
+            return "YAML does not allow tabs for indentation: indent with spaces"
+        if "cannot start any token" in problem and char in _PLAIN_STARTS:
+            return f"YAML cannot start a plain value with {char!r}: quote the value"
+        if problem.startswith("mapping values are not allowed"):
+            return self._colon_hint(lines, mark.line, before)
+        if "quoted scalar" in context and "end of stream" in problem:
+            return "a quoted value is never closed: add its closing quote (or quote it with the other kind)"
+        if before.rstrip().endswith(("'", '"')) and "expected" in problem:
+            return (
+                "text follows a closing quote: quote the whole value (inside '...' write '' for a ', "
+                'inside "..." write \\" for a ")'
+            )
+        if "sequence entries are not allowed" in problem:
+            return (
+                "a list item ('- ') starts a line of its own, under its key; quote the value if '-' is text"
+            )
+        if context.startswith("while parsing a flow") and error.context_mark is not None:
+            opened = _before_and_at(lines, error.context_mark)[1]
+            closing = {"[": "]", "{": "}"}.get(opened, "")
+            where = f"line {error.context_mark.line + 1}"
+            return (
+                f"the {opened!r} on {where} is never closed with {closing!r}; quote the value if it is text"
+            )
+        if "block scalar" in context:
+            return "'|' and '>' start a block of text on the lines below; quote the value if it is text"
+        if "expected" in problem and not before.strip():
+            return "this line's indentation does not match the lines above: keys of one mapping line up"
+        return ""
+
+    def _colon_hint(self, lines: list[str], index: int, before: str) -> str:
+        """For 'mapping values are not allowed here': a ': ' inside a plain value, or a line that YAML read
+        as more of the line above."""
+        key, separator, _ = before.partition(": ")
+        key = key.strip().removeprefix("- ").strip()
+        if separator:
+            if _SIMPLE_KEY.fullmatch(key):
+                return (
+                    f"the value of {key!r} contains ': ', which YAML reads as another key; quote the whole "
+                    f'value, e.g. {key}: "..."'
+                )
+            return "a value contains ': ', which YAML reads as another key; quote the whole value"
+        above = next((i for i in range(index - 1, -1, -1) if lines[i].strip()), None)
+        if above is None:
+            return ""
+        previous = lines[above]
+        if ": " not in previous and not previous.rstrip().endswith(":"):
+            return (
+                f"line {above + 1} has no 'key: value' (a ':' then a space), so YAML reads line {index + 1} "
+                f"as more of its text"
+            )
+        if len(lines[index]) - len(lines[index].lstrip()) > len(previous) - len(previous.lstrip()):
+            return f"line {index + 1} is indented more than line {above + 1}: keys of one mapping line up"
+        return ""
 
     def _check_tags(self, root: Node) -> None:
         """Find every node whose tag SafeLoader cannot construct (e.g. !!python/object), anywhere."""

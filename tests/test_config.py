@@ -12,6 +12,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 
 from scheduler import config as config_module
 from scheduler import schedule
@@ -693,6 +694,122 @@ class TestErrors:
         config = parse("tasks:\n  a: &a\n    <<: *a\n    schedule: '0 9 * * *'\n    command: run\n")
 
         assert "run" == config.tasks["a"].command
+
+
+@pytest.fixture(params=["libyaml", "pure"])
+def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each syntax hint holds for libyaml and for PyYAML's pure-Python parser, whose messages differ."""
+    if request.param == "pure":
+        monkeypatch.setattr(config_module, "_Loader", yaml.SafeLoader)
+    elif not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("libyaml is not installed")
+    return str(request.param)
+
+
+class TestSyntaxHints:
+    @pytest.mark.parametrize(
+        ("text", "where", "hint"),
+        [
+            (
+                "tasks:\n  a:\n    schedule: '@daily'\n    command: echo a: b\n",
+                "4:20",
+                "the value of 'command' contains ': ', which YAML reads as another key; quote the whole "
+                'value, e.g. command: "..."',
+            ),
+            (
+                "tasks:\n  a:\n    schedule: every day at 9: 00\n    command: run\n",
+                "3:29",
+                "the value of 'schedule' contains ': '",
+            ),
+            (
+                "tasks:\n  a:\n    command: [echo, a: b]\n    schedule: x: y\n",
+                "4:16",
+                "the value of 'schedule' contains ': '",
+            ),
+            (
+                "tasks:\n  a:\n    schedule x\n    command: run\n",
+                "4:12",
+                "line 3 has no 'key: value' (a ':' then a space), so YAML reads line 4 as more of its text",
+            ),
+            (
+                "tasks:\n  a:\n    command:run\n    schedule: '@daily'\n",
+                "4:13",
+                "line 3 has no 'key: value'",
+            ),
+            (
+                "tasks:\n  a:\n    schedule: every hour\n      command: run\n",
+                "4:14",
+                "line 4 is indented more than line 3: keys of one mapping line up",
+            ),
+            (
+                "tasks:\n  a:\n    schedule: '@daily'\n      command: run\n",
+                "4:7",
+                "this line's indentation does not match the lines above",
+            ),
+            (
+                "tasks:\n  a:\n\tschedule: '@daily'\n",
+                "3:1",
+                "YAML does not allow tabs for indentation: indent with spaces",
+            ),
+            (
+                'tasks:\n  a:\n    schedule: "@daily\n    command: run\n',
+                "5:1",
+                "a quoted value is never closed: add its closing quote",
+            ),
+            (
+                "tasks:\n  a:\n    command: 'it's'\n",
+                "3:18",
+                "text follows a closing quote: quote the whole value (inside '...' write '' for a '",
+            ),
+            (
+                'tasks:\n  a:\n    command: "echo" hi\n',
+                "3:21",
+                "text follows a closing quote",
+            ),
+            (
+                "tasks:\n  a:\n    schedule: '@daily'\n   command: run\n",
+                "4:4",
+                "this line's indentation does not match the lines above",
+            ),
+            (
+                "tasks:\n  a:\n    command: `date`\n",
+                "3:14",
+                "YAML cannot start a plain value with '`': quote the value",
+            ),
+            (
+                "tasks:\n  a:\n    command: - run\n",
+                "3:14",
+                "a list item ('- ') starts a line of its own, under its key",
+            ),
+            (
+                "tasks:\n  a:\n    command: [echo, hi\n    schedule: '@daily'\n",
+                "4:13",
+                "the '[' on line 3 is never closed with ']'",
+            ),
+            (
+                "tasks:\n  a:\n    command: | echo\n",
+                "3:16",
+                "'|' and '>' start a block of text on the lines below",
+            ),
+        ],
+    )
+    def test_hint(self, loader: str, text: str, where: str, hint: str) -> None:
+        """A common YAML mistake gets a hint saying what to do, at the line and column of the problem."""
+        found = problems(text)
+        assert 1 == len(found), found
+        assert found[0].startswith(f"schedules.yaml:{where}: YAML syntax error: ")
+        assert f"; {hint}" in found[0]
+
+    def test_hint_never_shows_the_value(self, loader: str) -> None:
+        """The hint names the key, never the value, which may be a secret."""
+        found = problems("tasks:\n  a:\n    command: curl -u admin:hunter2 https://x: y\n")
+        assert "hunter2" not in found[0]
+        assert "the value of 'command' contains ': '" in found[0]
+
+    def test_no_hint_for_others(self, loader: str) -> None:
+        """A syntax error without a known cause keeps the parser's message alone."""
+        found = problems("tasks: {}\n---\ntasks: {}\n")
+        assert ";" not in found[0]
 
 
 STORE_FORMS = (
