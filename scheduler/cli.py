@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -170,9 +170,13 @@ def _close(store: Store) -> None:
         pass
 
 
-def _load(config_path: str) -> Config:
+def _load(
+    config_path: str, env: Mapping[str, str] | None = None, *, store_overridden: bool = False
+) -> Config:
+    """The config, or exit 2 with every problem. With `env` (the commands that run tasks, and check), an
+    unset variable that a `${NAME}` names is a problem too, and `env` values are filled in from it."""
     try:
-        return load_config(config_path)
+        return load_config(config_path, env=env, store_overridden=store_overridden)
     except ConfigError as exc:
         _fail(exc)
 
@@ -229,13 +233,15 @@ def run(
     """Run the clock: fire every task on its schedule until SIGTERM or SIGINT.
 
     With a store, every run is recorded and each scheduled instant is claimed before it runs, so that
-    several clocks sharing a PostgreSQL store run it once.
+    several clocks sharing a PostgreSQL store run it once. The environment is read once, here: a `${NAME}`
+    in the file that names an unset or empty variable stops the start (exit 2) and, later, a reload.
     """
     try:
         grace_s = parse_duration(shutdown_grace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shutdown-grace") from None
-    config = _load(config_path)
+    env = dict(os.environ)  # a snapshot: os.environ decodes every variable on each read
+    config = _load(config_path, env, store_overridden=bool(store_url))
     metrics_server = _serve_metrics(metrics_addr) if metrics_addr else None
     store = _open_store(config, store_url)
     if store is not None:
@@ -269,8 +275,8 @@ def run(
             config,
             start_run=functools.partial(runner.start_run, guard=guard),
             log=logger,
-            env=dict(os.environ),  # a snapshot: os.environ decodes every variable on each read
-            load=lambda: load_isolated(config_path),
+            env=env,
+            load=lambda: load_isolated(config_path, env=env, store_overridden=bool(store_url)),
             watcher=watcher,
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,
             shutdown_grace_s=grace_s,
@@ -283,7 +289,7 @@ def run(
 
     from scheduler.pings import Pinger  # urllib and ssl: only for the clock
 
-    pinger = Pinger(log=logger, env=dict(os.environ))
+    pinger = Pinger(log=logger, env=env)
     # As PID 1, the clock cannot be SIGKILLed from inside its container, and its death kills everything.
     guard = orphans.start_guard(logger) if os.getpid() != 1 else orphans.NO_GUARD
     try:
@@ -338,7 +344,7 @@ def run_now(
     does not answer within 5 s, is logged as store.unavailable and does not stop the run or change its
     exit status.
     """
-    config = _load(config_path)
+    config = _load(config_path, os.environ, store_overridden=bool(store_url))
     spec = _task(config, task)
     store = _open_store(config, store_url)
     log.configure(log_format, log_level, stream=sys.stderr)
@@ -765,9 +771,20 @@ def init(path: str) -> None:
 
 @cli.command()
 @_config_option
-def check(config_path: str) -> None:
-    """Validate the config file: exit 0 with a summary, or 2 with every error."""
-    config = _load(config_path)
+@click.option(
+    "--no-env",
+    is_flag=True,
+    help="Do not check ${NAME} references against this environment (in CI, say, where the variables "
+    "the clock will have are not set).",
+)
+def check(config_path: str, no_env: bool) -> None:
+    """Validate the config file: exit 0 with a summary, or 2 with every error.
+
+    A ${NAME} in store, ping_url, an env value or a string hook must name a variable set in this
+    environment, as `run` requires (the file's store is not checked when SCHEDULER_STORE_URL overrides it).
+    """
+    env = None if no_env else os.environ
+    config = _load(config_path, env, store_overridden=bool(os.environ.get("SCHEDULER_STORE_URL")))
     enabled = sum(1 for spec in config.tasks.values() if spec.enabled)
     total = len(config.tasks)
     click.echo(f"{config.path}: OK, {total} task{'s' if total != 1 else ''} ({enabled} enabled)")

@@ -131,12 +131,25 @@ class Config:
     digest: str = field(default="", compare=False)
 
 
-def parse_config(text: str | bytes, path: str, *, base_dir: str | None = None) -> Config:
+def parse_config(
+    text: str | bytes,
+    path: str,
+    *,
+    base_dir: str | None = None,
+    env: Mapping[str, str] | None = None,
+    store_overridden: bool = False,
+) -> Config:
     """Validate schedules.yaml `text` (or the file's raw bytes, which must be UTF-8) into a `Config`.
 
     `path` only names the file in messages. Relative `cwd`s are joined onto `base_dir`, by default the folder
     of `path`, made absolute. Raises `ConfigError` listing every problem as ``PATH:LINE:COL: message``,
     ordered by line.
+
+    `env` is the environment the config will run with. Without it, `${NAME}` references are only checked
+    for form. With it, each reference in `store` (unless `store_overridden`: the command line names another
+    store), `ping_url`, `env` values and string `on_success` / `on_failure` hooks must name a variable that
+    is set and not empty, or it is a problem at its line; and `env` values are filled in (`$${` is a literal
+    `${`). `store` and `ping_url` stay as written, for the edges to fill in; hooks are left to the shell.
     """
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     digest = hashlib.sha256(data).hexdigest()
@@ -144,7 +157,7 @@ def parse_config(text: str | bytes, path: str, *, base_dir: str | None = None) -
         text = _decode(text, path)
     base = Path(base_dir) if base_dir is not None else Path(path).parent
     with without_cycle_collection():
-        config = _Parser(text, path, base.absolute()).parse()
+        config = _Parser(text, path, base.absolute(), env, store_overridden=store_overridden).parse()
     return dataclasses.replace(config, digest=digest)
 
 
@@ -274,9 +287,41 @@ _NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
 _NAMESPACE_FORM = "up to 40 lowercase letters, digits and '_', starting with a letter or digit, like billing"
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# A `${NAME}` reference in `store` or `ping_url`. This module only checks them; the edges (the CLI for the
-# store, the pinger for ping URLs) fill them in from the environment.
+# A `${NAME}` reference in `store`, `ping_url`, an `env` value or a hook. This module checks them against
+# the environment it is given and fills in `env` values; the edges fill in the others (the CLI the store,
+# the pinger ping URLs, the shell a hook).
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# In an `env` value, `$${` is a literal `${`.
+_ENV_VALUE_PART = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# What a hook's shell has besides the clock's environment and the task's `env`: the variables the runner and
+# hooks.py set for a hook, and those the shell sets itself.
+_HOOK_VARIABLES = frozenset(
+    {
+        *("SCHEDULER_TASK", "SCHEDULER_RUN_ID", "SCHEDULER_SCHEDULED_FOR", "SCHEDULER_TRIGGER"),
+        *("SCHEDULER_STATUS", "SCHEDULER_EXIT_CODE", "SCHEDULER_DURATION_S", "SCHEDULER_OUTPUT_FILE"),
+    }
+)
+_SHELL_VARIABLES = frozenset(
+    {
+        "PWD",
+        "OLDPWD",
+        "PPID",
+        "IFS",
+        "OPTIND",
+        "OPTARG",
+        "LINENO",
+        "RANDOM",
+        "SECONDS",
+        "REPLY",
+        "UID",
+        "EUID",
+    }
+)
+# Names a shell command sets itself: `NAME=...`, `for NAME in`, `read [-r] NAME...`.
+_SHELL_ASSIGNMENT = re.compile(
+    r"(?:^|[\s;&|(`])([A-Za-z_][A-Za-z0-9_]*)\+?=|\bfor\s+([A-Za-z_][A-Za-z0-9_]*)\s+in\b"
+    r"|\bread\b((?:\s+-[A-Za-z]+)*(?:\s+[A-Za-z_][A-Za-z0-9_]*)+)"
+)
 _STORE_SCHEMES = ("sqlite://", "postgresql://", "postgres://")
 _STORE_FORMS = (
     "a store URL starting with sqlite://, postgresql:// or postgres://, "
@@ -330,6 +375,26 @@ _QUOTE_HINTS = {
 _PLAIN_STARTS = frozenset("`%")
 # A key simple enough to show in a hint.
 _SIMPLE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+
+
+def _shell_assigned(command: str) -> set[str]:
+    """The variables a shell command sets itself (`NAME=`, `for NAME in`, `read NAME`), roughly: a hook's
+    `${NAME}` for one of them needs no environment variable."""
+    names: set[str] = set()
+    for assigned, loop, read in _SHELL_ASSIGNMENT.findall(command):
+        names.update(filter(None, (assigned, loop)))
+        names.update(word for word in read.split() if not word.startswith("-"))
+    return names
+
+
+def _some_tasks(names: list[str]) -> str:
+    """'task 'a'', 'tasks 'a' and 'b'', 'tasks 'a', 'b', 'c' and 4 more'."""
+    shown = [_quote(name) for name in names[:3]]
+    if len(names) > 3:
+        return f"tasks {', '.join(shown)} and {len(names) - 3} more"
+    if len(names) == 1:
+        return f"task {shown[0]}"
+    return f"tasks {', '.join(shown[:-1])} and {shown[-1]}"
 
 
 def _before_and_at(lines: list[str], mark: Mark) -> tuple[str, str]:
@@ -488,10 +553,26 @@ def _tag_problem(node: Node) -> str:
 class _Parser:
     """One parse of one file: walks the node tree, collecting problems as (line, column, message)."""
 
-    def __init__(self, text: str, path: str, base_dir: Path) -> None:
+    def __init__(
+        self,
+        text: str,
+        path: str,
+        base_dir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        store_overridden: bool = False,
+    ) -> None:
         self.text = text
         self.path = path
         self.base_dir = base_dir
+        self.env = env
+        self.store_overridden = store_overridden
+        self.default_nodes: dict[str, Node] = {}
+        # The variable names of each `env` mapping by its place ("defaults: env"), valid values or not.
+        self.env_names: dict[str, set[str]] = {}
+        # Variables a hook set in defaults references and some tasks leave unset: (node, key, message) by
+        # place, with the tasks; reported once each, after the tasks.
+        self.hook_gaps: dict[tuple[int, str, str], tuple[Node, list[str]]] = {}
         self.problems: list[tuple[int, int, str]] = []
         self.loader: yaml.SafeLoader | yaml.CSafeLoader | None = None
         # Nodes whose tag SafeLoader cannot construct, by id; reported in context when met, else at the end.
@@ -608,6 +689,8 @@ class _Parser:
         tasks: dict[str, TaskSpec] | None = None
         for tasks_node in tasks_nodes:
             tasks = self._tasks(tasks_node, defaults, failed_defaults, task_zone)
+        for (_, key, message), (node, names) in self.hook_gaps.items():
+            self.report(node, f"defaults: {key}: {message} (for {_some_tasks(names)})")
         if tasks is None:
             return None
         return Config(
@@ -848,6 +931,7 @@ class _Parser:
                 hint = f" (did you mean {_quote(guess)}?)" if guess else _top_only_hint(key)
                 self.report(key_node, f"defaults: unknown key {_quote(key)}{hint}")
             else:
+                self.default_nodes[key] = value_node
                 try:
                     values[key] = self._setting(key, value_node, f"defaults: {key}")
                 except _Invalid:
@@ -925,6 +1009,8 @@ class _Parser:
                 valid = False
         if not self._retry_delays_agree(where, key_node, values, value_nodes, defaults, failed_defaults):
             valid = False
+        if not self._hooks_have_their_variables(name, values, value_nodes, defaults):
+            valid = False
         # The schedule is checked whenever its text is known, even if other settings are bad. With an unknown
         # zone (already reported) it is read in UTC: no schedule error depends on the zone.
         zone = values.get("timezone") if "timezone" in value_nodes else default_zone
@@ -942,6 +1028,52 @@ class _Parser:
         settings["timezone"] = zone
         fields = {_SETTINGS[key].field: value for key, value in settings.items()}
         return TaskSpec(name=name, schedule=schedule, line=key_node.start_mark.line + 1, **fields)
+
+    def _hooks_have_their_variables(
+        self, name: str, values: dict[str, Any], value_nodes: dict[str, Node], defaults: dict[str, Any]
+    ) -> bool:
+        """False, with the problems reported, when a string hook's `${NAME}` names a variable that neither
+        the environment (set, not empty), nor the task's `env`, nor the hook's SCHEDULER_* variables, nor
+        the shell itself gives it. Only `${NAME}` with braces is checked: a shell variable written `$NAME`
+        is left alone. A hook from defaults is reported once, at its line, with the tasks that lack it."""
+        own_env = self.env_names.pop(f"task {_quote(name)}: env", set())
+        if self.env is None:
+            return True
+        known = {*self.env_names.get("defaults: env", ()), *own_env, *_HOOK_VARIABLES, *_SHELL_VARIABLES}
+        ok = True
+        for key in ("on_success", "on_failure"):
+            hook = values[key] if key in values else None if key in value_nodes else defaults.get(key)
+            if not isinstance(hook, str) or "${" not in hook:
+                continue
+            for message in self._unset(hook, known | _shell_assigned(hook)):
+                ok = False
+                if key in value_nodes:
+                    self.report(value_nodes[key], f"task {_quote(name)}: {key}: {message}")
+                else:
+                    node = self.default_nodes[key]
+                    self.hook_gaps.setdefault((id(node), key, message), (node, []))[1].append(name)
+        return ok
+
+    def _unset(self, text: str, known: Iterable[str] = ()) -> list[str]:
+        """A message for each `${NAME}` in `text` (not in `known`) that the environment leaves unset or
+        empty; none without an environment. Only the name is shown: the value may be a secret."""
+        if self.env is None:
+            return []
+        skip = set(known)
+        messages = []
+        for name in dict.fromkeys(ENV_REFERENCE.findall(text)):
+            value = None if name in skip else self.env.get(name)
+            if name not in skip and not value:
+                messages.append(f"environment variable {name} is {'empty' if value == '' else 'not set'}")
+        return messages
+
+    def _check_set(self, node: Node, where: str, text: str) -> None:
+        """Report each `${NAME}` in `text` that the environment leaves unset or empty, then raise _Invalid."""
+        messages = self._unset(text)
+        for message in messages:
+            self.report(node, f"{where}: {message}")
+        if messages:
+            raise _Invalid
 
     def _retry_delays_agree(
         self,
@@ -1037,6 +1169,8 @@ class _Parser:
         value = self._url(node, where, _STORE_FORMS)
         if "${" not in value and not value.startswith(_STORE_SCHEMES):
             self.fail(node, f"{where}: expected {_STORE_FORMS}, got {_shown_url(value, keep_path=True)}")
+        if not self.store_overridden:
+            self._check_set(node, where, value)
         return value
 
     def _ping_url(self, node: Node, where: str) -> str:
@@ -1047,6 +1181,7 @@ class _Parser:
         before = value.partition("${")[0]
         if not any(before.startswith(scheme) or scheme.startswith(before) for scheme in _PING_SCHEMES):
             self.fail(node, f"{where}: expected {_PING_URL_FORMS}, got {_shown_url(value, keep_path=False)}")
+        self._check_set(node, where, value)
         return value
 
     def _url(self, node: Node, where: str, expected: str) -> str:
@@ -1056,10 +1191,10 @@ class _Parser:
             self._check_references(value, node, where)
         return value
 
-    def _check_references(self, value: str, node: Node, where: str) -> None:
-        """Each `${` in `value` must open a `${NAME}` reference: no defaults, no nesting, no escapes. The
-        value is a URL that may hold a secret: errors show the reference only, and not even that if it
-        holds more than a name might."""
+    def _check_references(self, value: str, node: Node, where: str, *, escape: str = "") -> None:
+        """Each `${` in `value` must open a `${NAME}` reference: no defaults, no nesting. The value may hold
+        a secret: errors show the reference only, and not even that if it holds more than a name might.
+        `escape` is added to the message, to say how to write a literal `${` where there is a way."""
         start = value.find("${")
         while start != -1:
             end = value.find("}", start + 2)
@@ -1071,7 +1206,7 @@ class _Parser:
                 self.fail(
                     node,
                     f"{where}: invalid variable reference {reference}: "
-                    "write ${NAME}, with letters, digits and '_', not starting with a digit",
+                    f"write ${{NAME}}, with letters, digits and '_', not starting with a digit{escape}",
                 )
             start = value.find("${", end + 1)
 
@@ -1200,7 +1335,9 @@ class _Parser:
         mapping = self._mapping(node, where, "a mapping of variable names to values")
         env: dict[str, str] = {}
         valid = True
-        for name, key_node, value_node in self._items(mapping, where, "variable"):
+        items = self._items(mapping, where, "variable")
+        self.env_names[where] = {name for name, _, _ in items}
+        for name, key_node, value_node in items:
             try:
                 if not _ENV_NAME.fullmatch(name):
                     self.fail(
@@ -1233,6 +1370,14 @@ class _Parser:
             self.fail(node, f"{where}: expected a string, number or boolean, got {shown}")
         if "\0" in value:
             self.fail(node, f"{where}: the value contains a NUL character")
+        if "${" in value:
+            # ${NAME} is filled in from the environment; $${ is a literal ${.
+            unescaped = value.replace("$${", "")
+            self._check_references(unescaped, node, where, escape=" (or $${ for a literal ${)")
+            if self.env is not None:
+                self._check_set(node, where, unescaped)
+                env = self.env
+                value = _ENV_VALUE_PART.sub(lambda m: env[m[1]] if m[1] else "${", value)
         return value
 
     def _cwd(self, node: Node, where: str) -> str:

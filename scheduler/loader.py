@@ -27,6 +27,7 @@ import pickle
 import signal
 import stat
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from scheduler.config import Config, parse_config
@@ -119,38 +120,47 @@ def _size(count: int) -> str:
     return f"{count // (1 << 20)} MiB" if count >= 1 << 20 and count % (1 << 20) == 0 else f"{count} bytes"
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, *, env: Mapping[str, str] | None = None, store_overridden: bool = False) -> Config:
     """Read (bounded, as `read_config_file`) and validate the config file at `path`, in this process.
 
     Every problem raises `ConfigError`: one naming the path and the reason when the file cannot be read or
-    is not UTF-8, else every problem found in it.
+    is not UTF-8, else every problem found in it. With `env`, the `${NAME}` references are checked against
+    it and `env` values filled in from it (see `parse_config`).
     """
-    return parse_config(read_config_file(path), path)
+    return parse_config(read_config_file(path), path, env=env, store_overridden=store_overridden)
 
 
-def _load_with_digest(path: str) -> Loaded:
+def _load_with_digest(path: str, env: Mapping[str, str] | None, store_overridden: bool) -> Loaded:
     """What the child computes: the file's digest as soon as it is read, then the config or the problems."""
     try:
         data = read_config_file(path)
     except ConfigError as exc:
         return Loaded(None, None, tuple(exc.problems))
     try:
-        config = parse_config(data, path)  # hashes the bytes once, into Config.digest
+        # Hashes the bytes once, into Config.digest.
+        config = parse_config(data, path, env=env, store_overridden=store_overridden)
     except ConfigError as exc:
         return Loaded(hashlib.sha256(data).hexdigest(), None, tuple(exc.problems))
     return Loaded(config.digest, config, ())
 
 
-async def load_isolated(path: str, *, timeout_s: float = DEFAULT_LOAD_TIMEOUT_S) -> Loaded:
+async def load_isolated(
+    path: str,
+    *,
+    timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
+    env: Mapping[str, str] | None = None,
+    store_overridden: bool = False,
+) -> Loaded:
     """Read, hash and validate the config file at `path` in a forked child, without blocking the loop.
 
-    Problems with the file come back in `Loaded.problems`, never as an exception. A child that is still
+    Problems with the file come back in `Loaded.problems`, never as an exception; with `env`, an unset
+    variable that a `${NAME}` names is one of them, as for `load_config`. A child that is still
     busy after `timeout_s`, or that dies, is a problem too. Cancellation policy: if the awaiting task is
     cancelled (the clock shuts down during a reload), the child is killed and reaped at once and
     CancelledError propagates: a shutdown never waits for a parse. Loads in-process where fork is missing.
     """
     if not hasattr(os, "fork"):
-        return _load_with_digest(path)
+        return _load_with_digest(path, env, store_overridden)
     loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
     try:
@@ -168,7 +178,7 @@ async def load_isolated(path: str, *, timeout_s: float = DEFAULT_LOAD_TIMEOUT_S)
         raise
     if pid == 0:  # the child: never returns
         os.close(read_fd)
-        _child(path, write_fd, parent)
+        _child(path, write_fd, parent, env, store_overridden)
     os.close(write_fd)
     reaped = False
     try:
@@ -278,7 +288,9 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(path: str, write_fd: int, parent: int) -> None:
+def _child(
+    path: str, write_fd: int, parent: int, env: Mapping[str, str] | None, store_overridden: bool
+) -> None:
     try:
         # The clock's signal handlers would forward signals to its loop through the inherited wakeup fd:
         # this child takes the default actions instead.
@@ -289,7 +301,7 @@ def _child(path: str, write_fd: int, parent: int) -> None:
         # guard's pipe (orphans.py), which must reach end-of-file when the clock dies.
         _die_with_parent(parent)
         try:
-            result = _load_with_digest(path)
+            result = _load_with_digest(path, env, store_overridden)
         except BaseException as exc:  # a bug: report it as a problem with the file rather than hang
             problem = f"{path}: internal error while reading the file: {type(exc).__name__}: {exc}"
             result = Loaded(None, None, (problem,))

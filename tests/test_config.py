@@ -1303,6 +1303,176 @@ class TestPing:
         )
 
 
+def with_env(text: str, env: dict[str, str], *, store_overridden: bool = False) -> Config:
+    """Parse dedented YAML as `run` does: ${NAME} references checked against `env`."""
+    return parse_config(
+        textwrap.dedent(text), "schedules.yaml", base_dir=BASE, env=env, store_overridden=store_overridden
+    )
+
+
+def env_problems(text: str, env: dict[str, str], *, store_overridden: bool = False) -> list[str]:
+    """The problems that parsing dedented YAML against `env` reports."""
+    with pytest.raises(ConfigError) as info:
+        with_env(text, env, store_overridden=store_overridden)
+    return info.value.problems
+
+
+EVERYWHERE = """\
+store: postgresql://app:${PG_PASSWORD}@db/app
+defaults:
+  env: {REGION: "${AWS_REGION}"}
+  on_failure: curl -fsS -d "$SCHEDULER_TASK failed" ${SLACK_WEBHOOK}
+tasks:
+  backup:
+    schedule: every weekday at 9am
+    command: run
+    ping_url: https://hc-ping.com/${HC_PING_KEY}/backup
+    env:
+      TOKEN: "s3cr3t-${API_TOKEN}"
+    on_success: echo done ${DONE_MESSAGE}
+  report:
+    schedule: daily at 6pm
+    command: run
+"""
+
+
+class TestEnvironmentReferences:
+    def test_unset_variables_reported_with_their_lines(self) -> None:
+        """With an environment, every unset ${NAME} is a problem at its line: store, ping_url, env values,
+        a task's hook, and a hook from defaults once, naming the tasks that use it."""
+        assert [
+            "schedules.yaml:1:8: store: environment variable PG_PASSWORD is not set",
+            "schedules.yaml:3:17: defaults: env: REGION: environment variable AWS_REGION is not set",
+            "schedules.yaml:4:15: defaults: on_failure: environment variable SLACK_WEBHOOK is not set "
+            "(for tasks 'backup' and 'report')",
+            "schedules.yaml:9:15: task 'backup': ping_url: environment variable HC_PING_KEY is not set",
+            "schedules.yaml:11:14: task 'backup': env: TOKEN: environment variable API_TOKEN is not set",
+            "schedules.yaml:12:17: task 'backup': on_success: environment variable DONE_MESSAGE is not set",
+        ] == env_problems(EVERYWHERE, {})
+
+    def test_empty_is_not_set(self) -> None:
+        """An empty variable is reported too: a task must not run with an empty value in its place."""
+        found = env_problems(EVERYWHERE, {"HC_PING_KEY": "", "API_TOKEN": ""})
+        assert (
+            "schedules.yaml:9:15: task 'backup': ping_url: environment variable HC_PING_KEY is empty" in found
+        )
+        assert (
+            "schedules.yaml:11:14: task 'backup': env: TOKEN: environment variable API_TOKEN is empty"
+            in found
+        )
+
+    def test_values_never_shown(self) -> None:
+        """A problem names the variable, never the text around it or the environment's values."""
+        env = {"AWS_REGION": "hunter2-region"}
+        for problem in env_problems(EVERYWHERE, env):
+            assert "s3cr3t" not in problem
+            assert "hunter2" not in problem
+            assert "app:" not in problem
+
+    def test_all_set(self) -> None:
+        """With every variable set, env values are filled in; store and ping_url stay as written, for the
+        edges to fill in, and hooks are the shell's."""
+        env = {
+            **dict.fromkeys(["PG_PASSWORD", "SLACK_WEBHOOK", "HC_PING_KEY", "DONE_MESSAGE"], "x"),
+            **{"AWS_REGION": "eu-west-1", "API_TOKEN": "abc"},
+        }
+        config = with_env(EVERYWHERE, env)
+        backup = config.tasks["backup"]
+
+        assert {"REGION": "eu-west-1", "TOKEN": "s3cr3t-abc"} == dict(backup.env)
+        assert "postgresql://app:${PG_PASSWORD}@db/app" == config.store
+        assert "https://hc-ping.com/${HC_PING_KEY}/backup" == backup.ping_url
+        assert "echo done ${DONE_MESSAGE}" == backup.on_success
+
+    def test_literal_dollar_brace_in_env_value(self) -> None:
+        """$${ in an env value is a literal ${, and is not checked."""
+        task = with_env(
+            'tasks:\n  a:\n    schedule: "@daily"\n    command: run\n'
+            '    env: {T: "$${NOT_SET} in ${HOME}"}\n',
+            {"HOME": "/home/app"},
+        ).tasks["a"]
+        assert {"T": "${NOT_SET} in /home/app"} == dict(task.env)
+
+    def test_invalid_reference_in_env_value(self) -> None:
+        """A ${ that opens no ${NAME} in an env value is an error, with the way to write a literal ${."""
+        assert (
+            "schedules.yaml:6:10: task 'a': env: T: invalid variable reference '${1X}': write ${NAME}, with "
+            "letters, digits and '_', not starting with a digit (or $${ for a literal ${)"
+        ) == task_error('env:\n  T: "${1X}"')
+        assert "'${...}'" in task_error('env:\n  T: "${A:-secret}"')
+
+    def test_without_an_environment(self) -> None:
+        """Without an environment (list, next), references are checked for form only and kept as written."""
+        config = parse(EVERYWHERE)
+        assert {"REGION": "${AWS_REGION}", "TOKEN": "s3cr3t-${API_TOKEN}"} == dict(config.tasks["backup"].env)
+
+    def test_store_overridden(self) -> None:
+        """When the command line names the store, the file's store is not checked."""
+        found = env_problems(EVERYWHERE, {}, store_overridden=True)
+        assert not [problem for problem in found if "store" in problem]
+        assert 5 == len(found)
+
+    @pytest.mark.parametrize(
+        "hook",
+        [
+            "echo ${TASK_SETTING} ${DEFAULT_SETTING}",
+            "echo ${SCHEDULER_TASK} ${SCHEDULER_RUN_ID} ${SCHEDULER_STATUS} ${SCHEDULER_EXIT_CODE}",
+            "echo ${SCHEDULER_DURATION_S} ${SCHEDULER_OUTPUT_FILE} ${SCHEDULER_TRIGGER}",
+            "echo ${SCHEDULER_SCHEDULED_FOR} ${PWD} ${PPID} ${RANDOM}",
+            "for f in a b; do echo ${f}; done",
+            "read -r first rest < $SCHEDULER_OUTPUT_FILE; echo ${first} ${rest}",
+            "msg=$(date); echo ${msg}",
+            "echo $NOT_CHECKED_WITHOUT_BRACES ${WITH_DEFAULT:-x}",
+        ],
+    )
+    def test_hook_names_that_need_no_environment(self, hook: str) -> None:
+        """A hook's ${NAME} is fine when the task's env, the hook's own variables or the shell sets it; and
+        $NAME without braces, or with a default, is left to the shell."""
+        text = (
+            "defaults:\n  env: {DEFAULT_SETTING: x}\ntasks:\n  a:\n    schedule: '@daily'\n    command: run\n"
+            f"    env: {{TASK_SETTING: y}}\n    on_failure: {hook!r}\n"
+        )
+        assert "run" == with_env(text, {}).tasks["a"].command
+
+    def test_list_hook_not_checked(self) -> None:
+        """A hook written as a list runs without a shell, so its ${NAME} is passed as written, unchecked."""
+        task = with_env(
+            "tasks:\n  a:\n    schedule: '@daily'\n    command: run\n    on_failure: [notify, '${X}']\n", {}
+        ).tasks["a"]
+        assert ("notify", "${X}") == task.on_failure
+
+    def test_hook_from_defaults_overridden(self) -> None:
+        """A task that sets its own hook does not inherit the defaults' unset variable."""
+        text = EVERYWHERE.replace("    on_success:", "    on_failure: 'true'\n    on_success:")
+        found = env_problems(text, {})
+        assert (
+            "schedules.yaml:4:15: defaults: on_failure: environment variable SLACK_WEBHOOK is not set "
+            "(for task 'report')"
+        ) in found
+
+    def test_many_tasks_share_one_problem(self) -> None:
+        """A hook from defaults that many tasks lack is one problem, listing a few of them."""
+        tasks = "".join(f"  t{i}:\n    schedule: '@daily'\n    command: run\n" for i in range(6))
+        found = env_problems(f"defaults:\n  on_success: echo ${{NOPE}}\ntasks:\n{tasks}", {})
+        assert [
+            "schedules.yaml:2:15: defaults: on_success: environment variable NOPE is not set "
+            "(for tasks 't0', 't1', 't2' and 3 more)"
+        ] == found
+
+    def test_hook_variables_are_the_hooks(self) -> None:
+        """The SCHEDULER_* names a hook may use are those hooks.py and the runner give it."""
+        from scheduler import hooks
+        from scheduler.runner import RunResult
+
+        task = one_task("on_failure: 'true'")
+        result = RunResult(status="failed", exit_code=1, signal=None, duration_s=1.0, error="")
+        spec, path = hooks.prepare(task, "true", result, "")
+        hooks.cleanup(path)
+        added = {name for name in spec.env if name.startswith("SCHEDULER_")}
+        runs = {"SCHEDULER_TASK", "SCHEDULER_RUN_ID", "SCHEDULER_SCHEDULED_FOR", "SCHEDULER_TRIGGER"}
+        assert added | runs == config_module._HOOK_VARIABLES
+
+
 class TestHooks:
     def test_defaults(self) -> None:
         """A task without the keys has no hooks and a 60 s hook timeout."""

@@ -49,6 +49,16 @@ tasks:
 """
 
 
+ENV_CONFIG = """\
+tasks:
+  a:
+    schedule: every weekday at 9am
+    command: run
+    ping_url: https://hc-ping.com/${HC_KEY}
+    env: {TOKEN: "${API_TOKEN}"}
+"""
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine under a deadline, so that a hang fails the test instead of stalling it."""
     return asyncio.run(asyncio.wait_for(coro, DEADLINE_S))
@@ -78,7 +88,7 @@ def blocked_child(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
             pids.append(pid)
         return pid
 
-    def hang(path: str) -> Loaded:
+    def hang(path: str, *_: object) -> Loaded:
         os.read(block_read, 1)
         raise AssertionError("unreachable")
 
@@ -203,6 +213,28 @@ class TestLoadConfig:
         with pytest.raises(ConfigError, match=rf"^{path}:2:6: not UTF-8 text \(byte 0xe9\)"):
             load_config(str(path))
 
+    def test_environment(self, tmp_path: Path) -> None:
+        """With the environment, env values are filled in from it, and an unset variable is a problem at its
+        line, as for every other problem."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text(ENV_CONFIG)
+
+        config = load_config(str(path), env={"API_TOKEN": "abc", "HC_KEY": "k"})
+        assert {"TOKEN": "abc"} == dict(config.tasks["a"].env)
+        with pytest.raises(ConfigError) as info:
+            load_config(str(path), env={"API_TOKEN": "abc"})
+        assert [
+            f"{path}:5:15: task 'a': ping_url: environment variable HC_KEY is not set"
+        ] == info.value.problems
+
+    def test_store_overridden(self, tmp_path: Path) -> None:
+        """When the command line names another store, the file's store variable may be unset."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text("store: ${DATABASE_URL}\ntasks: {}\n")
+        with pytest.raises(ConfigError, match=r":1:8: store: environment variable DATABASE_URL is not set$"):
+            load_config(str(path), env={})
+        assert "${DATABASE_URL}" == load_config(str(path), env={}, store_overridden=True).store
+
     def test_fifo(self, tmp_path: Path) -> None:
         """The CLI's in-process load refuses a FIFO too, without blocking."""
         path = tmp_path / "schedules.yaml"
@@ -237,6 +269,23 @@ class TestLoadIsolated:
         assert (sha256(text.encode()), None) == (loaded.digest, loaded.config)
         assert tuple(direct.value.problems) == loaded.problems
         assert 2 == len(loaded.problems)
+
+    def test_environment(self, tmp_path: Path) -> None:
+        """A reload checks the file against the environment it is given, as the first load does: an unset
+        variable is a problem, and set ones fill in the env values."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text(ENV_CONFIG)
+
+        unset = run(load_isolated(str(path), env={"API_TOKEN": "abc"}))
+        filled = run(load_isolated(str(path), env={"API_TOKEN": "abc", "HC_KEY": "k"}))
+
+        assert (None, (f"{path}:5:15: task 'a': ping_url: environment variable HC_KEY is not set",)) == (
+            unset.config,
+            unset.problems,
+        )
+        assert filled.config is not None
+        assert {"TOKEN": "abc"} == dict(filled.config.tasks["a"].env)
+        assert sha256(ENV_CONFIG.encode()) == unset.digest == filled.digest
 
     def test_missing_file(self, tmp_path: Path) -> None:
         """A missing file has no digest, and the same problem as in-process."""
@@ -286,7 +335,7 @@ class TestLoadIsolated:
     def test_child_killed(self, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A child that dies without answering is a problem naming how it died."""
 
-        def die(path: str) -> Loaded:
+        def die(path: str, *_: object) -> Loaded:
             os.kill(os.getpid(), signal.SIGKILL)
             raise AssertionError("unreachable")
 

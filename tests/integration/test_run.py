@@ -202,6 +202,27 @@ class TestReload:
         assert 0 == clock.stop()
 
 
+class TestEnvironment:
+    def test_env_values_filled_in_and_a_reload_checked(self, start_clock) -> None:
+        """${NAME} in an env value is filled in from the clock's environment; a reload naming an unset
+        variable is refused at its line, and the old config keeps firing."""
+        config = (
+            'tasks:\n  a:\n    schedule: every second\n    command: echo "token=$TOKEN"\n'
+            "    env: {TOKEN: '${RUN_TEST_TOKEN}-x'}\n"
+        )
+        clock = start_clock(config, env={"RUN_TEST_TOKEN": "abc"})
+        assert "token=abc-x" == clock.wait_event("task.output", task="a")[0]["line"]
+        clock.config.write_text(config.replace("RUN_TEST_TOKEN", "RUN_TEST_UNSET"))
+        invalid = clock.wait_event("config.invalid", timeout=5)[0]
+        assert (
+            ":5:18: task 'a': env: TOKEN: environment variable RUN_TEST_UNSET is not set" in invalid["error"]
+        )
+        seen = len(clock.named("task.output"))
+        outputs = clock.wait_event("task.output", task="a", count=seen + 1)
+        assert "token=abc-x" == outputs[-1]["line"]
+        assert 0 == clock.stop()
+
+
 class TestOutputFlood:
     def test_huge_line_keeps_memory_bounded(self, start_clock) -> None:
         """60 MB without a newline becomes one cut line, and the clock's memory does not grow with it."""
