@@ -157,6 +157,116 @@ class TestCheck:
         assert "never fires" in result.stderr
 
 
+SEVERAL_PROBLEMS = """\
+store: postgresql://app:${CHECK_TEST_PG_PASSWORD}@db/app
+timezone: Europe/Londn
+tasks:
+  backup:
+    schedule: every 7 minutes
+    timezone: Mars/Base
+    command: ./backup
+    ping_url: https://hc-ping.com/${CHECK_TEST_HC_KEY}
+    on_failure: curl -d "backup failed" ${CHECK_TEST_SLACK}
+    env:
+      TOKEN: "hunter2-${CHECK_TEST_TOKEN}"
+  digest:
+    schedule: every wekday at 9am
+    command: ./digest
+    overlap: skp
+  report:
+    schedule: twice a day at 9:15 and 17:30
+    command: ./report
+  standup:
+    schedule: every monday and thursday at 13pm
+    command: ./standup
+"""
+
+
+def without_test_variables() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CHECK_TEST_", "SCHEDULER_"))}
+
+
+def errors(stderr: str) -> list[str]:
+    """Each error, unwrapped: the continuation lines of a wrapped error start with spaces."""
+    out: list[str] = []
+    for line in stderr.splitlines():
+        if line.startswith(" ") and out:
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return out
+
+
+class TestCheckReportsEverything:
+    def test_every_problem_with_its_line(self, tmp_path: Path) -> None:
+        """check reports every problem of a file at once, each at its PATH:LINE:COL: a bad zone and the same
+        task's schedule, unset variables in store, ping_url, a hook and env, unknown words, 12-hour times."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text(SEVERAL_PROBLEMS)
+        result = run_cli("check", "-c", str(path), env=without_test_variables())
+
+        assert 2 == result.returncode
+        assert "" == result.stdout
+        found = errors(result.stderr)
+        expected = [
+            ("1:8", "store: environment variable CHECK_TEST_PG_PASSWORD is not set"),
+            ("2:11", "timezone: unknown time zone 'Europe/Londn' (did you mean 'Europe/London'?)"),
+            ("5:15", "task 'backup': schedule: 'every 7 minutes' cannot be exact in cron"),
+            ("6:15", "task 'backup': timezone: unknown time zone 'Mars/Base'"),
+            ("8:15", "task 'backup': ping_url: environment variable CHECK_TEST_HC_KEY is not set"),
+            ("9:17", "task 'backup': on_failure: environment variable CHECK_TEST_SLACK is not set"),
+            ("11:14", "task 'backup': env: TOKEN: environment variable CHECK_TEST_TOKEN is not set"),
+            ("13:15", "task 'digest': schedule: unknown word 'wekday' in schedule 'every wekday at 9am'"),
+            ("15:14", "task 'digest': overlap: expected one of skip, allow, replace, got 'skp'"),
+            ("17:15", "task 'report': schedule: 'twice a day at 9:15 and 17:30': 09:15 and 17:30 cannot be"),
+            ("20:15", "task 'standup': schedule: 'every monday and thursday at 13pm': 13pm is not a time"),
+        ]
+        assert len(expected) == len(found), result.stderr
+        for (where, message), error in zip(expected, found, strict=True):
+            assert error.startswith(f"{path}:{where}: {message}"), (where, result.stderr)
+        assert "hunter2" not in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_run_reports_the_same(self, tmp_path: Path) -> None:
+        """run refuses the same file with the same problems: check says what run would."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text(SEVERAL_PROBLEMS)
+        check = run_cli("check", "-c", str(path), env=without_test_variables())
+        run = run_cli("run", "-c", str(path), env=without_test_variables(), timeout=20)
+
+        assert (2, check.stderr) == (run.returncode, run.stderr)
+        assert "environment variable CHECK_TEST_HC_KEY is not set" in run.stderr
+
+    def test_no_env(self, tmp_path: Path) -> None:
+        """check --no-env leaves the environment out (for CI), and still reports everything else."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text(SEVERAL_PROBLEMS)
+        result = run_cli("check", "--no-env", "-c", str(path), env=without_test_variables())
+
+        assert 2 == result.returncode
+        assert "environment variable" not in result.stderr
+        assert 7 == len(errors(result.stderr))
+
+    def test_variables_set(self, tmp_path: Path) -> None:
+        """With every variable set (and SCHEDULER_STORE_URL overriding the file's store), the file is OK."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text(
+            "store: ${CHECK_TEST_DATABASE_URL}\ntasks:\n  a:\n    schedule: every weekday at 9am\n"
+            "    command: run\n    env: {TOKEN: '${CHECK_TEST_TOKEN}'}\n"
+        )
+        env = without_test_variables()
+        unset = run_cli("check", "-c", str(path), env=env)
+        set_env = {**env, "SCHEDULER_STORE_URL": "sqlite:///x.db", "CHECK_TEST_TOKEN": "t"}
+        overridden = run_cli("check", "-c", str(path), env=set_env)
+
+        assert 2 == unset.returncode
+        assert [
+            f"{path}:1:8: store: environment variable CHECK_TEST_DATABASE_URL is not set",
+            f"{path}:6:18: task 'a': env: TOKEN: environment variable CHECK_TEST_TOKEN is not set",
+        ] == errors(unset.stderr)
+        assert (0, f"{path}: OK, 1 task (1 enabled)\n") == (overridden.returncode, overridden.stdout)
+
+
 class TestNext:
     def test_json_across_dst(self, project: Path) -> None:
         """next --json lists instants with offsets; 02:30 on spring-forward day runs at 03:00 EDT."""
