@@ -7,10 +7,12 @@ import concurrent.futures
 import functools
 import json
 import os
+import re
 import resource
 import shlex
 import signal
 import sys
+import textwrap
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +48,13 @@ EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the store named cannot be reached
 _PING_FLUSH_S = 1.0  # at exit, pings still queued get this long
 _LOG_FLUSH_S = 0.5  # at exit, log lines still queued get this long (a stalled reader never holds up exit)
 _FD_LIMIT = 65_536
+# Errors are wrapped at this width when stderr is not a terminal (CI logs, a pipe), else at the terminal's.
+ERROR_WIDTH = 100
+_MIN_ERROR_WIDTH = 40
+_INDENT = "    "
+_NBSP = "\u00a0"  # textwrap breaks at ASCII whitespace only
+# A quoted phrase: its opening quote does not end a word (task's), its closing one does.
+_QUOTED = re.compile(r"(?<![\w'\"])(?:'[^'\n]{1,30}'|\"[^\"\n]{1,30}\")(?!\w)")
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the message asks for a report instead of showing a traceback
 STORE_CALL_TIMEOUT_S = 5.0  # the longest run-now, list and history wait on the store, per call
 
@@ -182,9 +191,32 @@ def _load(
 
 
 def _fail(exc: SchedulerError) -> NoReturn:
+    width = _error_width()
     for line in str(exc).splitlines():
-        click.echo(line, err=True)
+        for part in wrap_message(line, width):
+            click.echo(part, err=True)
     sys.exit(EXIT_USAGE)
+
+
+def _error_width() -> int:
+    """The terminal's width when stderr is one, else ERROR_WIDTH."""
+    try:
+        if sys.stderr.isatty():
+            return max(os.get_terminal_size(sys.stderr.fileno()).columns, _MIN_ERROR_WIDTH)
+    except (OSError, ValueError):
+        pass
+    return ERROR_WIDTH
+
+
+def wrap_message(message: str, width: int) -> list[str]:
+    """One error as lines of at most `width` columns, continuation lines indented: PATH:LINE:COL: stays
+    first, so that `grep ^schedules.yaml:` still finds every error. A word longer than the width (a long
+    path, say) is not broken, and a quoted phrase ('every 5 minutes') is kept on one line if it fits."""
+    protected = _QUOTED.sub(lambda m: m[0].replace(" ", _NBSP), message)
+    lines = textwrap.wrap(
+        protected, width, subsequent_indent=_INDENT, break_long_words=False, break_on_hyphens=False
+    )
+    return [line.replace(_NBSP, " ") for line in lines] or [message]
 
 
 def _task(config: Config, name: str) -> TaskSpec:

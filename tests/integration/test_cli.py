@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import re
 import signal
+import struct
 import subprocess
+import termios
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -265,6 +269,58 @@ class TestCheckReportsEverything:
             f"{path}:6:18: task 'a': env: TOKEN: environment variable CHECK_TEST_TOKEN is not set",
         ] == errors(unset.stderr)
         assert (0, f"{path}: OK, 1 task (1 enabled)\n") == (overridden.returncode, overridden.stdout)
+
+    def test_long_messages_wrap(self, tmp_path: Path) -> None:
+        """A long error wraps at 100 columns when stderr is not a terminal: PATH:LINE:COL: first, the rest
+        indented, no word broken."""
+        (tmp_path / "schedules.yaml").write_text(
+            "tasks:\n  a:\n    schedule: every fortnight\n    command: run\n"
+        )
+        result = run_cli("check", cwd=tmp_path)
+
+        lines = result.stderr.splitlines()
+        assert 2 == result.returncode
+        assert lines[0].startswith("schedules.yaml:3:15: task 'a': schedule: unknown word 'fortnight'")
+        assert len(lines) > 3
+        assert all(len(line) <= 100 for line in lines), lines
+        assert all(line.startswith("    ") and not line.startswith("     ") for line in lines[1:])
+        unwrapped = " ".join(line.strip() for line in lines)
+        assert "'every N seconds', 'every N minutes' (N divides 60)" in unwrapped
+        assert "'twice a day at 9am and 9pm'" in unwrapped
+
+    def test_wraps_at_the_terminal_width(self, tmp_path: Path) -> None:
+        """On a terminal, errors wrap at its width."""
+        path = tmp_path / "schedules.yaml"
+        path.write_text("tasks:\n  a:\n    schedule: every 7 minutes\n    command: run\n")
+        controller, terminal = pty.openpty()
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+        try:
+            proc = subprocess.run(
+                [*SCHEDULER, "check", "-c", "schedules.yaml"],
+                cwd=tmp_path,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=terminal,
+                timeout=60,
+            )
+            os.close(terminal)
+            output = b""
+            while True:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # EIO: the terminal's last writer has gone
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        finally:
+            os.close(controller)
+        lines = output.decode().splitlines()
+
+        assert 2 == proc.returncode
+        assert lines[0].startswith("schedules.yaml:3:15: task 'a': schedule: 'every 7 minutes'")
+        assert len(lines) > 4
+        assert all(len(line) <= 60 for line in lines), lines
 
 
 class TestNext:
