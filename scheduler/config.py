@@ -1036,15 +1036,15 @@ class _Parser:
         the environment (set, not empty), nor the task's `env`, nor the hook's SCHEDULER_* variables, nor
         the shell itself gives it. Only `${NAME}` with braces is checked: a shell variable written `$NAME`
         is left alone. A hook from defaults is reported once, at its line, with the tasks that lack it."""
-        own_env = self.env_names.pop(f"task {_quote(name)}: env", set())
+        own_env = self.env_names.pop(f"task {_quote(name)}: env", set()) if "env" in value_nodes else set()
         if self.env is None:
             return True
-        known = {*self.env_names.get("defaults: env", ()), *own_env, *_HOOK_VARIABLES, *_SHELL_VARIABLES}
         ok = True
         for key in ("on_success", "on_failure"):
             hook = values[key] if key in values else None if key in value_nodes else defaults.get(key)
             if not isinstance(hook, str) or "${" not in hook:
                 continue
+            known = {*self.env_names.get("defaults: env", ()), *own_env, *_HOOK_VARIABLES, *_SHELL_VARIABLES}
             for message in self._unset(hook, known | _shell_assigned(hook)):
                 ok = False
                 if key in value_nodes:

@@ -314,8 +314,10 @@ def parse(text: str, *, name: str, zone: ZoneInfo) -> Schedule:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _to_cron(text: str) -> str:
-    """Phrases and aliases to a cron expression; cron passes through, whitespace normalized."""
+    """Phrases and aliases to a cron expression; cron passes through, whitespace normalized. Cached: a
+    large file repeats a few phrases, and reading one takes microseconds."""
     words = " ".join(text.split())
     lower = words.lower()
     if lower.startswith("@"):
