@@ -48,6 +48,8 @@ EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the store named cannot be reached
 _PING_FLUSH_S = 1.0  # at exit, pings still queued get this long
 _LOG_FLUSH_S = 0.5  # at exit, log lines still queued get this long (a stalled reader never holds up exit)
 _FD_LIMIT = 65_536
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the message asks for a report instead of showing a traceback
+STORE_CALL_TIMEOUT_S = 5.0  # the longest run-now, list and history wait on the store, per call
 # Errors are wrapped at this width when stderr is not a terminal (CI logs, a pipe), else at the terminal's.
 ERROR_WIDTH = 100
 _MIN_ERROR_WIDTH = 40
@@ -55,8 +57,6 @@ _INDENT = "    "
 _NBSP = "\u00a0"  # textwrap breaks at ASCII whitespace only
 # A quoted phrase: its opening quote does not end a word (task's), its closing one does.
 _QUOTED = re.compile(r"(?<![\w'\"])(?:'[^'\n]{1,30}'|\"[^\"\n]{1,30}\")(?!\w)")
-EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the message asks for a report instead of showing a traceback
-STORE_CALL_TIMEOUT_S = 5.0  # the longest run-now, list and history wait on the store, per call
 
 F = TypeVar("F", bound=Callable[..., Any])
 _T = TypeVar("_T")
@@ -193,7 +193,7 @@ def _load(
 def _fail(exc: SchedulerError) -> NoReturn:
     width = _error_width()
     for line in str(exc).splitlines():
-        for part in wrap_message(line, width):
+        for part in _wrap_message(line, width):
             click.echo(part, err=True)
     sys.exit(EXIT_USAGE)
 
@@ -208,7 +208,7 @@ def _error_width() -> int:
     return ERROR_WIDTH
 
 
-def wrap_message(message: str, width: int) -> list[str]:
+def _wrap_message(message: str, width: int) -> list[str]:
     """One error as lines of at most `width` columns, continuation lines indented: PATH:LINE:COL: stays
     first, so that `grep ^schedules.yaml:` still finds every error. A word longer than the width (a long
     path, say) is not broken, and a quoted phrase ('every 5 minutes') is kept on one line if it fits."""

@@ -1062,13 +1062,14 @@ class _Parser:
         skip = set(known)
         messages = []
         for name in dict.fromkeys(ENV_REFERENCE.findall(text)):
-            value = None if name in skip else self.env.get(name)
+            value = self.env.get(name)
             if name not in skip and not value:
                 messages.append(f"environment variable {name} is {'empty' if value == '' else 'not set'}")
         return messages
 
     def _check_set(self, node: Node, where: str, text: str) -> None:
-        """Report each `${NAME}` in `text` that the environment leaves unset or empty, then raise _Invalid."""
+        """Report each `${NAME}` in `text` that the environment leaves unset or empty, and if there is one,
+        raise _Invalid."""
         messages = self._unset(text)
         for message in messages:
             self.report(node, f"{where}: {message}")
