@@ -50,7 +50,8 @@ _LOG_FLUSH_S = 0.5  # at exit, log lines still queued get this long (a stalled r
 _FD_LIMIT = 65_536
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug; the message asks for a report instead of showing a traceback
 STORE_CALL_TIMEOUT_S = 5.0  # the longest run-now, list and history wait on the store, per call
-# Errors are wrapped at this width when stderr is not a terminal (CI logs, a pipe), else at the terminal's.
+# Errors are wrapped on a terminal only, at its width (this one when it does not say): piped or logged, each
+# stays on one line, for grep, editors and CI problem matchers that read PATH:LINE:COL: message lines.
 ERROR_WIDTH = 100
 _MIN_ERROR_WIDTH = 40
 _INDENT = "    "
@@ -193,19 +194,23 @@ def _load(
 def _fail(exc: SchedulerError) -> NoReturn:
     width = _error_width()
     for line in str(exc).splitlines():
-        for part in _wrap_message(line, width):
+        for part in _wrap_message(line, width) if width else [line]:
             click.echo(part, err=True)
     sys.exit(EXIT_USAGE)
 
 
-def _error_width() -> int:
-    """The terminal's width when stderr is one, else ERROR_WIDTH."""
+def _error_width() -> int | None:
+    """The width to wrap errors at: the terminal's when stderr is one, else None (one line per error)."""
     try:
-        if sys.stderr.isatty():
-            return max(os.get_terminal_size(sys.stderr.fileno()).columns, _MIN_ERROR_WIDTH)
+        if not sys.stderr.isatty():
+            return None
+    except (OSError, ValueError):  # closed, or replaced by something without a descriptor
+        return None
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
     except (OSError, ValueError):
-        pass
-    return ERROR_WIDTH
+        columns = 0
+    return max(columns, _MIN_ERROR_WIDTH) if columns else ERROR_WIDTH
 
 
 def _wrap_message(message: str, width: int) -> list[str]:
