@@ -1,7 +1,9 @@
 """structlog set-up: one line per event, to stdout, as console, logfmt or JSON.
 
 Every line carries `timestamp` (ISO 8601, UTC), `level` and `event`. The events and their fields are a
-public contract, listed in the README.
+public contract, listed in the README. Every format puts the fields in one order (`_KEY_ORDER`): the event,
+the task and the run first, so that a line reads the same way whatever the call site bound or passed. A
+None is JSON's null; console and logfmt leave the field out, so that no line ever shows Python's `None`.
 
 Lines are rendered on the caller's thread and written by a daemon thread, through a bounded buffer: a log
 reader that stops reading (a blocking log driver, a stuck shipper, Ctrl-S) never blocks the clock's loop.
@@ -31,6 +33,31 @@ BUFFER_LINES = 10_000  # lines waiting for a slow reader; past this (or BUFFER_B
 _GATHER_S = 0.002
 BUFFER_BYTES = 4 * 1024 * 1024
 _FIRST_KEYS = ("timestamp", "level", "event")
+# The order of the fields, in every format: the line's own three, then who it is about, then the well-known
+# fields in the order a reader wants them; any other field follows by name, and the long free text
+# (an error, a task's output line) comes last, so that the short fields before it line up.
+_KEY_ORDER = (
+    *_FIRST_KEYS,
+    "task",
+    "run_id",
+    "hook",
+    "attempt",
+    "kind",
+    "store",
+    "url",
+    "trigger",
+    "scheduled_for",
+    "pid",
+    "stream",
+    "truncated",
+    "status",
+    "exit_code",
+    "signal",
+    "duration_s",
+    "reason",
+)
+_LAST_KEYS = ("error", "detail", "line")
+_PLACED = frozenset((*_KEY_ORDER, *_LAST_KEYS))
 _WRITE_BYTES = 64 * 1024  # lines are joined into writes of about this size (a pipe's buffer)
 
 # C0 controls (CR and LF included), DEL, C1 controls, and the Unicode line and paragraph separators: any of
@@ -64,26 +91,62 @@ def resolve_format(fmt: LogFormat, stream: TextIO) -> LogFormat:
     return "console" if isatty is not None and isatty() else "logfmt"
 
 
-def _first_keys(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
-    """Put timestamp, level and event first, so every format reads the same way."""
-    ordered: dict[str, Any] = {k: event_dict.pop(k) for k in _FIRST_KEYS if k in event_dict}
-    ordered.update(event_dict)
+def _ordered_keys(event_dict: EventDict) -> list[str]:
+    """The keys in _KEY_ORDER, then the others by name, then _LAST_KEYS."""
+    keys = [k for k in _KEY_ORDER if k in event_dict]
+    if len(keys) < len(event_dict):
+        keys += sorted(k for k in event_dict if k not in _PLACED)
+        keys += [k for k in _LAST_KEYS if k in event_dict]
+    return keys
+
+
+def _in_order(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """The fields in their order (JSON: a None stays a null)."""
+    return {k: event_dict[k] for k in _ordered_keys(event_dict)}
+
+
+def _in_order_without_none(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """The fields in their order, for console and logfmt: a field whose value is None is left out, and a
+    None inside a list or a mapping becomes an empty string."""
+    ordered: dict[str, Any] = {}
+    for key in _ordered_keys(event_dict):
+        value = event_dict[key]
+        if value is None:
+            continue
+        ordered[key] = _without_none(value) if isinstance(value, list | tuple | dict) else value
     return ordered
 
 
+def _without_none(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [("" if v is None else _without_none(v)) for v in value]
+    if isinstance(value, dict):
+        return {k: ("" if v is None else _without_none(v)) for k, v in value.items()}
+    return value
+
+
+def _logfmt_text(value: Any) -> str:
+    """A value as logfmt shows it: booleans in lower case, lists comma-separated, mappings as
+    comma-separated `key=value`, and a None (inside a list, say) empty."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(_logfmt_text(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={_logfmt_text(v)}" for k, v in value.items())
+    return str(value)
+
+
 def _logfmt(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> str:
-    """`key=value` pairs; lists are comma-separated, null is empty. A value with a space, `=`, `"` or a
-    control character is quoted, with `\\`, `"` and the controls escaped: a value cannot end the line."""
+    """`key=value` pairs (see _logfmt_text). A value with a space, `=`, `"` or a control character is
+    quoted, with `\\`, `"` and the controls escaped: a value cannot end the line."""
     pairs = []
     for key, value in event_dict.items():
-        if value is None:
-            text = ""
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, list | tuple):
-            text = ",".join(str(v) for v in value)
-        else:
-            text = str(value)
+        text = _logfmt_text(value)
         if " " in text or "=" in text or '"' in text or _CONTROLS.search(text) is not None:
             text = '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
         pairs.append(f"{escape_controls(str(key))}={text}")
@@ -316,16 +379,19 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
     processors: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-        _first_keys,
     ]
     if chosen == "json":
         # json.dumps escapes every non-ASCII character (U+2028 and U+2029 too) and every control.
-        processors.append(structlog.processors.JSONRenderer())
+        processors += [_in_order, structlog.processors.JSONRenderer()]
     elif chosen == "logfmt":
-        processors.append(_logfmt)
+        processors += [_in_order_without_none, _logfmt]
     else:
-        processors.append(_escape_for_console)
-        processors.append(structlog.dev.ConsoleRenderer(colors=resolve_format("auto", out) == "console"))
+        colors = resolve_format("auto", out) == "console"
+        processors += [
+            _in_order_without_none,
+            _escape_for_console,
+            structlog.dev.ConsoleRenderer(colors=colors, sort_keys=False),
+        ]
     threshold = logging.getLevelNamesMapping()[level.upper()]
     close()
     _buffer = _open_buffer(out, processors, notify=threshold <= logging.WARNING)

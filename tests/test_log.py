@@ -9,6 +9,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 import pytest
 import structlog
@@ -72,6 +73,97 @@ class TestFormats:
         """--log-level debug shows debug events; info hides them."""
         assert "task.debugging" in emit("json", "debug")
         assert "task.debugging" not in emit("json", "info")
+
+
+def keys_of(fmt: log.LogFormat, text: str) -> list[str]:
+    """The field names of one rendered line, in the order shown (console: those after the event)."""
+    if fmt == "json":
+        return list(json.loads(text))
+    return re.findall(r"(?:^| )([a-z_]+)=", text)
+
+
+def render(fmt: log.LogFormat, **fields: object) -> str:
+    out = io.StringIO()
+    log.configure(fmt, stream=out)
+    # Bound in the "wrong" order, and the fields passed in no particular order either.
+    logger = log.get_logger(run_id="4a185e7a23c6").bind(task="backup")
+    logger.warning("task.finished", **fields)
+    return out.getvalue()
+
+
+class TestOrder:
+    FIELDS: ClassVar[dict[str, object]] = {
+        "zeta": 1,
+        "error": "boom",
+        "duration_s": 1.5,
+        "alpha": "a",
+        "signal": "SIGTERM",
+        "status": "killed",
+    }
+    EXPECTED: ClassVar[list[str]] = [
+        "task",
+        "run_id",
+        "status",
+        "signal",
+        "duration_s",
+        "alpha",
+        "zeta",
+        "error",
+    ]
+
+    @pytest.mark.parametrize("fmt", ["logfmt", "json"])
+    def test_event_task_run_then_known_keys_then_others_by_name(self, fmt: log.LogFormat) -> None:
+        """After timestamp, level and event: the task, the run id, the well-known fields in a fixed order,
+        the others by name, and the long free text (error) last, whatever order they were given in."""
+        assert ["timestamp", "level", "event", *self.EXPECTED] == keys_of(fmt, render(fmt, **self.FIELDS))
+
+    def test_console_in_the_same_order(self) -> None:
+        """The console shows the event, then the fields in the same order as logfmt (not sorted by name)."""
+        text = render("console", **self.FIELDS)
+        assert re.match(r"\S+Z \[warning\s*\] task\.finished\s+task=backup run_id=4a185e7a23c6 ", text)
+        assert self.EXPECTED == keys_of("console", text)
+
+    @pytest.mark.parametrize("fmt", ["console", "logfmt", "json"])
+    def test_output_line_comes_last(self, fmt: log.LogFormat) -> None:
+        """A task's output line comes after its stream and truncation flag."""
+        out = io.StringIO()
+        log.configure(fmt, stream=out)
+        log.get_logger(task="t", run_id="r").info("task.output", line="x y", truncated=True, stream="stderr")
+        assert ["task", "run_id", "stream", "truncated", "line"] == keys_of(fmt, out.getvalue())[-5:]
+
+
+class TestNone:
+    FIELDS: ClassVar[dict[str, object]] = {
+        "status": "killed",
+        "exit_code": None,
+        "signal": None,
+        "added": ["a", None],
+        "clocks": {"web.1:4:5f0c2a": None, "web.2:9:c0ffee": "abc"},
+    }
+
+    @pytest.mark.parametrize("fmt", ["console", "logfmt", "json"])
+    def test_no_python_none_in_any_format(self, fmt: log.LogFormat) -> None:
+        """A None, at the top or inside a list or a mapping, never shows as Python's `None`."""
+        text = render(fmt, **self.FIELDS)
+        assert "None" not in text
+
+    @pytest.mark.parametrize("fmt", ["console", "logfmt"])
+    def test_console_and_logfmt_leave_a_none_field_out(self, fmt: log.LogFormat) -> None:
+        """A field whose value is None is left out of console and logfmt lines."""
+        keys = keys_of(fmt, render(fmt, **self.FIELDS))
+        assert ("exit_code" in keys, "signal" in keys, "status" in keys) == (False, False, True)
+
+    def test_json_keeps_null(self) -> None:
+        """JSON shows a None as null, inside lists and mappings too."""
+        line = json.loads(render("json", **self.FIELDS))
+        assert (None, None, ["a", None]) == (line["exit_code"], line["signal"], line["added"])
+        assert {"web.1:4:5f0c2a": None, "web.2:9:c0ffee": "abc"} == line["clocks"]
+
+    def test_logfmt_mappings_and_lists(self) -> None:
+        """logfmt shows a mapping as comma-separated key=value (quoted, for its `=`), a list
+        comma-separated, and a None inside either as nothing."""
+        text = render("logfmt", **self.FIELDS)
+        assert ' added=a, clocks="web.1:4:5f0c2a=,web.2:9:c0ffee=abc"' in text
 
 
 class TestAuto:
