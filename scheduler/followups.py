@@ -7,13 +7,14 @@ import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
 from scheduler import hooks
 from scheduler.config import TaskSpec
 from scheduler.observe import PingSink
+from scheduler.runs import RunKind
 from scheduler.state import Host, PendingRetry, TaskState
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class StartRun(Protocol):
         log: FilteringBoundLogger,
         env: Mapping[str, str],
         yield_cpu: bool,
+        kind: RunKind = ...,
     ) -> Run: ...
 
 
@@ -165,8 +167,12 @@ class FollowUps:
     def _start_hook(
         self, run: Run, result: RunResult, hook: str | tuple[str, ...], which: str, output: str
     ) -> None:
-        """Start on_success or on_failure (see hooks.py), tracked like a run so that a shutdown stops it. A
-        hook's failure is logged as hook.failed, never retried, and never fails the task."""
+        """Start on_success or on_failure (see hooks.py), tracked like a run so that a shutdown stops it.
+
+        A hook is not a task run: its events are hook.started, hook.output and hook.finished, with the task
+        and the run id of the run it follows and `hook`, or hook.failed alone when it could not start; it
+        is never counted in the metrics or recorded in the store, never retried, and never fails the task.
+        """
         spec = run.task
         try:
             hook_spec, path = hooks.prepare(spec, hook, result, output)
@@ -182,29 +188,19 @@ class FollowUps:
                 log=self._log.bind(hook=which),
                 env=self._env,
                 yield_cpu=False,
+                kind="hook",
             )
         except Exception as exc:  # a bug: the runner turns every failure to start into a failed run
             hooks.cleanup(path)
             self._log.error("scheduler.error", task=spec.name, error=f"{type(exc).__name__}: {exc}")
             return
         self._runs.add(hook_run)
-        self._host.track(self._after_hook(hook_run, which, path))
+        self._host.track(self._after_hook(hook_run, path))
 
-    async def _after_hook(self, hook_run: Run, which: str, path: str) -> None:
+    async def _after_hook(self, hook_run: Run, path: str) -> None:
+        """Forget a hook once it has ended (the runner logged hook.finished or hook.failed)."""
         try:
-            result = await hook_run.wait()
+            await hook_run.wait()
         finally:
             self._runs.discard(hook_run)
             hooks.cleanup(path)
-        if result.status != "succeeded":
-            extra: dict[str, Any] = {"error": result.error} if result.error else {}
-            self._log.warning(
-                "hook.failed",
-                task=hook_run.task.name,
-                run_id=hook_run.run_id,
-                hook=which,
-                status=result.status,
-                exit_code=result.exit_code,
-                signal=result.signal,
-                **extra,
-            )

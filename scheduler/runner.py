@@ -31,7 +31,7 @@ from structlog.typing import FilteringBoundLogger
 
 from scheduler.config import TaskSpec
 from scheduler.orphans import NO_GUARD, Guard
-from scheduler.runs import RUN_TAIL_BYTES, iso_utc
+from scheduler.runs import RUN_TAIL_BYTES, RunKind, iso_utc
 
 RunStatus = Literal["succeeded", "failed", "timed_out", "killed"]
 
@@ -48,6 +48,22 @@ _RESTORE_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFZ", "SIGX
 _pidfd_works = hasattr(os, "pidfd_open")  # until the kernel says otherwise
 _posix_spawn_works = hasattr(os, "posix_spawn")
 _sealed_in_pid: int | None = None  # the process whose descriptors _use_posix_spawn made close-on-exec
+
+
+@dataclass(frozen=True, slots=True)
+class _Events:
+    """The names of a run's events, by its kind."""
+
+    started: str
+    output: str
+    finished: str
+    not_started: str  # a command that could not start: no `started`, and this one (with `error`) alone
+
+
+_EVENTS: dict[RunKind, _Events] = {
+    "task": _Events("task.started", "task.output", "task.finished", "task.finished"),
+    "hook": _Events("hook.started", "hook.output", "hook.finished", "hook.failed"),
+}
 
 
 @dataclass(frozen=True)
@@ -92,11 +108,14 @@ class Run:
         scheduled_for: datetime,
         log: FilteringBoundLogger,
         guard: Guard = NO_GUARD,
+        kind: RunKind = "task",
     ) -> None:
         self.task = task
         self.run_id = run_id
         self.trigger = trigger
         self.scheduled_for = scheduled_for
+        self.kind: RunKind = kind
+        self._events = _EVENTS[kind]
         self.pid: int | None = None
         self._log = log  # bound to the task and run id once the child is on its way
         self._guard = guard
@@ -128,16 +147,16 @@ class Run:
 
     @property
     def done(self) -> bool:
-        """True once the run has finished and task.finished has been logged."""
+        """True once the run has finished and its end has been logged (task.finished, hook.finished)."""
         return self._result.done()
 
     def when_done(self, callback: Callable[[RunResult], None]) -> None:
-        """Call `callback` with the result once the run has finished and task.finished has been logged."""
+        """Call `callback` with the result once the run has finished and its end has been logged."""
         self._result.add_done_callback(lambda result: callback(result.result()))
 
     async def wait(self) -> RunResult:
-        """Wait until the run has finished and task.finished has been logged; cancelling a waiter leaves
-        the run alone."""
+        """Wait until the run has finished and its end has been logged; cancelling a waiter leaves the run
+        alone."""
         return await asyncio.shield(self._result)
 
     def stop(self, status: RunStatus = "killed", kill_grace_s: float | None = None) -> None:
@@ -230,7 +249,10 @@ class Run:
         if not self._pipes:
             self._pipes_closed.set_result(None)
         self._watch_exit(pid)
-        self._log.info("task.started", trigger=self.trigger, scheduled_for=scheduled_for, pid=pid)
+        if self.kind == "task":
+            self._log.info("task.started", trigger=self.trigger, scheduled_for=scheduled_for, pid=pid)
+        else:
+            self._log.info(self._events.started, pid=pid)  # the hook's name and its run are bound
         if task.timeout_s is not None and not self._leader_gone:
             self._timeout_timer = self._loop.call_later(
                 max(task.timeout_s - (time.monotonic() - started), 0.0), self.stop, "timed_out"
@@ -356,9 +378,9 @@ class Run:
         self._keep_tail(line)
         text = line.decode("utf-8", errors="replace")
         if truncated:
-            self._log.info("task.output", stream=stream, line=text, truncated=True)
+            self._log.info(self._events.output, stream=stream, line=text, truncated=True)
         else:
-            self._log.info("task.output", stream=stream, line=text)
+            self._log.info(self._events.output, stream=stream, line=text)
 
     def _keep_tail(self, line: bytes) -> None:
         tail = self._tail
@@ -368,12 +390,14 @@ class Run:
             self._tail_bytes -= len(tail.popleft()) + 1
 
     def _finish(self, result: RunResult) -> None:
-        """Log task.finished (a warning unless the run succeeded; never task.env) and release the waiters
-        and the guard, which must no more signal the group than the run itself does once done."""
+        """Log task.finished or hook.finished (a warning unless the run succeeded; never task.env), or
+        hook.failed for a hook that could not start, and release the waiters and the guard, which must no
+        more signal the group than the run itself does once done."""
         _cancel(self._kill_timer)
         _cancel(self._timeout_timer)
         if self.pid is not None:
             self._guard.release(self.pid)
+        event = self._events.finished
         fields: dict[str, object] = {
             "status": result.status,
             "exit_code": result.exit_code,
@@ -381,12 +405,15 @@ class Run:
             "duration_s": result.duration_s,
         }
         if result.error is not None:
+            event = self._events.not_started
+            if event != self._events.finished:
+                fields = {}  # hook.failed: why it could not start, and nothing about a run that never was
             fields["error"] = result.error
         try:
             if result.status == "succeeded":
-                self._log.info("task.finished", **fields)
+                self._log.info(event, **fields)
             else:
-                self._log.warning("task.finished", **fields)
+                self._log.warning(event, **fields)
         finally:
             self._result.set_result(result)
 
@@ -402,6 +429,7 @@ def start_run(
     capture_output: bool = True,
     yield_cpu: bool = True,
     guard: Guard = NO_GUARD,
+    kind: RunKind = "task",
 ) -> Run:
     """Spawn `task` now, before returning its Run (call it on the running loop); a command that cannot
     start gives a run already finished as "failed" with `error` set (and no task.started), never an
@@ -415,9 +443,13 @@ def start_run(
     the daemon gives up the CPU right after the spawn, so that the child gets to run first; a caller
     starting a burst of runs passes False for all but the last, so as not to pause for each child.
     `guard` is told of the run's process group from the spawn until the run is done, so that the group
-    gets SIGTERM if the daemon is killed (see orphans.py).
+    gets SIGTERM if the daemon is killed (see orphans.py). `kind` names its events: task.started,
+    task.output and task.finished, or for a hook hook.started (with only the pid), hook.output,
+    hook.finished, and hook.failed instead of hook.finished when its command could not start.
     """
-    run = Run(task, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for, log=log, guard=guard)
+    run = Run(
+        task, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for, log=log, guard=guard, kind=kind
+    )
     run._start(env, capture_output, yield_cpu)
     return run
 

@@ -9,6 +9,12 @@ from __future__ import annotations
 import os
 import random
 from datetime import UTC, datetime
+from typing import Literal
+
+RunKind = Literal["task", "hook"]
+"""What a run is: a task's run, or an on_success / on_failure hook that follows one. It names the run's
+events (task.started, hook.started, ...): a hook's are never a task's, so that an alert on
+`event=task.finished status=failed` never fires for a hook."""
 
 RUN_TAIL_BYTES = 10 * 1024
 """A run keeps at least the last this many bytes of the lines it logged (Run.output_tail): the most that any

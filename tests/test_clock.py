@@ -164,12 +164,13 @@ class FakeTime:
         log: Any,
         env: Mapping[str, str],
         yield_cpu: bool,
+        kind: str = "task",
     ) -> FakeRun:
         self.yields.append(yield_cpu)
         duration = self.durations.get(spec.name, 0.5)
         ends = None if duration is None else self.t + timedelta(seconds=duration)
         run = FakeRun(spec, scheduled_for, trigger, self.t, ends, run_id=run_id)
-        if trigger.startswith("on_"):
+        if kind == "hook":
             with open(spec.env["SCHEDULER_OUTPUT_FILE"]) as f:
                 run.seen_output_file = f.read()
             self.hooks.append(run)
@@ -844,6 +845,16 @@ class TestMetrics:
         assert [("gone",)] == metrics.named("forget_task")
         assert ("gone", datetime(2027, 1, 1, tzinfo=UTC).timestamp()) in metrics.named("next_fire")
         assert len(metrics.named("heartbeat")) >= 3
+
+    def test_hooks_are_not_counted_as_runs(self) -> None:
+        """A hook that follows a run, failing or not, is neither a run started nor a run finished."""
+        fake = FakeTime(T0 - timedelta(seconds=1), T0 + timedelta(seconds=5))
+        fake.statuses["bad"] = ["failed"]
+        metrics = Recording()
+        drive(config(task("bad", "0 * * * *", on_failure="alert")), fake, metrics=metrics)
+        assert ["on_failure"] == [h.trigger for h in fake.hooks]
+        assert [("bad",)] == metrics.named("run_started")
+        assert [("bad", "failed", 0.5)] == metrics.named("run_finished")
 
     def test_last_run_and_success_come_from_the_store(self) -> None:
         """With a store, the last-run and last-success gauges start from the history, not from nothing."""

@@ -13,6 +13,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from scheduler import hooks as hook_files
 from scheduler.config import TaskSpec
 from scheduler.followups import FollowUps, RetryPolicy
 from scheduler.runner import RunResult
@@ -38,6 +39,7 @@ class FakeRun:
     scheduled_for: datetime = T0
     output_tail: str = "the output"
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    result: RunResult = SUCCEEDED
 
     @property
     def done(self) -> bool:
@@ -45,7 +47,7 @@ class FakeRun:
 
     async def wait(self) -> RunResult:
         await self.finished.wait()
-        return SUCCEEDED
+        return self.result
 
 
 class FakeHost:
@@ -115,12 +117,20 @@ class FakePinger:
 
 
 def followups(
-    states: Mapping[str, TaskState], host: FakeHost, pinger: FakePinger, hooks: list[Any] | None = None
+    states: Mapping[str, TaskState],
+    host: FakeHost,
+    pinger: FakePinger,
+    hooks: list[Any] | None = None,
+    *,
+    starts: list[dict[str, Any]] | None = None,
+    hook_result: RunResult = SUCCEEDED,
 ) -> FollowUps:
     def start_run(task: TaskSpec, **kwargs: Any) -> FakeRun:
-        run = FakeRun(task, kwargs["run_id"])
+        run = FakeRun(task, kwargs["run_id"], result=hook_result)
         if hooks is not None:
             hooks.append((kwargs["trigger"], task.command))
+        if starts is not None:
+            starts.append(kwargs)
         run.finished.set()
         return run
 
@@ -222,6 +232,72 @@ class TestFollowUps:
             f.due((T0 + timedelta(seconds=1)).timestamp())
             assert 1 == len(host.started)
             assert [False] == [p["success"] for p in pinger.finishes]
+
+        asyncio.run(main())
+
+
+class TestHooks:
+    def test_a_hook_is_started_as_a_hook_of_the_run(self) -> None:
+        """The hook is started as kind "hook", with the run's id and a log bound to the hook's name, so that
+        its events are hook.started / hook.finished of that run, not a task run's."""
+
+        async def main() -> None:
+            states = {"t": TaskState(spec(on_failure="alert"))}
+            host = FakeHost()
+            starts: list[dict[str, Any]] = []
+            f = followups(states, host, FakePinger(), starts=starts)
+            with capture_logs() as logs:
+                f.run_ended(states["t"], FakeRun(states["t"].spec, "r1"), FAILED, 1)  # type: ignore[arg-type]
+                await asyncio.gather(*host.jobs)
+                starts[0]["log"].info("hook.started")
+            assert [("hook", "r1", "on_failure")] == [(s["kind"], s["run_id"], s["trigger"]) for s in starts]
+            assert [{"event": "hook.started", "log_level": "info", "hook": "on_failure"}] == logs
+
+        asyncio.run(main())
+
+    def test_a_failing_hook_is_reported_once_by_the_runner(self) -> None:
+        """A hook that ran and failed is the runner's hook.finished: the follow-ups add no event of their
+        own (no second report, and never a task.finished)."""
+
+        async def main() -> None:
+            states = {"t": TaskState(spec(on_success="alert"))}
+            host = FakeHost()
+            f = followups(states, host, FakePinger(), hook_result=RunResult("failed", 9, None, 0.1))
+            with capture_logs() as logs:
+                f.run_ended(states["t"], FakeRun(states["t"].spec, "r1"), SUCCEEDED, 1)  # type: ignore[arg-type]
+                await asyncio.gather(*host.jobs)
+            assert [] == logs
+
+        asyncio.run(main())
+
+    def test_a_hook_whose_output_file_cannot_be_written_is_hook_failed(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When the hook cannot even be prepared, hook.failed names the task, the run, the hook and why."""
+
+        def prepare(*args: Any) -> Any:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(hook_files, "prepare", prepare)
+
+        async def main() -> None:
+            states = {"t": TaskState(spec(on_failure="alert"))}
+            host = FakeHost()
+            starts: list[dict[str, Any]] = []
+            f = followups(states, host, FakePinger(), starts=starts)
+            with capture_logs() as logs:
+                f.run_ended(states["t"], FakeRun(states["t"].spec, "r1"), FAILED, 1)  # type: ignore[arg-type]
+            assert [] == starts
+            assert [
+                {
+                    "event": "hook.failed",
+                    "log_level": "warning",
+                    "task": "t",
+                    "run_id": "r1",
+                    "hook": "on_failure",
+                    "error": "[Errno 28] No space left on device",
+                }
+            ] == logs
 
         asyncio.run(main())
 

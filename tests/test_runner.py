@@ -342,6 +342,74 @@ class TestStartRun:
         assert ("succeeded", ["partial"]) == (result.status, rec.lines())
 
 
+class TestHookRuns:
+    """A hook (kind="hook") is spawned like a task, but its events are hook.*, never task.*."""
+
+    def test_a_failing_hook_logs_hook_events_only(self) -> None:
+        """hook.started (the pid), hook.output and hook.finished with the run's id and the hook's name,
+        and no task.started, task.output or task.finished that an alert on failed tasks would see."""
+        rec = _Recorder()
+        log = rec.log.bind(hook="on_failure")
+
+        result = _run(
+            _execute(_task("echo alerting; exit 4"), rec, trigger="on_failure", log=log, kind="hook")
+        )
+
+        assert ("failed", 4) == (result.status, result.exit_code)
+        assert ["hook.started", "hook.output", "hook.finished"] == [e["event"] for e in rec.events]
+        started, output, finished = rec.events
+        assert {"event", "level", "task", "run_id", "hook", "pid"} == set(started)
+        assert ("t", "r1", "on_failure") == (started["task"], started["run_id"], started["hook"])
+        assert ("stdout", "alerting", "on_failure") == (output["stream"], output["line"], output["hook"])
+        assert {
+            "event": "hook.finished",
+            "level": "warning",
+            "task": "t",
+            "run_id": "r1",
+            "hook": "on_failure",
+            "status": "failed",
+            "exit_code": 4,
+            "signal": None,
+            "duration_s": result.duration_s,
+        } == finished
+
+    def test_a_hook_that_succeeds(self) -> None:
+        """A hook that exits 0 ends with hook.finished, status succeeded, at level info."""
+        rec = _Recorder()
+
+        _run(_execute(_task("true"), rec, log=rec.log.bind(hook="on_success"), kind="hook"))
+
+        [finished] = rec.named("hook.finished")
+        assert ("info", "succeeded", "on_success") == (
+            finished["level"],
+            finished["status"],
+            finished["hook"],
+        )
+
+    @pytest.mark.usefixtures("spawner")
+    def test_a_hook_that_cannot_start_is_hook_failed(self) -> None:
+        """A hook whose command cannot start logs hook.failed with the error, and nothing else."""
+        rec = _Recorder()
+
+        result = _run(
+            _execute(
+                _task(("/nonexistent/bin/alert",)), rec, log=rec.log.bind(hook="on_failure"), kind="hook"
+            )
+        )
+
+        assert "failed" == result.status
+        assert [
+            {
+                "event": "hook.failed",
+                "level": "warning",
+                "task": "t",
+                "run_id": "r1",
+                "hook": "on_failure",
+                "error": "command not found: /nonexistent/bin/alert",
+            }
+        ] == rec.events
+
+
 @pytest.mark.usefixtures("spawner")
 class TestOutput:
     def test_streams_tagged(self) -> None:

@@ -209,43 +209,76 @@ class TestHooksAndRetries:
             f" > {report};"
             f' cat "$SCHEDULER_OUTPUT_FILE" >> {report}; echo "$SCHEDULER_DURATION_S" >> {report}\n'
         )
-        clock.wait_event("task.finished", hook="on_failure", timeout=20)
+        clock.wait_event("hook.finished", hook="on_failure", timeout=20)
         clock.stop()
-        started = [e for e in clock.named("task.started") if "hook" not in e]
+        started = clock.named("task.started")
         assert [("schedule", 1), ("retry", 2), ("retry", 3)] == [
             (e["trigger"], e["attempt"]) for e in started
         ]
         assert 1 == len({e["scheduled_for"] for e in started})
         retrying = clock.named("task.retrying")
         assert [(2, 1.0), (3, 2.0)] == [(e["attempt"], e["delay_s"]) for e in retrying]
-        ends = [at(e["timestamp"]) for e in clock.named("task.finished") if "hook" not in e]
+        ends = [at(e["timestamp"]) for e in clock.named("task.finished")]
         gaps = [(at(s["timestamp"]) - end).total_seconds() for s, end in zip(started[1:], ends, strict=False)]
         assert 0.95 < gaps[0] < 1.3, gaps
         assert 1.95 < gaps[1] < 2.3, gaps
-        hook_started = [e for e in clock.named("task.started") if e.get("hook") == "on_failure"]
-        assert 1 == len(hook_started)
+        (hook_started,) = clock.named("hook.started")
+        assert ("flaky", started[-1]["run_id"], "on_failure") == (
+            hook_started["task"],
+            hook_started["run_id"],
+            hook_started["hook"],
+        )
         lines = report.read_text().splitlines()
         assert "failed 4 on_failure flaky" == lines[0]
         assert "try retry" == lines[1]
         assert float(lines[2]) >= 0
 
     def test_on_success_and_a_failing_hook(self, start_clock: Any) -> None:
-        """on_success runs after a success; a hook that fails is logged as hook.failed and changes nothing."""
+        """on_success runs after a success; a hook that fails is logged as hook.started, hook.output and
+        hook.finished with status failed, never as a task's events: an alert on task.finished with status
+        failed does not fire, and the run's status stands."""
         clock = start_clock(
             "timezone: UTC\n"
             "tasks:\n"
             f'  fine:\n    schedule: "{once_soon()}"\n    command: "true"\n'
             '    on_success: "echo hooked $SCHEDULER_STATUS; exit 9"\n'
         )
+        finished = clock.wait_event("hook.finished", timeout=20)[0]
+        clock.stop()
+        (run,) = clock.named("task.started")
+        assert {
+            "level": "warning",
+            "task": "fine",
+            "run_id": run["run_id"],
+            "hook": "on_success",
+            "status": "failed",
+            "exit_code": 9,
+            "signal": None,
+        } == {k: finished[k] for k in ("level", "task", "run_id", "hook", "status", "exit_code", "signal")}
+        assert finished["duration_s"] >= 0
+        (started,) = clock.named("hook.started")
+        assert (run["run_id"], "on_success") == (started["run_id"], started["hook"])
+        assert ["hooked succeeded"] == [e["line"] for e in clock.named("hook.output")]
+        assert [] == clock.named("task.output")
+        assert ["succeeded"] == [e["status"] for e in clock.named("task.finished")]
+        assert [] == [e for e in clock.events if e["event"].startswith("task.") and "hook" in e]
+        assert [] == clock.named("hook.failed")
+
+    def test_a_hook_that_cannot_start(self, start_clock: Any) -> None:
+        """A hook whose command cannot start: hook.failed with the error, and no hook.finished."""
+        clock = start_clock(
+            "timezone: UTC\n"
+            "tasks:\n"
+            f'  broken:\n    schedule: "{once_soon()}"\n    command: "exit 1"\n'
+            "    on_failure: [/nonexistent/bin/alert]\n"
+        )
         failed = clock.wait_event("hook.failed", timeout=20)[0]
         clock.stop()
-        assert ("fine", "on_success", "failed", 9) == (
+        (run,) = clock.named("task.started")
+        assert ("broken", run["run_id"], "on_failure", "command not found: /nonexistent/bin/alert") == (
             failed["task"],
+            failed["run_id"],
             failed["hook"],
-            failed["status"],
-            failed["exit_code"],
+            failed["error"],
         )
-        out = [e["line"] for e in clock.named("task.output") if e.get("hook") == "on_success"]
-        assert ["hooked succeeded"] == out
-        task_ends = [e for e in clock.named("task.finished") if "hook" not in e]
-        assert ["succeeded"] == [e["status"] for e in task_ends]
+        assert ([], []) == (clock.named("hook.started"), clock.named("hook.finished"))
