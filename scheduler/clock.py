@@ -326,7 +326,7 @@ class ClockLoop:
         self._runs.add(run)
         self._metrics.run_started(spec.name)
         if spec.ping_url is not None:
-            self._pinger.start(spec.ping_url, run.run_id, timeout_s=spec.ping_timeout_s)
+            self._pinger.start(spec.ping_url, run.run_id, task=spec.name, timeout_s=spec.ping_timeout_s)
         # A callback, not a task per run: a burst of starts creates nothing more on the way to its spawns.
         run.when_done(functools.partial(self._run_ended, state, run, attempt))
         return True

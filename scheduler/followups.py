@@ -153,6 +153,7 @@ class FollowUps:
             self._pinger.finish(
                 spec.ping_url,
                 run.run_id,
+                task=spec.name,
                 success=not failed,
                 exit_code=result.exit_code,
                 use_exit_code=spec.ping_exit_code,

@@ -26,13 +26,14 @@ class MetricsSink(Protocol):
 class PingSink(Protocol):
     """Dead man's switch pings (pings.Pinger): one when a run starts, one after its last attempt."""
 
-    def start(self, url: str, run_id: str, *, timeout_s: float) -> None: ...
+    def start(self, url: str, run_id: str, *, task: str, timeout_s: float) -> None: ...
 
     def finish(
         self,
         url: str,
         run_id: str,
         *,
+        task: str,
         success: bool,
         exit_code: int | None,
         use_exit_code: bool,
@@ -75,7 +76,7 @@ class NoMetrics:
 class NoPings:
     """Pings that are never sent."""
 
-    def start(self, url: str, run_id: str, *, timeout_s: float) -> None:
+    def start(self, url: str, run_id: str, *, task: str, timeout_s: float) -> None:
         pass
 
     def finish(
@@ -83,6 +84,7 @@ class NoPings:
         url: str,
         run_id: str,
         *,
+        task: str,
         success: bool,
         exit_code: int | None,
         use_exit_code: bool,

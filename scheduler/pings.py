@@ -3,8 +3,9 @@
 A run pings `<url>/start` when it starts, then `<url>` on success, `<url>/fail` on failure (or
 `<url>/<exit code>`), each with `?rid=<run id>`. Every ping is queued and sent by a few daemon worker
 threads, so a slow, hung or refusing ping server holds up neither a fire, nor another task's pings, nor
-shutdown. A ping that cannot be sent is logged as `ping.failed` and never raised to the caller; only the
-scheme and host of a ping URL are ever logged, since its path holds the check's secret.
+shutdown. A ping that cannot be sent is logged as `ping.failed` and never raised to the caller. Both
+`ping.sent` (debug) and `ping.failed` name the task, the run and the ping's kind; only the scheme and host
+of a ping URL are ever logged, since its path holds the check's secret.
 """
 
 from __future__ import annotations
@@ -66,12 +67,14 @@ def display_url(url: str) -> str:
 
 @dataclass(slots=True)
 class _Ping:
-    """One ping to send: `url` as configured (${NAME}s unexpanded), the path suffix its kind adds."""
+    """One ping to send: `url` as configured (${NAME}s unexpanded), the path suffix its kind adds, and the
+    task and run it is about."""
 
     kind: _Kind
     url: str
     suffix: str
     run_id: str
+    task: str
     timeout_s: float
     body: bytes | None = None  # None: a GET
     after: list[_Ping] = field(default_factory=list)  # final pings parked until this start ping is done
@@ -119,22 +122,23 @@ class Pinger:
         for thread in self._threads:
             thread.start()
 
-    def start(self, url: str, run_id: str, *, timeout_s: float = DEFAULT_PING_TIMEOUT_S) -> None:
-        """GET <url>/start?rid=<run_id>, in the background."""
+    def start(self, url: str, run_id: str, *, task: str, timeout_s: float = DEFAULT_PING_TIMEOUT_S) -> None:
+        """GET <url>/start?rid=<run_id>, in the background, for a run of `task`."""
         try:
-            ping = _Ping("start", url, "/start", run_id, timeout_s)
+            ping = _Ping("start", url, "/start", run_id, task, timeout_s)
             with self._lock:
                 if self._admit(ping):
                     self._starts.setdefault(run_id, ping)
                     self._jobs.put(ping)
         except Exception as exc:
-            self._failed(_Ping("start", url, "", run_id, timeout_s), 0, _describe(exc))
+            self._failed(_Ping("start", url, "", run_id, task, timeout_s), 0, _describe(exc))
 
     def finish(
         self,
         url: str,
         run_id: str,
         *,
+        task: str,
         success: bool,
         exit_code: int | None,
         use_exit_code: bool,
@@ -153,7 +157,7 @@ class Pinger:
         else:
             kind, suffix = "success", ""
         try:
-            ping = _Ping(kind, url, suffix, run_id, timeout_s, utf8_tail(output, PING_BODY_BYTES))
+            ping = _Ping(kind, url, suffix, run_id, task, timeout_s, utf8_tail(output, PING_BODY_BYTES))
             with self._lock:
                 if self._admit(ping):
                     start = self._starts.get(run_id)
@@ -162,7 +166,7 @@ class Pinger:
                     else:
                         self._jobs.put(ping)
         except Exception as exc:
-            self._failed(_Ping(kind, url, suffix, run_id, timeout_s), 0, _describe(exc))
+            self._failed(_Ping(kind, url, suffix, run_id, task, timeout_s), 0, _describe(exc))
 
     def close(self, timeout_s: float) -> None:
         """Wait up to timeout_s for queued pings, then give up on the rest (daemon threads; never blocks
@@ -253,8 +257,9 @@ class Pinger:
                 if status < 400:
                     self._log.debug(
                         "ping.sent",
-                        kind=ping.kind,
+                        task=ping.task,
                         run_id=ping.run_id,
+                        kind=ping.kind,
                         url=display_url(ping.url),
                         attempts=attempts,
                         status=status,
@@ -287,8 +292,9 @@ class Pinger:
         try:
             self._log.warning(
                 "ping.failed",
-                kind=ping.kind,
+                task=ping.task,
                 run_id=ping.run_id,
+                kind=ping.kind,
                 url=display_url(ping.url),
                 attempts=attempts,
                 error=error,

@@ -713,12 +713,15 @@ class TestCatchUp:
 class FakePinger:
     def __init__(self) -> None:
         self.pings: list[tuple[str, str, str]] = []  # (kind, url, run_id)
+        self.tasks: list[str] = []
 
-    def start(self, url: str, run_id: str, *, timeout_s: float) -> None:
+    def start(self, url: str, run_id: str, *, task: str, timeout_s: float) -> None:
         self.pings.append(("start", url, run_id))
+        self.tasks.append(task)
 
-    def finish(self, url: str, run_id: str, *, success: bool, **kwargs: Any) -> None:
+    def finish(self, url: str, run_id: str, *, task: str, success: bool, **kwargs: Any) -> None:
         self.pings.append(("success" if success else "fail", url, run_id))
+        self.tasks.append(task)
 
 
 class Recording:
@@ -764,6 +767,7 @@ class TestRetries:
         final = [(kind, run_id) for kind, _, run_id in pinger.pings if kind != "start"]
         assert [("success", fake.runs[2].run_id)] == final
         assert 3 == len([p for p in pinger.pings if p[0] == "start"])
+        assert ["flaky"] * 4 == pinger.tasks
         assert [("on_success", "ok")] == [(h.trigger, h.task.command) for h in fake.hooks]
 
     def test_retries_recorded_with_their_attempt(self) -> None:

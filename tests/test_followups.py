@@ -99,7 +99,7 @@ class FakePinger:
     def __init__(self) -> None:
         self.finishes: list[dict[str, Any]] = []
 
-    def start(self, url: str, run_id: str, *, timeout_s: float) -> None:
+    def start(self, url: str, run_id: str, *, task: str, timeout_s: float) -> None:
         pass
 
     def finish(
@@ -107,13 +107,14 @@ class FakePinger:
         url: str,
         run_id: str,
         *,
+        task: str,
         success: bool,
         exit_code: int | None,
         use_exit_code: bool,
         output: str,
         timeout_s: float,
     ) -> None:
-        self.finishes.append({"run_id": run_id, "success": success, "output": output})
+        self.finishes.append({"task": task, "run_id": run_id, "success": success, "output": output})
 
 
 def followups(
@@ -189,7 +190,9 @@ class TestFollowUps:
             f = followups(states, host, pinger, hooks)
             f.run_ended(states["t"], FakeRun(states["t"].spec, "r1"), FAILED, 1)  # type: ignore[arg-type]
             await asyncio.gather(*host.jobs)
-            assert [{"run_id": "r1", "success": False, "output": "the output"}] == pinger.finishes
+            assert [
+                {"task": "t", "run_id": "r1", "success": False, "output": "the output"}
+            ] == pinger.finishes
             assert [("on_failure", "alert")] == hooks
 
         asyncio.run(main())

@@ -22,7 +22,8 @@ from scheduler.runs import PING_BODY_BYTES
 DEADLINE_S = 10.0
 HANG = 0  # as a status: read the request, never answer it
 SECRET = "s3cr3t-ping-key"
-QUICK_S = 0.05  # what "returns at once" means for a call made on the event loop
+QUICK_S = 0.05
+TASK = "nightly-report"  # what "returns at once" means for a call made on the event loop
 
 Logs = list[MutableMapping[str, Any]]
 
@@ -134,8 +135,18 @@ def make(**kwargs: Any) -> Pinger:
     return Pinger(log=structlog.get_logger(), **options)
 
 
+def ping_start(pinger: Pinger, url: str, run_id: str = "r1", **kwargs: Any) -> None:
+    pinger.start(url, run_id, task=TASK, **kwargs)
+
+
 def finish(pinger: Pinger, url: str, run_id: str = "r1", **kwargs: Any) -> None:
-    options: dict[str, Any] = {"success": True, "exit_code": 0, "use_exit_code": False, "output": "done\n"}
+    options: dict[str, Any] = {
+        "task": TASK,
+        "success": True,
+        "exit_code": 0,
+        "use_exit_code": False,
+        "output": "done\n",
+    }
     options.update(kwargs)
     pinger.finish(url, run_id, **options)
 
@@ -156,7 +167,7 @@ class TestPaths:
     def test_start_then_success(self, server: PingServer, logs: Logs) -> None:
         """A start GET to /check/start, then a success POST to /check with the output, both with the rid."""
         pinger = make()
-        pinger.start(f"{server.url}/check", "r1")
+        ping_start(pinger, f"{server.url}/check", "r1")
         finish(pinger, f"{server.url}/check", output="all good\n")
         pinger.close(DEADLINE_S)
         start, success = server.requests
@@ -188,7 +199,7 @@ class TestPaths:
     def test_trailing_slash(self, server: PingServer, logs: Logs) -> None:
         """A trailing '/' on the base is dropped before the suffix is added."""
         pinger = make()
-        pinger.start(f"{server.url}/check/", "r1")
+        ping_start(pinger, f"{server.url}/check/", "r1")
         finish(pinger, f"{server.url}/check/")
         pinger.close(DEADLINE_S)
         assert ["/check/start", "/check"] == server.paths()
@@ -196,10 +207,48 @@ class TestPaths:
     def test_query_on_the_base(self, server: PingServer, logs: Logs) -> None:
         """A query on the base is kept, and rid is added to it (replacing any rid already there)."""
         pinger = make()
-        pinger.start(f"{server.url}/check?create=1&rid=old", "r 1")
+        ping_start(pinger, f"{server.url}/check?create=1&rid=old", "r 1")
         pinger.close(DEADLINE_S)
         (start,) = server.requests
         assert ("/check/start", {"create": ["1"], "rid": ["r 1"]}) == (start.path, start.query)
+
+
+class TestEvents:
+    def test_sent_and_failed_name_the_task_run_and_kind(self, server: PingServer, logs: Logs) -> None:
+        """ping.sent and ping.failed say which task, which run and which ping they are about."""
+        server.statuses["/check/fail"] = 500
+        pinger = make()
+        pinger.start(f"{server.url}/check", "r1", task="backup")
+        pinger.finish(
+            f"{server.url}/check",
+            "r1",
+            task="backup",
+            success=False,
+            exit_code=1,
+            use_exit_code=False,
+            output="",
+        )
+        pinger.close(DEADLINE_S)
+        assert [("ping.sent", "backup", "r1", "start"), ("ping.failed", "backup", "r1", "fail")] == [
+            (e["event"], e["task"], e["run_id"], e["kind"]) for e in logs
+        ]
+
+    def test_a_ping_dropped_at_once_names_the_task(self, logs: Logs) -> None:
+        """A ping refused before any attempt (after close) still names its task."""
+        pinger = make()
+        pinger.close(DEADLINE_S)
+        pinger.finish(
+            "https://hc-ping.com/check",
+            "r2",
+            task="report",
+            success=True,
+            exit_code=0,
+            use_exit_code=False,
+            output="",
+        )
+        assert [("report", "r2", "success", "closed")] == [
+            (e["task"], e["run_id"], e["kind"], e["error"]) for e in events(logs, "ping.failed")
+        ]
 
 
 class TestBody:
@@ -226,7 +275,7 @@ class TestEnvironment:
         """${HC_PING_KEY} is filled from the env mapping when the ping is sent; the key is never logged."""
         server.statuses[f"/{SECRET}/check/start"] = 500
         pinger = make(env={"HC_PING_KEY": SECRET})
-        pinger.start(server.url + "/${HC_PING_KEY}/check", "r1")
+        ping_start(pinger, server.url + "/${HC_PING_KEY}/check", "r1")
         finish(pinger, server.url + "/${HC_PING_KEY}/check")
         pinger.close(DEADLINE_S)
         assert [f"/{SECRET}/check/start"] * 3 + [f"/{SECRET}/check"] == server.paths()
@@ -237,7 +286,7 @@ class TestEnvironment:
     def test_unset_variable(self, env: dict[str, str], server: PingServer, logs: Logs) -> None:
         """An unset or empty variable: no request, one ping.failed that names the variable."""
         pinger = make(env=env)
-        pinger.start(server.url + "/${HC_PING_KEY}/check", "r1")
+        ping_start(pinger, server.url + "/${HC_PING_KEY}/check", "r1")
         pinger.close(DEADLINE_S)
         assert [] == server.requests
         (failed,) = events(logs, "ping.failed")
@@ -250,13 +299,14 @@ class TestFailures:
         """A 500 is tried again after each retry delay, then reported once with the number of attempts."""
         server.statuses["/check/start"] = 500
         pinger = make()
-        pinger.start(f"{server.url}/check", "r1")
+        ping_start(pinger, f"{server.url}/check", "r1")
         pinger.close(DEADLINE_S)
         assert ["/check/start"] * 3 == server.paths()
         (failed,) = events(logs, "ping.failed")
         assert {
             "event": "ping.failed",
             "log_level": "warning",
+            "task": TASK,
             "kind": "start",
             "run_id": "r1",
             "url": f"{server.url}/…",
@@ -270,7 +320,7 @@ class TestFailures:
         server.statuses.update({"/check/start": HANG, "/check/fail": HANG})
         pinger = make(retry_delays=())
         began = time.monotonic()
-        pinger.start(f"{server.url}/check", "r1", timeout_s=0.2)
+        ping_start(pinger, f"{server.url}/check", "r1", timeout_s=0.2)
         started = time.monotonic()
         finish(pinger, f"{server.url}/check", success=False, exit_code=1, timeout_s=0.2)
         finished = time.monotonic()
@@ -284,7 +334,7 @@ class TestFailures:
     def test_refused_connection(self, logs: Logs) -> None:
         """A port nobody listens on: every attempt is refused, then one ping.failed."""
         pinger = make()
-        pinger.start(refused_url(), "r1")
+        ping_start(pinger, refused_url(), "r1")
         pinger.close(DEADLINE_S)
         (failed,) = events(logs, "ping.failed")
         assert (3, "connection refused") == (failed["attempts"], failed["error"])
@@ -296,7 +346,7 @@ class TestFailures:
             raise RuntimeError(f"boom at {request.full_url}")
 
         pinger = make(send=send)
-        pinger.start("https://hc-ping.com/check", "r1")
+        ping_start(pinger, "https://hc-ping.com/check", "r1")
         pinger.close(DEADLINE_S)
         (failed,) = events(logs, "ping.failed")
         assert (3, "RuntimeError") == (failed["attempts"], failed["error"])
@@ -304,7 +354,7 @@ class TestFailures:
     def test_not_an_http_url(self, logs: Logs) -> None:
         """A URL that is not http(s) is never requested."""
         pinger = make(send=lambda request, timeout_s: pytest.fail("no request expected"))
-        pinger.start("file:///etc/check", "r1")
+        ping_start(pinger, "file:///etc/check", "r1")
         pinger.close(DEADLINE_S)
         (failed,) = events(logs, "ping.failed")
         assert (0, "not an http(s) URL") == (failed["attempts"], failed["error"])
@@ -315,7 +365,7 @@ class TestOrdering:
         """The final ping leaves only once the start ping is given up, though other workers are idle."""
         server.statuses["/check/start"] = HANG
         pinger = make(retry_delays=())
-        pinger.start(f"{server.url}/check", "r1", timeout_s=0.2)
+        ping_start(pinger, f"{server.url}/check", "r1", timeout_s=0.2)
         finish(pinger, f"{server.url}/check")
         pinger.close(DEADLINE_S)
         start, success = server.requests
@@ -328,9 +378,9 @@ class TestOrdering:
         """While one run's start ping hangs, another run's pings go out."""
         server.statuses["/slow/start"] = HANG
         pinger = make(retry_delays=())
-        pinger.start(f"{server.url}/slow", "r1", timeout_s=DEADLINE_S)
+        ping_start(pinger, f"{server.url}/slow", "r1", timeout_s=DEADLINE_S)
         server.wait_for(1)
-        pinger.start(f"{server.url}/check", "r2")
+        ping_start(pinger, f"{server.url}/check", "r2")
         finish(pinger, f"{server.url}/check", "r2")
         assert ["/slow/start", "/check/start", "/check"] == [r.path for r in server.wait_for(3)]
         pinger.close(0)
@@ -343,7 +393,7 @@ class TestClose:
         server.statuses["/check/start"] = HANG
         pinger = make(workers=2)
         for n in range(5):
-            pinger.start(f"{server.url}/check", f"r{n}", timeout_s=DEADLINE_S)
+            ping_start(pinger, f"{server.url}/check", f"r{n}", timeout_s=DEADLINE_S)
         server.wait_for(2)
         began = time.monotonic()
         pinger.close(0.1)
@@ -354,7 +404,7 @@ class TestClose:
         """A ping asked for after close() is not sent, and says so."""
         pinger = make(send=lambda request, timeout_s: pytest.fail("no request expected"))
         pinger.close(DEADLINE_S)
-        pinger.start("https://hc-ping.com/check", "r1")
+        ping_start(pinger, "https://hc-ping.com/check", "r1")
         (failed,) = events(logs, "ping.failed")
         assert ("start", "closed") == (failed["kind"], failed["error"])
 
@@ -364,10 +414,10 @@ class TestQueue:
         """Once _QUEUE_CAP pings wait, more are dropped with ping.failed "queue full"."""
         server.statuses["/check/start"] = HANG
         pinger = make(workers=1)
-        pinger.start(f"{server.url}/check", "busy", timeout_s=DEADLINE_S)
+        ping_start(pinger, f"{server.url}/check", "busy", timeout_s=DEADLINE_S)
         server.wait_for(1)
         for n in range(_QUEUE_CAP + 1):
-            pinger.start(f"{server.url}/check", f"r{n}")
+            ping_start(pinger, f"{server.url}/check", f"r{n}")
         finish(pinger, f"{server.url}/check", "r0")  # parked behind r0's start, yet still a waiting ping
         pinger.close(0)
         assert [(f"r{_QUEUE_CAP}", "queue full"), ("r0", "queue full")] == [

@@ -185,6 +185,8 @@ class TestPings:
         given_up = clock.named("ping.failed") + clock.named("ping.unsent")
         assert given_up
         assert "/x" not in json.dumps(given_up)
+        failed = clock.named("ping.failed")
+        assert all(e["task"] == "tick" and e["run_id"] and e["kind"] for e in failed), failed
 
 
 def once_soon(lead_s: int = 3) -> str:
