@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from scheduler import __version__, clock, log, orphans, runner
+from scheduler import __version__, clock, log, notify, orphans, runner
 from scheduler.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -294,6 +294,9 @@ def run(
             logger.warning("store.missing", tasks=needing, detail="catch_up and require_store need a store")
     watcher = None if no_watch else FileWatcher(config_path)
     _raise_fd_limit()
+    # systemd's NOTIFY_SOCKET and watchdog variables are the clock's: they are kept from its tasks.
+    task_env = dict(env)
+    notifier = notify.from_env(task_env, log=logger)
 
     async def main() -> None:
         recorder = None
@@ -312,7 +315,7 @@ def run(
             config,
             start_run=functools.partial(runner.start_run, guard=guard),
             log=logger,
-            env=env,
+            env=task_env,
             load=lambda: load_isolated(config_path, env=env, store_overridden=bool(store_url)),
             watcher=watcher,
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,
@@ -320,6 +323,7 @@ def run(
             recorder=recorder,
             metrics=metrics_server.metrics if metrics_server is not None else NO_METRICS,
             pinger=pinger,
+            notifier=notifier,
         )
         the_clock.install_signal_handlers()
         await the_clock.run()
@@ -333,6 +337,7 @@ def run(
         asyncio.run(main())
     finally:
         guard.close()
+        notifier.close()
         pinger.close(timeout_s=_PING_FLUSH_S)
         if metrics_server is not None:
             metrics_server.close()

@@ -32,7 +32,7 @@ from scheduler.claims import YIELD_EVERY_FIRES, Claims, Gate, Ledger, Unclaimed
 from scheduler.config import Config, TaskSpec
 from scheduler.followups import FollowUps, StartRun
 from scheduler.loader import Loaded
-from scheduler.observe import NO_METRICS, NO_PINGS, MetricsSink, PingSink
+from scheduler.observe import NO_METRICS, NO_NOTIFY, NO_PINGS, MetricsSink, NotifySink, PingSink
 from scheduler.runs import iso_utc, new_run_id
 from scheduler.state import Fire, LogMethod, TaskState
 
@@ -117,6 +117,7 @@ class ClockLoop:
         recorder: Ledger | None = None,
         metrics: MetricsSink = NO_METRICS,
         pinger: PingSink = NO_PINGS,
+        notifier: NotifySink = NO_NOTIFY,
     ) -> None:
         self.config = config
         self._start_run = start_run
@@ -132,6 +133,7 @@ class ClockLoop:
         self._run_blocking = run_blocking or _run_in_thread
         self._metrics = metrics
         self._pinger = pinger
+        self._notifier = notifier
         self._tasks: dict[str, TaskState] = {}
         self._heap: list[Fire] = []
         self._seq = itertools.count()
@@ -208,10 +210,12 @@ class ClockLoop:
         )
         if history is not None:
             self._seed_metrics(history)
+        self._notifier.ready(f"{_count(len(self._tasks), 'task')} from {self.config.path}")
         last_poll = now
         while not self._stop_signals:
             now = self._time.now()
             self._metrics.heartbeat()
+            self._notifier.heartbeat()  # from the loop itself: a stuck loop stops systemd's keep-alives
             await self._dispatch_due(now)
             if self._stop_signals:
                 break
@@ -235,6 +239,9 @@ class ClockLoop:
             ):
                 if wake_at is not None:
                     delay = min(delay, wake_at - current)
+            keepalive = self._notifier.due_in()
+            if keepalive is not None:
+                delay = min(delay, keepalive)
             if delay > 0:
                 await self._time.sleep(delay, self._wake)
             self._wake.clear()
@@ -540,6 +547,7 @@ class ClockLoop:
         self._gate.stop()
         first = self._stop_signals[0]
         self._log.info("scheduler.stopping", signal=first, running=len(self.running_runs))
+        self._notifier.stopping(f"stopping on {first}, {_count(len(self.running_runs), 'run')} to end")
         deadline = asyncio.get_running_loop().time() + self._shutdown_grace_s
         for run in self.running_runs:
             run.stop("killed", kill_grace_s=min(run.task.kill_grace_s, self._shutdown_grace_s))
@@ -617,6 +625,10 @@ async def _run_in_thread(func: Callable[[], _T]) -> _T:
         return await future
     finally:
         sys.setswitchinterval(previous)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _trim_memory() -> None:

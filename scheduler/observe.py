@@ -1,7 +1,7 @@
-"""What the clock loop reports as it goes, to metrics and to pings, with do-nothing defaults.
+"""What the clock loop reports as it goes, to metrics, to pings and to systemd, with do-nothing defaults.
 
-The loop calls these unconditionally; a clock without `--metrics-addr` or without pings gets the null
-versions, so no call site checks whether a collaborator is there.
+The loop calls these unconditionally; a clock without `--metrics-addr`, without pings or outside systemd
+gets the null versions, so no call site checks whether a collaborator is there.
 """
 
 from __future__ import annotations
@@ -40,6 +40,16 @@ class PingSink(Protocol):
         output: str,
         timeout_s: float,
     ) -> None: ...
+
+
+class NotifySink(Protocol):
+    """The service manager (notify.Notifier): ready, stopping, and keep-alives from the loop's turns."""
+
+    def ready(self, status: str) -> None: ...
+    def stopping(self, status: str) -> None: ...
+    def heartbeat(self) -> None: ...
+    def due_in(self) -> float | None: ...
+    def close(self) -> None: ...
 
 
 class NoMetrics:
@@ -94,5 +104,25 @@ class NoPings:
         pass
 
 
+class NoNotify:
+    """No service manager to tell (NOTIFY_SOCKET unset)."""
+
+    def ready(self, status: str) -> None:
+        pass
+
+    def stopping(self, status: str) -> None:
+        pass
+
+    def heartbeat(self) -> None:
+        pass
+
+    def due_in(self) -> float | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 NO_METRICS = NoMetrics()
 NO_PINGS = NoPings()
+NO_NOTIFY = NoNotify()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from scheduler.clock import ClockLoop
 from scheduler.config import Config, TaskSpec
 from scheduler.errors import ConfigError
 from scheduler.loader import Loaded
-from scheduler.observe import NO_METRICS, NO_PINGS
+from scheduler.observe import NO_METRICS, NO_NOTIFY, NO_PINGS
 from scheduler.recorder import History
 from scheduler.runner import RunResult
 from scheduler.schedule import parse
@@ -197,6 +198,7 @@ def drive(
     recorder: Any = None,
     metrics: Any = None,
     pinger: Any = None,
+    notifier: Any = None,
 ) -> list[dict[str, Any]]:
     """Run the clock on the fake until `fake.until`; return the logged events."""
 
@@ -215,6 +217,7 @@ def drive(
             recorder=recorder,
             metrics=metrics or NO_METRICS,
             pinger=pinger or NO_PINGS,
+            notifier=notifier or NO_NOTIFY,
         )
         fake.clock = clock
         await clock.run()
@@ -880,6 +883,53 @@ class TestMetrics:
             ),
             ("new", {"last_run": None, "last_success": None}),
         ]
+
+
+class FakeNotifier:
+    """systemd, in fake time: each message is logged as an event (so its place among the clock's events
+    shows), and a keep-alive is asked for every `every` seconds."""
+
+    def __init__(self, fake: FakeTime, every: float) -> None:
+        self.fake = fake
+        self.every = every
+        self.keepalives: list[datetime] = []
+
+    def ready(self, status: str) -> None:
+        structlog.get_logger().info("systemd", message="READY=1", status=status)
+
+    def stopping(self, status: str) -> None:
+        structlog.get_logger().info("systemd", message="STOPPING=1", status=status)
+
+    def heartbeat(self) -> None:
+        if self.due_in() == 0:
+            self.keepalives.append(self.fake.t)
+            structlog.get_logger().info("systemd", message="WATCHDOG=1")
+
+    def due_in(self) -> float:
+        if not self.keepalives:
+            return 0.0
+        return max((self.keepalives[-1] - self.fake.t).total_seconds() + self.every, 0.0)
+
+    def close(self) -> None:
+        pass
+
+
+class TestNotify:
+    def test_ready_keepalives_from_the_loop_then_stopping(self) -> None:
+        """READY=1 right after scheduler.started; WATCHDOG=1 from the loop's turns, which come at least as
+        often as the watchdog asks although nothing is due; STOPPING=1 when the shutdown starts."""
+        fake = FakeTime(T0, T0 + timedelta(seconds=5))
+        notifier = FakeNotifier(fake, every=0.3)
+        logs = drive(config(task("daily", "@daily"), task("b", "@daily")), fake, notifier=notifier)
+        said = [(e["event"], e.get("message")) for e in logs]
+        assert [("scheduler.started", None), ("systemd", "READY=1")] == said[:2]
+        assert ("systemd", "STOPPING=1") == said[-1]
+        assert ("scheduler.stopping", None) == said[-2]
+        assert {"WATCHDOG=1"} == {m for _, m in said[2:-2]}
+        assert "2 tasks from schedules.yaml" == logs[1]["status"]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(notifier.keepalives)]
+        assert len(gaps) >= 15
+        assert max(gaps) <= 0.3 + 1e-6, gaps
 
 
 @pytest.fixture(autouse=True)
