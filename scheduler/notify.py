@@ -25,6 +25,9 @@ from scheduler.observe import NO_NOTIFY, NotifySink
 # What systemd hands its service; taken out of the environment the tasks get, as sd_notify's
 # unset_environment does, so that a task never speaks to the clock's service manager in its name.
 ENV_KEYS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# A keep-alive this close to due is sent at once: the loop's sleep ends a little early (clock.SystemTime),
+# and an early WATCHDOG=1 costs nothing, where waiting for the exact instant costs the loop another turn.
+_EARLY_S = 0.05
 
 
 def from_env(
@@ -65,6 +68,7 @@ class Notifier:
         self._log = log
         self._monotonic = monotonic
         self._interval_s = watchdog_s / 2 if watchdog_s is not None else None
+        self._early_s = min(_EARLY_S, self._interval_s / 10) if self._interval_s is not None else 0.0
         self._last_keepalive: float | None = None
         self._failing = False
         self._sock: socket.socket | None = None
@@ -75,6 +79,7 @@ class Notifier:
             self._address = address
         else:
             self._failed("", "not an absolute path or an @abstract name")
+            self._interval_s = None  # nothing will be sent: the loop need not wake for it
             return
         try:
             # Close-on-exec, as Python opens every descriptor: no task inherits it.
@@ -83,6 +88,7 @@ class Notifier:
         except OSError as exc:
             self._failed("", exc.strerror or str(exc))
             self._sock = None
+            self._interval_s = None
 
     def ready(self, status: str) -> None:
         """The schedule is loaded: READY=1, with `status` as STATUS=."""
@@ -97,7 +103,7 @@ class Notifier:
         if self._interval_s is None:
             return
         now = self._monotonic()
-        if self._last_keepalive is None or now - self._last_keepalive >= self._interval_s:
+        if self._last_keepalive is None or now >= self._last_keepalive + self._interval_s - self._early_s:
             self._last_keepalive = now
             self._send("WATCHDOG=1")
 
@@ -121,7 +127,8 @@ class Notifier:
             # One line per assignment: a newline in the text would end STATUS= and start another variable.
             message += "\nSTATUS=" + " ".join(status.split())
         try:
-            self._sock.sendto(message.encode(), self._address)
+            # A path that is not UTF-8 (in STATUS=) is sent with replacement characters, never refused.
+            self._sock.sendto(message.encode("utf-8", "replace"), self._address)
         except OSError as exc:  # BlockingIOError too: a full socket is not waited for
             if not self._failing:
                 self._failed(message.partition("\n")[0], exc.strerror or type(exc).__name__)

@@ -129,6 +129,11 @@ class TestMessages:
             "STOPPING=1\nSTATUS=stopping on SIGTERM, 2 runs to end",
         ] == listener.received()
 
+    def test_a_status_that_is_not_utf8(self, listener: Listener) -> None:
+        """A config path that is not UTF-8 (a surrogate escape) is sent with a replacement character."""
+        notifier(listener.address).ready("1 task from /srv/caf\udce9.yaml")
+        assert ["READY=1\nSTATUS=1 task from /srv/caf?.yaml"] == listener.received()
+
     def test_abstract_namespace(self) -> None:
         """`@name` is a socket in Linux's abstract namespace."""
         bound = Listener(f"@scheduler-test-{uuid.uuid4().hex}")
@@ -148,7 +153,7 @@ class TestMessages:
         clock.t += 1.0
         sent.heartbeat()
         assert (["WATCHDOG=1"], 0.5) == (listener.received(), sent.due_in())
-        clock.t += 0.5
+        clock.t += 0.49  # the loop's sleep ends a little early: close enough
         sent.heartbeat()
         sent.heartbeat()
         assert (["WATCHDOG=1"], 1.5) == (listener.received(), sent.due_in())
@@ -231,3 +236,4 @@ class TestFailures:
         assert [("notify.failed", address, "not an absolute path or an @abstract name")] == [
             (e["event"], e["socket"], e["error"]) for e in logs
         ]
+        assert None is sent.due_in()
