@@ -50,22 +50,6 @@ _posix_spawn_works = hasattr(os, "posix_spawn")
 _sealed_in_pid: int | None = None  # the process whose descriptors _use_posix_spawn made close-on-exec
 
 
-@dataclass(frozen=True, slots=True)
-class _Events:
-    """The names of a run's events, by its kind."""
-
-    started: str
-    output: str
-    finished: str
-    not_started: str  # a command that could not start: no `started`, and this one (with `error`) alone
-
-
-_EVENTS: dict[RunKind, _Events] = {
-    "task": _Events("task.started", "task.output", "task.finished", "task.finished"),
-    "hook": _Events("hook.started", "hook.output", "hook.finished", "hook.failed"),
-}
-
-
 @dataclass(frozen=True)
 class RunResult:
     """How a run ended, as logged in task.finished; `scheduler run-now` exits with its shell_exit_status."""
@@ -115,7 +99,6 @@ class Run:
         self.trigger = trigger
         self.scheduled_for = scheduled_for
         self.kind: RunKind = kind
-        self._events = _EVENTS[kind]
         self.pid: int | None = None
         self._log = log  # bound to the task and run id once the child is on its way
         self._guard = guard
@@ -252,7 +235,7 @@ class Run:
         if self.kind == "task":
             self._log.info("task.started", trigger=self.trigger, scheduled_for=scheduled_for, pid=pid)
         else:
-            self._log.info(self._events.started, pid=pid)  # the hook's name and its run are bound
+            self._log.info("hook.started", pid=pid)  # the hook's name and its run are bound
         if task.timeout_s is not None and not self._leader_gone:
             self._timeout_timer = self._loop.call_later(
                 max(task.timeout_s - (time.monotonic() - started), 0.0), self.stop, "timed_out"
@@ -377,10 +360,13 @@ class Run:
     def _log_line(self, stream: str, line: bytes, truncated: bool) -> None:
         self._keep_tail(line)
         text = line.decode("utf-8", errors="replace")
+        fields: dict[str, object] = {"stream": stream, "line": text}
         if truncated:
-            self._log.info(self._events.output, stream=stream, line=text, truncated=True)
+            fields["truncated"] = True
+        if self.kind == "task":
+            self._log.info("task.output", **fields)
         else:
-            self._log.info(self._events.output, stream=stream, line=text)
+            self._log.info("hook.output", **fields)
 
     def _keep_tail(self, line: bytes) -> None:
         tail = self._tail
@@ -397,7 +383,6 @@ class Run:
         _cancel(self._timeout_timer)
         if self.pid is not None:
             self._guard.release(self.pid)
-        event = self._events.finished
         fields: dict[str, object] = {
             "status": result.status,
             "exit_code": result.exit_code,
@@ -405,15 +390,15 @@ class Run:
             "duration_s": result.duration_s,
         }
         if result.error is not None:
-            event = self._events.not_started
-            if event != self._events.finished:
-                fields = {}  # hook.failed: why it could not start, and nothing about a run that never was
             fields["error"] = result.error
+        log = self._log.info if result.status == "succeeded" else self._log.warning
         try:
-            if result.status == "succeeded":
-                self._log.info(event, **fields)
-            else:
-                self._log.warning(event, **fields)
+            if self.kind == "task":
+                log("task.finished", **fields)
+            elif result.error is None:
+                log("hook.finished", **fields)
+            else:  # why it could not start, and nothing about a run that never was
+                self._log.warning("hook.failed", error=result.error)
         finally:
             self._result.set_result(result)
 
