@@ -4,8 +4,12 @@ binds, and the test reads READY=1, WATCHDOG=1 and STOPPING=1 from it."""
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import shlex
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -16,7 +20,10 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import SCHEDULER
+
 pytestmark = pytest.mark.integration
+UNIT = Path(__file__).resolve().parent.parent.parent / "deploy" / "scheduler.service"
 
 # A task that says whether it sees the clock's systemd variables (it must not).
 CONFIG = """\
@@ -141,3 +148,60 @@ class TestNotify:
         clock.stop()
         gaps = [b - a for (a, _), (b, _) in itertools.pairwise(keepalives)]
         assert max(gaps) < 0.6, gaps
+
+
+def _unit_settings() -> dict[str, list[str]]:
+    """The [Service] settings of deploy/scheduler.service, each key with its values in order."""
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+class TestDeployUnit:
+    def test_the_units_command_speaks_the_protocol(self, tmp_path: Path, systemd: FakeSystemd) -> None:
+        """deploy/scheduler.service's ExecStart and Environment=, run as systemd would (its notify socket,
+        WATCHDOG_USEC from WatchdogSec=): READY=1, a first WATCHDOG=1, and STOPPING=1 on SIGTERM, then a
+        clean exit well within TimeoutStopSec."""
+        settings = _unit_settings()
+        assert ["notify"] == settings["Type"]
+        (exec_start,) = settings["ExecStart"]
+        argv = shlex.split(exec_start)
+        config = tmp_path / "schedules.yaml"
+        config.write_text(CONFIG)
+        argv = [*SCHEDULER, *(str(config) if arg == "/srv/app/schedules.yaml" else arg for arg in argv[1:])]
+        (watchdog,) = settings["WatchdogSec"]
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+        }
+        for assignment in settings.get("Environment", []):
+            name, _, value = assignment.partition("=")
+            env[name] = value
+        env.update(NOTIFY_SOCKET=systemd.path, WATCHDOG_USEC=str(int(watchdog.removesuffix("s")) * 1_000_000))
+        clock = subprocess.Popen(
+            argv,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            systemd.wait_for("READY=1")
+            systemd.wait_for("WATCHDOG=1")
+            began = time.monotonic()
+            clock.send_signal(signal.SIGTERM)
+            systemd.wait_for("STOPPING=1")
+            assert 0 == clock.wait(30)
+            (timeout_stop,) = settings["TimeoutStopSec"]
+            assert time.monotonic() - began < float(timeout_stop.removesuffix("s"))
+        finally:
+            if clock.poll() is None:
+                clock.kill()
+                clock.wait()
+        assert ["READY=1", "WATCHDOG=1", "STOPPING=1"] == systemd.first_lines()
+        assert clock.stdout is not None
+        events = [json.loads(line)["event"] for line in clock.stdout.read().splitlines()]  # the unit's JSON
+        assert ("scheduler.started", "scheduler.stopped") == (events[0], events[-1])
