@@ -327,6 +327,7 @@ def run(
         )
         the_clock.install_signal_handlers()
         await the_clock.run()
+        the_clock.ignore_late_signals()
 
     from scheduler.pings import Pinger  # urllib and ssl: only for the clock
 

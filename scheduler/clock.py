@@ -195,6 +195,16 @@ class ClockLoop:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
+    def ignore_late_signals(self) -> None:
+        """Once the shutdown is over, what is left before exit is bounded (flushes): a SIGTERM, SIGINT or
+        SIGHUP now (Heroku sends SIGTERM more than once) is ignored, rather than killing the process before
+        `scheduler.stopped` or printing a KeyboardInterrupt. Removing asyncio's handlers first keeps the
+        loop's close from putting the default actions back."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+
     async def run(self) -> None:
         """Fire tasks until a stop is requested, then shut down within the grace."""
         now = self._time.now()

@@ -276,3 +276,30 @@ def test_every_logged_event_is_documented_with_the_fields_it_carries() -> None:
         if "*" not in logged[event] and fields - logged[event] - bound
     }
     assert wrong == {}, "fields documented that the events do not carry"
+
+
+def _logfmt_keys(line: str) -> list[str]:
+    return re.findall(r'(?:^| )([a-z_]+)=(?:"(?:[^"\\]|\\.)*"|\S*)', line)
+
+
+def test_log_examples_carry_documented_fields_in_the_order_the_formatter_writes() -> None:
+    """The example lines in docs/logs.md and the README are hand-picked from real runs: each names a documented event, with
+    fields the table lists for it, in the order scheduler/log.py puts them."""
+    from scheduler import log
+
+    documented = _documented_events()
+    _, bound = _logged_events()
+    text = (ROOT / "docs" / "logs.md").read_text() + (ROOT / "README.md").read_text()
+    examples = [line for line in text.splitlines() if line.startswith("timestamp=")]
+    assert len(examples) >= 10
+    for line in examples:
+        keys = _logfmt_keys(line)
+        assert keys[:3] == ["timestamp", "level", "event"], line
+        event = re.search(r" event=(\S+)", line)
+        assert event is not None
+        name = event.group(1)
+        assert name in documented, line
+        extra = set(keys[3:]) - documented[name] - bound
+        assert not extra, f"{line}\n  fields not in the table for {name}: {sorted(extra)}"
+        in_order = log._ordered_keys(dict.fromkeys(keys))
+        assert keys == in_order, f"{line}\n  the formatter writes: {in_order}"

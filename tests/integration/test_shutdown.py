@@ -67,3 +67,33 @@ class TestBoundedShutdown:
             proxy.close()
         assert elapsed < EXIT_BOUND_S
         assert "scheduler.stopped" == clock.events[-1]["event"]
+
+
+def test_sigterms_after_the_shutdown_do_not_kill_the_exit(start_clock: Callable[..., ClockProcess]) -> None:
+    """Heroku may send SIGTERM more than once. One that comes after the loop has closed, while the exit
+    flushes (here: a ping to a server that never answers, held for the ping flush bound), is ignored: the
+    process still exits 0 and `scheduler.stopped` is its last event."""
+    import socket
+
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(64)  # connections complete in the backlog and are never answered
+    port = blackhole.getsockname()[1]
+    try:
+        clock = start_clock(
+            "tasks:\n  tick:\n    schedule: '* * * * * *'\n    command: 'true'\n"
+            f"    ping_url: http://127.0.0.1:{port}/ping\n    ping_timeout: 30s\n"
+        )
+        clock.wait_event("task.finished", timeout=10)
+        clock.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while clock.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                clock.signal(signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        assert 0 == clock.stop(timeout=15)
+        assert clock.events[-1]["event"] == "scheduler.stopped"
+    finally:
+        blackhole.close()
