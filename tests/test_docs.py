@@ -283,8 +283,8 @@ def _logfmt_keys(line: str) -> list[str]:
 
 
 def test_log_examples_carry_documented_fields_in_the_order_the_formatter_writes() -> None:
-    """The example lines in docs/logs.md and the README are hand-picked from real runs: each names a documented event, with
-    fields the table lists for it, in the order scheduler/log.py puts them."""
+    """The example lines in docs/logs.md and the README are hand-picked from real runs: each names a
+    documented event, with fields the table lists for it, in the order scheduler/log.py puts them."""
     from scheduler import log
 
     documented = _documented_events()
