@@ -48,3 +48,8 @@ class StoreError(SchedulerError):
 class StoreMissingError(StoreError):
     """A command that only reads the run history named a SQLite file that does not exist (a mistyped path
     would otherwise create a new, empty database)."""
+
+
+class ControlError(SchedulerError):
+    """A pause, resume or run request that cannot be made as asked (a pause ending in the past, a reason too
+    long...). The message names the task and the bad value."""
