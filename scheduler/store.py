@@ -1121,6 +1121,14 @@ class Store(ABC):
             lambda: self._query(_SQL_REQUEST_STARTED, (run_id, self.namespace, request_id)),
         )
 
+    def release_request(self, request_id: int, clock_id: str) -> None:
+        """Give back a request this clock holds and will not start (a reload removed its task): it is pending
+        again, for another clock."""
+        sql = f"{_SQL_RELEASE_REQUESTS} AND id = ?"
+        self._call(
+            "give back a run request", lambda: self._query(sql, (self.namespace, clock_id, request_id))
+        )
+
     @abstractmethod
     def lock_single_clock(self) -> None:
         """Make sure no other clock uses this store, where the backend cannot arbitrate clocks itself.
