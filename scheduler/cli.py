@@ -30,7 +30,14 @@ from scheduler.config import (
     parse_duration,
     suggest,
 )
-from scheduler.errors import ConfigError, SchedulerError, StoreError, StoreMissingError, UnknownTaskError
+from scheduler.errors import (
+    ConfigError,
+    ControlError,
+    SchedulerError,
+    StoreError,
+    StoreMissingError,
+    UnknownTaskError,
+)
 from scheduler.loader import load_config, load_isolated
 from scheduler.observe import NO_METRICS
 from scheduler.runs import iso_utc, new_run_id
@@ -277,6 +284,7 @@ def run(
             recorder=recorder,
             metrics=metrics_server.metrics if metrics_server is not None else NO_METRICS,
             pinger=pinger,
+            control=recorder,
         )
         the_clock.install_signal_handlers()
         await the_clock.run()
@@ -761,6 +769,108 @@ def init(path: str) -> None:
         (f"scheduler run{config}", "start the clock, in the foreground"),
     ):
         click.echo(f"  {command.ljust(width)}  {what}")
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--for", "duration", metavar="DURATION", help="End the pause after this long (90m, 2h, 1d).")
+@click.option(
+    "--until", "until_text", metavar="ISO8601", help="End the pause at this instant (UTC without an offset)."
+)
+@click.option("--reason", default="", metavar="TEXT", help="Why, for the logs and the audit trail.")
+@click.option(
+    "--by", metavar="NAME", help="Who pauses it, for the logs and the audit trail (default: $USER@host)."
+)
+@_config_option
+@_store_option
+def pause(
+    task: str,
+    duration: str | None,
+    until_text: str | None,
+    reason: str,
+    by: str | None,
+    config_path: str,
+    store_url: str | None,
+) -> None:
+    """Pause TASK on every clock sharing the store, until `scheduler resume` (or --for / --until).
+
+    The clocks skip its scheduled fires from their next look at the store, about a second (task.skipped,
+    reason paused); the pause outlives restarts and deploys. Runs going are left alone, and run requests
+    still start. Exit status 69 when the store cannot be reached.
+    """
+    config = _load(config_path)
+    spec = _task(config, task)
+    if duration is not None and until_text is not None:
+        raise click.UsageError("give --for or --until, not both")
+    until = None
+    if until_text is not None:
+        until = _parse_instant(until_text, "--until")
+    elif duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--for") from None
+        if seconds <= 0:
+            raise click.BadParameter(f"'{duration}': a pause lasts longer than 0", param_hint="--for")
+        until = datetime.now(UTC) + timedelta(seconds=seconds)
+    store = _control_store(config, store_url, "pause")
+    actor = by or _actor()
+    override = _control_call(store, lambda s: s.pause(spec.name, by=actor, until=until, reason=reason))
+    end = "until resumed" if override.until is None else f"until {_zone_time(override.until, spec.zone)}"
+    click.echo(f"paused {spec.name} {end}, by {override.by}" + (f": {reason}" if reason else ""))
+
+
+@cli.command()
+@click.argument("task")
+@click.option(
+    "--by", metavar="NAME", help="Who resumes it, for the logs and the audit trail (default: $USER@host)."
+)
+@_config_option
+@_store_option
+def resume(task: str, by: str | None, config_path: str, store_url: str | None) -> None:
+    """Resume TASK on every clock sharing the store: it fires again from their next look at the store,
+    about a second. Exit status 69 when the store cannot be reached."""
+    config = _load(config_path)
+    spec = _task(config, task)
+    store = _control_store(config, store_url, "resume")
+    actor = by or _actor()
+    held = _control_call(store, lambda s: s.resume(spec.name, by=actor))
+    click.echo(f"resumed {spec.name}, by {actor}" if held else f"{spec.name} was not paused")
+
+
+def _control_store(config: Config, store_url: str | None, command: str) -> Store:
+    """The store pause and resume write to; without one, a usage error (exit 2) that says how to add one.
+    A SQLite file that is not there is refused too (exit 2): a pause in a new database no clock reads (a
+    mistyped path) would do nothing, silently."""
+    store = _open_store(config, store_url, create=False)
+    if store is None:
+        raise click.UsageError(
+            f"{command} needs a store shared with the clocks: add a line such as "
+            f"`store: sqlite:///.scheduler/state.db` to {config.path}, or pass --store URL"
+        )
+    return store
+
+
+def _control_call(store: Store, call: Callable[[Store], _T]) -> _T:
+    """One bounded call for pause or resume: an unreachable store exits 69; a refused value, or a SQLite
+    file that is not there, exits 2."""
+    try:
+        result = _bounded(store, call)
+    except (ControlError, StoreMissingError) as exc:
+        _fail(exc)
+    except StoreError as exc:
+        click.echo(f"scheduler: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    _close(store)
+    return result
+
+
+def _actor() -> str:
+    """Who acts, as the audit trail names them: the user (or uid) and the host (or Heroku dyno)."""
+    from scheduler.recorder import host_name
+
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid{os.getuid()}"
+    return f"{user}@{host_name()}"
 
 
 @cli.command()

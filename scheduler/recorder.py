@@ -62,10 +62,11 @@ class History:
 def clock_identity() -> str:
     """Who claims a run, as stored in claimed_by: the Heroku dyno name (or the host name), the pid, and a
     random token, since a restarted dyno often gets the same name and pid: 'clock.1:4:5f0c2a'."""
-    return f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return f"{host_name()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def _host() -> str:
+def host_name() -> str:
+    """The machine a clock or a command runs on, as the store names it: the Heroku dyno, else the host."""
     return os.environ.get("DYNO") or socket.gethostname()
 
 
@@ -94,7 +95,7 @@ class Recorder:
     ) -> None:
         self.store = store
         self.claimed_by = claimed_by or clock_identity()
-        self._info = ClockInfo(self.claimed_by, _host(), os.getpid(), __version__, config_digest)
+        self._info = ClockInfo(self.claimed_by, host_name(), os.getpid(), __version__, config_digest)
         self._on_stop_requested = on_stop_requested
         self._heartbeat_s = heartbeat_s
         self._heartbeat_job: asyncio.Task[None] | None = None
