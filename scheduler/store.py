@@ -613,6 +613,17 @@ class Override:
         `until` if there is one. So a pause ends by itself at `until`, whoever looks."""
         return self.paused and (self.until is None or at < self.until)
 
+    def to_json(self) -> dict[str, object]:
+        """The override for `--json` output (`scheduler list --json`, a dashboard): instants as ISO 8601
+        strings in UTC, the task left to the caller's key."""
+        return {
+            "paused": self.paused,
+            "until": _iso(self.until),
+            "reason": self.reason,
+            "by": self.by,
+            "at": _iso(self.at),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class RunRequest:

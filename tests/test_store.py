@@ -1244,6 +1244,16 @@ class TestOverride:
         assert Override("t", True, None, "", "ops", T0).holds(T0 + timedelta(days=3650))
         assert not Override("t", False, None, "", "ops", T0).holds(T0)
 
+    def test_to_json(self) -> None:
+        """What `list --json` and a dashboard show of a pause."""
+        assert {
+            "paused": True,
+            "until": "2026-11-27T10:00:00+00:00",
+            "reason": "disk full",
+            "by": "ops",
+            "at": "2026-11-27T09:00:00+00:00",
+        } == Override("t", True, T0, "disk full", "ops", T0 - timedelta(hours=1)).to_json()
+
 
 class TestPause:
     def test_every_store_sees_the_pause(self, make_store: Callable[..., Store]) -> None:
