@@ -1075,6 +1075,8 @@ class Store(ABC):
         status and one trigger or any, `limit` at most. `before` is the previous page's RunPage.before: the
         pages neither skip nor repeat a run however many runs start meanwhile."""
         _check_limit(limit)
+        if status is not None and status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}: use {', '.join(RUN_STATUSES)}")
         where, params = _filters(task=task, status=status, trigger=trigger)
         if before is not None:
             started_at, run_key = _parse_cursor(before)

@@ -1540,3 +1540,5 @@ class TestDashboardReads:
             store.runs(before="yesterday")
         with pytest.raises(ValueError, match="limit must be from 1 to 1000, not 0"):
             store.runs(limit=0)
+        with pytest.raises(ValueError, match="unknown run status 'done': use running, succeeded"):
+            store.runs(status="done")
