@@ -60,7 +60,8 @@ PAGE_MAX = 1000
 """The most rows one read for a dashboard returns (runs(), requests(), actions())."""
 REQUEST_STATES = ("pending", "claimed", "started", "expired", "lost")
 """A run request's life: pending until a clock claims it, started once its run is, expired when no clock
-claimed it within REQUEST_TTL_S, lost when its clock stopped or died between the claim and the start."""
+claimed it within REQUEST_TTL_S, lost when its clock died (or stopped with writes it could not make) between
+the claim and the start."""
 
 _T = TypeVar("_T")
 
@@ -1092,7 +1093,8 @@ class Store(ABC):
     def poll(self, clock_id: str, tasks: Container[str] | None) -> Poll:
         """A clock's look at the control plane, about once a second, in one short transaction: renew its
         lease, read the overrides, expire the requests pending for over REQUEST_TTL_S, and, unless `tasks` is
-        None (a stopping clock), claim up to REQUESTS_PER_POLL pending requests for the tasks it knows.
+        None (a stopping clock) or the clock holds no lease (no heartbeat registered it, or it stopped),
+        claim up to REQUESTS_PER_POLL pending requests for the tasks it knows.
 
         Exactly one clock claims each request: a request changes from pending only under its row's lock
         (PostgreSQL: FOR UPDATE SKIP LOCKED, so that no poll waits for another; SQLite: the write lock). The
@@ -1103,13 +1105,15 @@ class Store(ABC):
 
         def poll() -> Poll:
             with self._transaction():
-                self._query(self._sql(_SQL_RENEW), (ns, clock_id))
+                # A clock that has no lease (not registered yet after an outage at start, or stopped) claims
+                # nothing: a live clock's heartbeat would take its requests for lost.
+                live = self._update(self._sql(_SQL_RENEW), (ns, clock_id)) == 1
                 overrides = self._overrides()
                 stale = [self._request(row) for row in self._query(self._sql(_SQL_STALE_REQUESTS), (ns,))]
                 if stale:
                     self._set_requests("state = 'expired'", (), [request.id for request in stale])
                 expired = [replace(request, state="expired") for request in stale]
-                if tasks is not None:
+                if tasks is not None and live:
                     wanted = [
                         request_id
                         for request_id, task in self._query(_SQL_PENDING_REQUESTS, (ns,))

@@ -1368,6 +1368,8 @@ class TestRunRequests:
         """A pending request is claimed by the first clock that polls and knows the task; another clock's
         poll gets nothing."""
         web, a, b = make_store(), make_store(), make_store()
+        a.heartbeat(clock(A))
+        b.heartbeat(clock(B))
         request_id = web.request_run("backup", by="ann")
         [pending] = web.requests()
         assert (request_id, "backup", "ann", "pending", None) == (
@@ -1387,6 +1389,7 @@ class TestRunRequests:
     def test_unknown_task_stays_pending(self, store: Store) -> None:
         """A clock that does not know the task leaves its request for another clock; a stopping clock
         (tasks None) claims nothing."""
+        store.heartbeat(clock(A))
         store.request_run("new-task", by="ann")
         assert [] == store.poll(A, {"backup"}).requests
         assert [] == store.poll(A, None).requests
@@ -1395,6 +1398,7 @@ class TestRunRequests:
     def test_held_until_started(self, store: Store) -> None:
         """A clock's poll answers the requests it holds until it notes their start, so that an answer lost
         to a timeout is not a request lost; started, the request names its run."""
+        store.heartbeat(clock(A))
         request_id = store.request_run("backup", by="ann")
         assert [request_id] == [r.id for r in store.poll(A, {"backup"}).requests]
         assert [request_id] == [r.id for r in store.poll(A, {"backup"}).requests]
@@ -1406,6 +1410,7 @@ class TestRunRequests:
     def test_oldest_first_and_bounded(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
         """A poll claims the oldest requests first, at most REQUESTS_PER_POLL."""
         monkeypatch.setattr(store_module, "REQUESTS_PER_POLL", 2)
+        store.heartbeat(clock(A))
         ids = [store.request_run("backup", by="ann") for _ in range(3)]
         assert ids[:2] == [r.id for r in store.poll(A, {"backup"}).requests]
         store.request_started(ids[0], "0" * 12)
@@ -1424,10 +1429,23 @@ class TestRunRequests:
         assert Poll({}, [], []) == b.poll(B, {"unknown"})
         assert ["expired"] == [r.state for r in a.requests()]
 
+    def test_only_a_clock_with_a_lease_claims(self, make_store: Callable[..., Store]) -> None:
+        """A clock no heartbeat registered (the store was down at its start), or one that stopped, claims
+        nothing: a live clock would take the requests it held for lost."""
+        a, b = make_store(), make_store()
+        a.request_run("backup", by="ann")
+        assert [] == a.poll(A, {"backup"}).requests
+        b.heartbeat(clock(B))
+        b.stop_clock(B)
+        assert [] == b.poll(B, {"backup"}).requests
+        a.heartbeat(clock(A))
+        assert ["backup"] == [r.task for r in a.poll(A, {"backup"}).requests]
+
     def test_stopping_clock_gives_its_requests_back(self, make_store: Callable[..., Store]) -> None:
         """A clock that stops with every start noted gives back what it holds: another clock claims it."""
         a, b = make_store(), make_store()
         a.heartbeat(clock(A))
+        b.heartbeat(clock(B))
         request_id = a.request_run("backup", by="ann")
         a.poll(A, {"backup"})
         a.stop_clock(A, release_requests=True)
