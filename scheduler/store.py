@@ -12,6 +12,7 @@ namespace, so that several apps can share one database without meeting.
 from __future__ import annotations
 
 import fcntl
+import json
 import math
 import os
 import time
@@ -506,6 +507,22 @@ _SQL_PRUNE_ACTIONS = (
 _SQL_RUNS_PAGE = f"""
     SELECT id, {_COLUMN_LIST} FROM scheduler_runs WHERE namespace = ? {{where}}
     ORDER BY started_at DESC, id DESC LIMIT ?
+"""
+# The newest runs of each task named, without their output: an index probe per task, however long the
+# history. Both backends take the names as one parameter; {limit} is the number per task.
+_LATEST_COLUMNS = ", ".join("NULL" if column == "output" else f"run.{column}" for column in _COLUMNS)
+_SQLITE_LATEST = f"""
+    SELECT run.id, {_LATEST_COLUMNS} FROM json_each(?) AS named
+    JOIN scheduler_runs AS run ON run.id IN (
+        SELECT id FROM scheduler_runs WHERE namespace = ? AND task = named.value
+        ORDER BY started_at DESC, id DESC LIMIT ?
+    )
+"""
+_POSTGRES_LATEST = f"""
+    SELECT run.* FROM unnest(?::text[]) AS named (task) CROSS JOIN LATERAL (
+        SELECT id, {_LATEST_COLUMNS.replace("run.", "")} FROM scheduler_runs AS run
+        WHERE namespace = ? AND task = named.task ORDER BY started_at DESC, id DESC LIMIT ?
+    ) AS run
 """
 
 
@@ -1090,6 +1107,25 @@ class Store(ABC):
         more = len(rows) > limit
         return RunPage(records, _cursor(records[-1].started_at, int(rows[limit - 1][0])) if more else None)
 
+    def latest_runs(self, tasks: Sequence[str], per_task: int = 1) -> dict[str, list[RunRecord]]:
+        """The newest `per_task` runs of each task named (as history() orders them, newest first), without
+        their output: a dashboard's last-run column and strips of recent runs. One statement, an index probe
+        per task, whatever the history's length. Tasks without runs are left out."""
+        if not 1 <= per_task <= PAGE_MAX:
+            raise ValueError(f"per_task must be from 1 to {PAGE_MAX}, not {per_task}")
+        names = sorted(set(tasks))
+        if not names:
+            return {}
+        rows = self._call("read the latest runs", lambda: self._latest(names, per_task))
+        latest: dict[str, list[tuple[datetime, int, RunRecord]]] = {}
+        for row in rows:
+            record = self._record(row[1:])
+            latest.setdefault(record.task, []).append((record.started_at, int(row[0]), record))
+        return {
+            task: [record for _, _, record in sorted(runs, key=lambda run: run[:2], reverse=True)]
+            for task, runs in latest.items()
+        }
+
     def poll(self, clock_id: str, tasks: Container[str] | None) -> Poll:
         """A clock's look at the control plane, about once a second, in one short transaction: renew its
         lease, read the overrides, expire the requests pending for over REQUEST_TTL_S, and, unless `tasks` is
@@ -1294,6 +1330,10 @@ class Store(ABC):
     @abstractmethod
     def _insert(self, sql: str, params: Sequence[object]) -> int:
         """Run one INSERT of one row into a table with an `id` key; the new row's id."""
+
+    @abstractmethod
+    def _latest(self, tasks: list[str], per_task: int) -> list[tuple[Any, ...]]:
+        """latest_runs()'s rows: the row id, then the columns, the output NULL."""
 
     def _owns_all_runs(self) -> bool:
         """Whether this store's clock is the only one (so that any run still `running` is lost)."""
@@ -1503,6 +1543,9 @@ class _SQLiteStore(Store):
         assert row_id is not None
         return row_id
 
+    def _latest(self, tasks: list[str], per_task: int) -> list[tuple[Any, ...]]:
+        return self._query(_SQLITE_LATEST, (json.dumps(tasks), self.namespace, per_task))
+
     def _owns_all_runs(self) -> bool:
         return self._lock_fd is not None
 
@@ -1606,6 +1649,9 @@ class _PostgresStore(Store):
             else:
                 claims.append(Claim(policy != "skip" or running_on is None, running_on))
         return claims
+
+    def _latest(self, tasks: list[str], per_task: int) -> list[tuple[Any, ...]]:
+        return self._query(_POSTGRES_LATEST, (tasks, self.namespace, per_task))
 
     def _ago(self, seconds: float) -> str:
         return f"(now() - interval '{seconds:f} seconds')"

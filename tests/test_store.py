@@ -1560,3 +1560,39 @@ class TestDashboardReads:
             store.runs(limit=0)
         with pytest.raises(ValueError, match="unknown run status 'done': use running, succeeded"):
             store.runs(status="done")
+
+
+class TestLatestRuns:
+    def test_newest_per_task(self, store: Store) -> None:
+        """Each named task's newest runs, newest first (by start, then insertion), at most per_task."""
+        a = [run("a", m) for m in range(4)]
+        twin = run("a", 9, "manual", started_minutes=3)
+        store.claim([*a, run("b", 1)])
+        store.record(twin)
+        latest = store.latest_runs(["a", "b"], 3)
+        assert [twin.run_id, a[3].run_id, a[2].run_id] == [r.run_id for r in latest["a"]]
+        assert ["b"] == [r.task for r in latest["b"]]
+        assert {"a": [twin]} == {
+            k: [replace(r, output=None) for r in v] for k, v in store.latest_runs(["a"]).items()
+        }
+
+    def test_without_output(self, store: Store) -> None:
+        """The output stays in the database: a strip of runs needs none of it."""
+        record = run("a")
+        store.claim([record])
+        finish(store, record, output="x" * 4000)
+        [latest] = store.latest_runs(["a"])["a"]
+        assert (None, "succeeded", 1.0) == (latest.output, latest.status, latest.duration_s)
+
+    def test_only_tasks_named_and_with_runs(self, make_store: Callable[..., Store]) -> None:
+        """Tasks not named, tasks without runs, and other namespaces' runs are left out."""
+        mine, theirs = make_store(namespace="mine"), make_store(namespace="theirs")
+        mine.claim([run("a"), run("b")])
+        theirs.claim([run("c")])
+        assert ["a"] == list(mine.latest_runs(["a", "c", "never"]))
+        assert {} == mine.latest_runs([])
+
+    def test_bounds(self, store: Store) -> None:
+        """per_task from 1 to PAGE_MAX."""
+        with pytest.raises(ValueError, match="per_task must be from 1 to 1000, not 0"):
+            store.latest_runs(["a"], 0)
