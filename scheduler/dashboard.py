@@ -25,7 +25,7 @@ from scheduler.config import Config, TaskSpec
 from scheduler.errors import ConfigError, NoLiveClockError, StoreError, UnknownTaskError
 from scheduler.runs import iso_utc
 from scheduler.schedule import Fire
-from scheduler.store import Action, ClockRow, Override, RunPage, RunRecord, RunRequest, Store
+from scheduler.store import RUN_STATUSES, Action, ClockRow, Override, RunPage, RunRecord, RunRequest, Store
 
 _T = TypeVar("_T")
 
@@ -49,7 +49,6 @@ RECENT_ACTIONS = 20
 """Entries of a task's audit trail on its page."""
 FAILING_STATUSES = ("failed", "timed_out", "killed", "lost")
 """A task whose last run ended so is failing."""
-RUN_STATUSES = ("running", "succeeded", "failed", "timed_out", "killed", "skipped", "lost")
 RUN_TRIGGERS = ("schedule", "catch_up", "manual", "retry")
 
 

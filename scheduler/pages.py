@@ -18,7 +18,6 @@ from urllib.parse import quote, urlencode
 from scheduler.config import TaskSpec, format_duration
 from scheduler.dashboard import (
     FAILING_STATUSES,
-    RUN_STATUSES,
     RUN_TRIGGERS,
     STRIP_RUNS,
     ClocksPage,
@@ -29,7 +28,7 @@ from scheduler.dashboard import (
     TaskRow,
 )
 from scheduler.redact import host_only, redact
-from scheduler.store import Override, RunRecord
+from scheduler.store import RUN_STATUSES, Override, RunRecord
 
 _MASK = "••••••"
 _STRIP_BAR_W = 6
