@@ -514,14 +514,15 @@ _LATEST_COLUMNS = ", ".join("NULL" if column == "output" else f"run.{column}" fo
 _SQLITE_LATEST = f"""
     SELECT run.id, {_LATEST_COLUMNS} FROM json_each(?) AS named
     JOIN scheduler_runs AS run ON run.id IN (
-        SELECT id FROM scheduler_runs WHERE namespace = ? AND task = named.value
+        SELECT id FROM scheduler_runs WHERE namespace = ? AND task = named.value AND started_at <= {{now}}
         ORDER BY started_at DESC, id DESC LIMIT ?
     )
 """
 _POSTGRES_LATEST = f"""
     SELECT run.* FROM unnest(?::text[]) AS named (task) CROSS JOIN LATERAL (
         SELECT id, {_LATEST_COLUMNS.replace("run.", "")} FROM scheduler_runs AS run
-        WHERE namespace = ? AND task = named.task ORDER BY started_at DESC, id DESC LIMIT ?
+        WHERE namespace = ? AND task = named.task AND started_at <= {{now}}
+        ORDER BY started_at DESC, id DESC LIMIT ?
     ) AS run
 """
 
@@ -1109,8 +1110,9 @@ class Store(ABC):
 
     def latest_runs(self, tasks: Sequence[str], per_task: int = 1) -> dict[str, list[RunRecord]]:
         """The newest `per_task` runs of each task named (as history() orders them, newest first), without
-        their output: a dashboard's last-run column and strips of recent runs. One statement, an index probe
-        per task, whatever the history's length. Tasks without runs are left out."""
+        their output: a dashboard's last-run column and strips of recent runs. Claims made ahead, for an
+        instant still to come, are left out, and so are tasks without runs. One statement, an index probe per
+        task, whatever the history's length."""
         if not 1 <= per_task <= PAGE_MAX:
             raise ValueError(f"per_task must be from 1 to {PAGE_MAX}, not {per_task}")
         names = sorted(set(tasks))
@@ -1544,7 +1546,7 @@ class _SQLiteStore(Store):
         return row_id
 
     def _latest(self, tasks: list[str], per_task: int) -> list[tuple[Any, ...]]:
-        return self._query(_SQLITE_LATEST, (json.dumps(tasks), self.namespace, per_task))
+        return self._query(self._sql(_SQLITE_LATEST), (json.dumps(tasks), self.namespace, per_task))
 
     def _owns_all_runs(self) -> bool:
         return self._lock_fd is not None
@@ -1651,7 +1653,7 @@ class _PostgresStore(Store):
         return claims
 
     def _latest(self, tasks: list[str], per_task: int) -> list[tuple[Any, ...]]:
-        return self._query(_POSTGRES_LATEST, (tasks, self.namespace, per_task))
+        return self._query(self._sql(_POSTGRES_LATEST), (tasks, self.namespace, per_task))
 
     def _ago(self, seconds: float) -> str:
         return f"(now() - interval '{seconds:f} seconds')"

@@ -1596,3 +1596,10 @@ class TestLatestRuns:
         """per_task from 1 to PAGE_MAX."""
         with pytest.raises(ValueError, match="per_task must be from 1 to 1000, not 0"):
             store.latest_runs(["a"], 0)
+
+    def test_claims_ahead_left_out(self, store: Store) -> None:
+        """A claim made ahead, for an instant still to come, is not a task's last run."""
+        done = run("a", started_minutes=0)
+        ahead = replace(run("a", 1), started_at=datetime.now(UTC) + timedelta(seconds=30))
+        store.claim([done, ahead])
+        assert [done.run_id] == [r.run_id for r in store.latest_runs(["a"], 5)["a"]]
