@@ -2,7 +2,8 @@
 // pages still work: forms post and come back, and a reload shows what changed. With it:
 // - the page's content is fetched again every few seconds (body data-refresh) and swapped in place,
 //   keeping open outputs open, and never while a field is being edited or the tab is hidden;
-// - an action (run now, pause, resume) is posted in the background and its answer shown at the top.
+// - an action (run now, pause, resume) is posted in the background, its answer shown at the top, and the
+//   content fetched again at once and twice in the next seconds, so that the run or the pause shows.
 (function () {
   "use strict";
 
@@ -98,6 +99,9 @@
         if (document.activeElement instanceof HTMLElement) {
           document.activeElement.blur();
         }
+        // A clock acts on a request at its next poll, about a second: look again soon, not only in a while.
+        setTimeout(refresh, 1500);
+        setTimeout(refresh, 3500);
         return refresh();
       });
   });
