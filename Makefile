@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= schedules.example.yaml
 METRICS_ADDR ?= 127.0.0.1:9464
+WEB_ADDR ?= 127.0.0.1:8080
+STORE ?= sqlite:///.scheduler/run.db
 
 .PHONY: run test lint typecheck unit dist bench clean
 
@@ -13,8 +15,11 @@ $(BIN)/scheduler: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# The clock with a SQLite store and its dashboard (the web.serving line gives its URL).
 run: $(BIN)/scheduler
-	$(BIN)/scheduler run --config $(CONFIG) --log-format console --metrics-addr $(METRICS_ADDR)
+	@echo "dashboard: http://$(WEB_ADDR)/"
+	$(BIN)/scheduler run --config $(CONFIG) --log-format console --metrics-addr $(METRICS_ADDR) \
+		--store $(STORE) --web $(WEB_ADDR)
 
 lint: $(BIN)/scheduler
 	$(BIN)/ruff check scheduler tests bench
