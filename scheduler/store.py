@@ -1119,6 +1119,8 @@ class Store(ABC):
         if not names:
             return {}
         rows = self._call("read the latest runs", lambda: self._latest(names, per_task))
+        if per_task == 1:
+            return {record.task: [record] for record in (self._record(row[1:]) for row in rows)}
         latest: dict[str, list[tuple[datetime, int, RunRecord]]] = {}
         for row in rows:
             record = self._record(row[1:])
