@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -31,8 +31,14 @@ _T = TypeVar("_T")
 
 STORE_DEADLINE_S = 5.0
 """The longest one page waits for the store; then it says the store is not answering."""
-STORE_CONNECTIONS = 4
-"""Connections the dashboard keeps to the store: this many pages read at once, the others wait their turn."""
+STORE_CONNECTIONS = 1
+"""Connections the dashboard keeps to the store: one read at a time, the others wait their turn (each is a
+few milliseconds), so that however many browsers poll it the dashboard never keeps more than one database
+process busy: on a machine shared with a clock, a core stays free for the clock's fires."""
+SHARED_FOR_S = 1.0
+"""What every task's row needs (last runs, pauses, runs going, clocks) is read once and shared by the pages
+and API calls of the next second: twenty browsers polling cost the database what one does. An action clears
+it, so that what it did shows at once."""
 CONFIG_CHECK_S = 2.0
 """The schedules file is looked at (a stat) at most this often, and read again when it changed."""
 OVERVIEW_PAGE = 100
@@ -339,6 +345,60 @@ class ClocksPage:
     store: StoreStatus
 
 
+class _Shared:
+    """Values that the requests of a moment share (for fresh_s), each fetched once however many ask at once.
+    A fetch that fails fails for the callers that were waiting on it too (a store that does not answer
+    costs them one deadline, not one each, in turn); a caller that comes later tries again."""
+
+    _MAX_ENTRIES = 64
+
+    def __init__(self, fresh_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._fresh_s = fresh_s
+        self._monotonic = monotonic
+        self._entries: dict[object, tuple[float, Any]] = {}
+        self._locks: dict[object, threading.Lock] = {}
+        self._failures: dict[object, tuple[float, BaseException]] = {}
+        self._guard = threading.Lock()
+
+    def get(self, key: object, fetch: Callable[[], _T]) -> _T:
+        if self._fresh_s <= 0:
+            return fetch()
+        hit = self._fresh(key)
+        if hit is not None:
+            return hit[1]  # type: ignore[no-any-return]
+        arrived = self._monotonic()
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one fetch per key at a time: the others wait for its answer
+            hit = self._fresh(key)
+            if hit is not None:
+                return hit[1]  # type: ignore[no-any-return]
+            failed = self._failures.get(key)
+            if failed is not None and failed[0] >= arrived:
+                raise failed[1]
+            started = self._monotonic()
+            try:
+                value = fetch()
+            except BaseException as exc:
+                self._failures[key] = (self._monotonic(), exc)
+                raise
+            with self._guard:
+                if len(self._entries) >= self._MAX_ENTRIES:
+                    self._entries.clear()
+                self._entries[key] = (started, value)
+            return value
+
+    def clear(self) -> None:
+        with self._guard:
+            self._entries.clear()
+
+    def _fresh(self, key: object) -> tuple[float, Any] | None:
+        hit = self._entries.get(key)
+        if hit is not None and self._monotonic() - hit[0] < self._fresh_s:
+            return hit
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class _Reads:
     """The store's side of a page, read in one bounded call."""
@@ -361,11 +421,14 @@ class Dashboard:
         *,
         log: FilteringBoundLogger,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        shared_for_s: float = SHARED_FOR_S,
     ) -> None:
+        """shared_for_s: how long the reads every task's row needs are shared (0: each request reads)."""
         self.schedules = schedules
         self.stores = stores
         self._log = log
         self._now = now
+        self._shared = _Shared(shared_for_s)
 
     # Reads.
 
@@ -384,19 +447,26 @@ class Dashboard:
                 if needle in f"{s.name}\n{s.schedule.text}\n{self.schedules.words(s)}".lower()
             ]
 
-        def read(store: Store) -> _Reads:
-            clocks, overrides, running = store.clocks(), store.overrides(), store.running()
-            last = store.latest_runs([spec.name for spec in config.tasks.values()])
-            kept = [s for s in specs if not failing_only or _failing(last.get(s.name))]
-            shown = _page_of(kept, page, OVERVIEW_PAGE)
-            strips = store.latest_runs([s.name for s in shown], STRIP_RUNS) if shown else {}
-            return _Reads(clocks, overrides, running, last, strips)
-
-        reads, situation = self._read(read, now)
+        try:
+            reads = self._every_task(list(config.tasks))
+        except StoreError as exc:
+            reads, situation = _Reads(), Situation(now, None, self.schedules.error, str(exc))
+        else:
+            situation = Situation(now, sum(1 for c in reads.clocks if c.alive), self.schedules.error)
         last = {task: runs[0] for task, runs in reads.last.items()}
         kept = [s for s in specs if not failing_only or _failing(last.get(s.name))]
         pages = max(1, -(-len(kept) // OVERVIEW_PAGE))
         page = min(max(page, 1), pages)
+        shown = tuple(spec.name for spec in _page_of(kept, page, OVERVIEW_PAGE))
+        if shown and situation.store_error is None:
+            try:
+                strips = self._shared.get(
+                    ("strips", shown), lambda: self.stores.call(lambda s: s.latest_runs(shown, STRIP_RUNS))
+                )
+            except StoreError as exc:
+                situation = Situation(now, None, self.schedules.error, str(exc))
+            else:
+                reads = replace(reads, strips=strips)
         rows = [self._row(spec, now, reads, last) for spec in _page_of(kept, page, OVERVIEW_PAGE)]
         failing = sum(1 for name in config.tasks if _failing(last.get(name)))
         paused = sum(1 for name in config.tasks if _holding(reads.overrides.get(name), now))
@@ -409,12 +479,7 @@ class Dashboard:
         propagates: the API says 503 rather than half an answer."""
         config = self.schedules.current()
         now = self._now()
-        names = list(config.tasks)
-
-        def read(store: Store) -> _Reads:
-            return _Reads(overrides=store.overrides(), running=store.running(), last=store.latest_runs(names))
-
-        reads = self.stores.call(read)
+        reads = self._every_task(list(config.tasks))
         last = {task: runs[0] for task, runs in reads.last.items()}
         return [self._row(spec, now, reads, last) for spec in config.tasks.values()]
 
@@ -559,6 +624,7 @@ class Dashboard:
             return store.request_run(spec.name, by=by)
 
         request_id = self.stores.call(request)
+        self._shared.clear()
         self._log.info("web.action", action="run", task=spec.name, by=by, request_id=request_id)
         return request_id
 
@@ -566,6 +632,7 @@ class Dashboard:
         """Pause the task for every clock until resumed, or until `until`."""
         spec = self.spec(name)
         override = self.stores.call(lambda store: store.pause(spec.name, by=by, until=until, reason=reason))
+        self._shared.clear()
         self._log.info(
             "web.action",
             action="pause",
@@ -580,10 +647,19 @@ class Dashboard:
         """End the task's pause; whether a pause held it."""
         spec = self.spec(name)
         held = self.stores.call(lambda store: store.resume(spec.name, by=by))
+        self._shared.clear()
         self._log.info("web.action", action="resume", task=spec.name, by=by, was_paused=held)
         return held
 
     # Helpers.
+
+    def _every_task(self, names: list[str]) -> _Reads:
+        """What every task's row needs, shared by the requests of the next SHARED_FOR_S."""
+
+        def read(store: Store) -> _Reads:
+            return _Reads(store.clocks(), store.overrides(), store.running(), store.latest_runs(names))
+
+        return self._shared.get(("every task", tuple(names)), lambda: self.stores.call(read))
 
     def _read(self, operation: Callable[[Store], _Reads], now: datetime) -> tuple[_Reads, Situation]:
         """The page's reads, or none and the store's error: pages show what they can without the store."""

@@ -24,6 +24,7 @@ from scheduler.dashboard import (
     Dashboard,
     Schedules,
     Stores,
+    _Shared,
 )
 from scheduler.errors import ConfigError, ControlError, NoLiveClockError, StoreError, UnknownTaskError
 from scheduler.loader import load_config
@@ -78,12 +79,13 @@ def store(url: str) -> Iterator[Store]:
 def make_dashboard(url: str, config_path: Path) -> Iterator[Callable[..., Dashboard]]:
     made: list[Stores] = []
 
-    def make(now: datetime | None = None, deadline_s: float = 5.0) -> Dashboard:
-        stores = Stores(lambda: open_store(url), size=2, deadline_s=deadline_s)
+    def make(now: datetime | None = None, shared_for_s: float = 0) -> Dashboard:
+        """A dashboard on the test's store; by default each read goes to the store (nothing shared)."""
+        stores = Stores(lambda: open_store(url), size=2)
         made.append(stores)
         schedules = Schedules(str(config_path), load_config)
         clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
-        return Dashboard(schedules, stores, log=structlog.get_logger(), now=clock)
+        return Dashboard(schedules, stores, log=structlog.get_logger(), now=clock, shared_for_s=shared_for_s)
 
     yield make
     for stores in made:
@@ -183,7 +185,8 @@ class TestOverview:
         store.heartbeat(CLOCK)
         store.pause("backup", by="ops", reason="migrating")
         store.pause("report", by="ops", until=datetime.now(UTC) + timedelta(hours=1))
-        going = RunRecord("sync", datetime.now(UTC), "schedule", "0123456789ab", CLOCK.id, datetime.now(UTC))
+        at = datetime.now(UTC) - timedelta(seconds=1)  # started by the database's clock too
+        going = RunRecord("sync", at, "schedule", "0123456789ab", CLOCK.id, at)
         store.claim([going])
         view = dashboard.overview()
         rows = {row.name: row for row in view.rows}
@@ -208,7 +211,9 @@ class TestOverview:
             + "".join(f"  t{i:04d}: {{schedule: every minute, command: 'true'}}\n" for i in range(250))
         )
         stores = Stores(lambda: open_store(url), size=1)
-        board = Dashboard(Schedules(str(path), load_config), stores, log=structlog.get_logger())
+        board = Dashboard(
+            Schedules(str(path), load_config), stores, log=structlog.get_logger(), shared_for_s=0
+        )
         try:
             first, third, beyond = board.overview(), board.overview(page=3), board.overview(page=99)
         finally:
@@ -482,3 +487,58 @@ class TestSchedules:
         assert second is not None
         assert second.at == datetime(2026, 12, 1, 9, 20, tzinfo=UTC)
         assert None is schedules.next_fire(schedules.config.tasks["old"], t0)
+
+
+class TestShared:
+    def test_reads_shared_for_a_moment(self, make_dashboard: Callable[..., Dashboard], store: Store) -> None:
+        """Within SHARED_FOR_S the overview and the API share one read of every task's state; an action
+        clears it, so that what it did shows at once."""
+        board = make_dashboard(shared_for_s=60)
+        calls = []
+        real_call = board.stores.call
+
+        def counting(operation: Callable[[Store], Any]) -> Any:
+            calls.append(operation)
+            return real_call(operation)
+
+        board.stores.call = counting  # type: ignore[method-assign]
+        board.overview()
+        first = len(calls)
+        ran(store, "report", "failed")
+        board.overview()
+        board.tasks()
+        assert first == len(calls)
+        assert [] == [r for r in board.tasks() if r.last is not None]
+        board.pause("report", by="web:ana")
+        rows = {r.name: r for r in board.tasks()}
+        assert rows["report"].pause is not None
+        assert rows["report"].last is not None
+
+    def test_waiters_share_a_failure(self) -> None:
+        """A fetch that fails fails those waiting on it too, at once; a later caller tries again."""
+        shared = _Shared(60)
+        gate = threading.Event()
+        fetches = []
+
+        def failing() -> None:
+            fetches.append(1)
+            gate.wait(5)
+            raise StoreError("no answer")
+
+        errors: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                shared.get("k", failing)
+            except StoreError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ask) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.1)
+        gate.set()
+        for thread in threads:
+            thread.join(5)
+        assert (1, 5) == (len(fetches), len(errors))
+        assert 7 == shared.get("k", lambda: 7)

@@ -64,7 +64,9 @@ def make_app(url: str, tmp_path: Path) -> Iterator[Any]:
     def make(**options: Any) -> WebApp:
         stores = Stores(lambda: open_store(url), size=2)
         made.append(stores)
-        dashboard = Dashboard(Schedules(str(path), load_config), stores, log=structlog.get_logger())
+        dashboard = Dashboard(
+            Schedules(str(path), load_config), stores, log=structlog.get_logger(), shared_for_s=0
+        )
         return WebApp(dashboard, log=structlog.get_logger(), **options)
 
     yield make
