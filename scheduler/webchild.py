@@ -1,7 +1,7 @@
 """`scheduler run --web`: the dashboard as a supervised child process of the clock.
 
 The clock binds the dashboard's socket itself (so that a port in use fails its start, exit 2) and hands it
-to a `scheduler web` child, which serves from it. The child runs at a lower CPU priority than the clock, so
+to a `scheduler web` child, which serves from it. The child runs at the lowest CPU priority, so
 that however hard the page is used the clock's fires come first. When the child dies, it is started again
 after 1 s, then 2, 4, ... up to 30 s (back to 1 s once one has lived a minute); a child that exits with
 status 2 (a usage error, such as an invalid file) is not started again. It is stopped with the clock, and
@@ -27,8 +27,9 @@ HEALTHY_AFTER_S = 60.0
 """A child that lived this long was healthy: the next restart waits RESTART_FIRST_S again."""
 STOP_GRACE_S = 2.0
 """At the clock's stop, the child gets this long after SIGTERM before SIGKILL."""
-NICENESS = 10
-"""Added to the child's CPU niceness (0 to 19): the clock's fires come before the page's renders."""
+NICENESS = 19
+"""Added to the child's CPU niceness (at most 19, the lowest priority): the clock's fires come before the
+page's renders, however hard the page is used."""
 EXIT_USAGE = 2
 
 _PR_SET_PDEATHSIG = 1
