@@ -90,6 +90,7 @@ def manual_runs(base: str, task: str) -> list[dict[str, Any]]:
 
 
 class TestAgainstRealClocks:
+    @pytest.mark.timing
     def test_api_run_pause_resume(self, start_clock: Callable[..., ClockProcess], store_url: str) -> None:
         """`run --web` on each store: the API lists the tasks and the clock; a run asked for starts on the
         clock within seconds as trigger manual, naming who asked; a pause makes the clock skip; a resume
