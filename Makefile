@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= schedules.example.yaml
 METRICS_ADDR ?= 127.0.0.1:9464
+WEB_ADDR ?= 127.0.0.1:8080
+STORE ?= sqlite:///.scheduler/run.db
 
 .PHONY: run test lint typecheck unit dist bench clean
 
@@ -13,8 +15,11 @@ $(BIN)/scheduler: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# The clock with a SQLite store and its dashboard (the web.serving line gives its URL).
 run: $(BIN)/scheduler
-	$(BIN)/scheduler run --config $(CONFIG) --log-format console --metrics-addr $(METRICS_ADDR)
+	@echo "dashboard: http://$(WEB_ADDR)/"
+	$(BIN)/scheduler run --config $(CONFIG) --log-format console --metrics-addr $(METRICS_ADDR) \
+		--store $(STORE) --web $(WEB_ADDR)
 
 lint: $(BIN)/scheduler
 	$(BIN)/ruff check scheduler tests bench
@@ -37,10 +42,12 @@ dist: $(BIN)/scheduler
 
 test: lint typecheck dist unit
 
-# Side by side with APScheduler 3 and a C floor; prints a table, writes bench/results/. Needs cc.
+# Side by side with APScheduler 3 and a C floor; prints a table, writes bench/results/. Needs cc. Then the
+# dashboard: server time on a store of 1,000,000 runs, and a clock's latency while it is hammered.
 bench: $(BIN)/scheduler
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/web.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist build *.egg-info

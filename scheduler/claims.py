@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scheduler.runs import new_run_id
 from scheduler.schedule import Schedule
 from scheduler.state import Fire, Host, LogMethod, TaskState
-from scheduler.store import Claim, RunRecord
+from scheduler.store import Claim, Override, RunRecord
 
 if TYPE_CHECKING:
     from scheduler.recorder import History
@@ -73,6 +73,9 @@ class Gate(Protocol):
     def missed(self, name: str, instant: datetime) -> None:
         """A fire will not run: it was missed."""
 
+    def held(self, state: TaskState, instant: datetime) -> None:
+        """A fire will not run: a pause holds it back."""
+
     def unclaimed(self, name: str, instant: datetime, trigger: str, attempt: int = 1) -> str | None:
         """A run about to start without a claim (a retry, its attempt): its run id if it is recorded."""
 
@@ -117,6 +120,9 @@ class Unclaimed:
         pass
 
     def missed(self, name: str, instant: datetime) -> None:
+        pass
+
+    def held(self, state: TaskState, instant: datetime) -> None:
         pass
 
     def unclaimed(self, name: str, instant: datetime, trigger: str, attempt: int = 1) -> str | None:
@@ -167,7 +173,7 @@ class Claims:
     async def open(self, now: datetime, tasks: Mapping[str, TaskState]) -> History | None:
         history = await self._ledger.start(now)
         if history is not None:
-            self._catch_up(tasks, history.claimed, now)
+            self._catch_up(tasks, history.claimed, now, history.overrides)
         return history
 
     def queued(self, fire: Fire) -> None:
@@ -199,8 +205,12 @@ class Claims:
         while self._heap and self._heap[0].due <= horizon:
             fire = heapq.heappop(self._heap)
             key = (fire.name, fire.instant)
-            if not self._host.is_live(fire) or key in self._claims:
-                continue
+            if (
+                not self._host.is_live(fire)
+                or key in self._claims
+                or self._host.paused(fire.name, fire.instant)
+            ):
+                continue  # stale, claimed already, or held back by a pause (then nothing is claimed)
             # started_at: when it is to start.
             start = datetime.fromtimestamp(max(fire.due, now_ts), UTC)
             record = self._record(fire.name, fire.instant, "schedule", start)
@@ -251,6 +261,32 @@ class Claims:
 
     def missed(self, name: str, instant: datetime) -> None:
         self._release(name, instant)  # claimed ahead, then missed
+
+    def held(self, state: TaskState, instant: datetime) -> None:
+        """A pause holds back a due instant. A claim this clock won for it ahead, before it heard of the
+        pause, is recorded as skipped (so that no other clock runs it either); a `catch_up` task's instant
+        is recorded as skipped even unclaimed, so that a catch-up after a restart never runs what a pause
+        held back. Other instants held back leave nothing in the store."""
+        name = state.spec.name
+        claim = self._claims.pop((name, instant), None)
+        if claim is None:
+            if state.spec.catch_up:
+                now = self._host.now()
+                record = self._record(name, instant, "schedule", now)
+                self._ledger.started_unclaimed(replace(record, status="skipped", finished_at=now))
+            return
+        run_id = claim.record.run_id
+
+        def when_answered(answer: asyncio.Future[Claim | None]) -> None:
+            result = answer.result()
+            if result is not None and result.won:
+                self._recorded.add(run_id)
+                self.not_run(run_id)
+
+        if claim.answer.done():
+            when_answered(claim.answer)
+        else:
+            claim.answer.add_done_callback(when_answered)
 
     def unclaimed(self, name: str, instant: datetime, trigger: str, attempt: int = 1) -> str | None:
         record = self._record(name, instant, trigger, self._host.now(), attempt)
@@ -338,20 +374,27 @@ class Claims:
         self._ledger.released(run_id)
 
     def _catch_up(
-        self, tasks: Mapping[str, TaskState], claimed: Mapping[str, datetime], now: datetime
+        self,
+        tasks: Mapping[str, TaskState],
+        claimed: Mapping[str, datetime],
+        now: datetime,
+        overrides: Mapping[str, Override],
     ) -> None:
         """Catch-up policy (a task with catch_up: true, like systemd's Persistent=true): when the newest
         instant any clock claimed for the task is followed by instants before now, none of which any clock
         ran, the task runs once, now, for the newest of them, with trigger catch_up. A task the store has
-        never seen is not caught up. The claim is on that instant, so two clocks starting together catch
-        up once."""
+        never seen is not caught up, nor one paused now (task.skipped, reason paused). The claim is on that
+        instant, so two clocks starting together catch up once."""
         due: list[tuple[TaskState, datetime]] = []
         for name, last in claimed.items():
             state = tasks.get(name)
             if state is None or not state.spec.catch_up or not state.spec.enabled:
                 continue
             missed = newest_missed(state.spec.schedule, last, now)
-            if missed is not None:
+            override = overrides.get(name)
+            if missed is not None and override is not None and override.holds(now):
+                self._host.skipped(name, missed, "paused", self._info)
+            elif missed is not None:
                 state.last_instant = max(missed, state.last_instant or missed)
                 due.append((state, missed))
         if due:

@@ -11,6 +11,7 @@ import re
 import resource
 import shlex
 import signal
+import socket
 import sys
 import textwrap
 import threading
@@ -32,7 +33,14 @@ from scheduler.config import (
     parse_duration,
     suggest,
 )
-from scheduler.errors import ConfigError, SchedulerError, StoreError, StoreMissingError, UnknownTaskError
+from scheduler.errors import (
+    ConfigError,
+    ControlError,
+    SchedulerError,
+    StoreError,
+    StoreMissingError,
+    UnknownTaskError,
+)
 from scheduler.loader import load_config, load_isolated
 from scheduler.observe import NO_METRICS
 from scheduler.runs import iso_utc, new_run_id
@@ -42,6 +50,7 @@ from scheduler.watch import FileWatcher
 if TYPE_CHECKING:
     from scheduler.metrics import MetricsServer
     from scheduler.store import RunRecord, Store
+    from scheduler.webchild import WebChild
 
 EXIT_USAGE = 2  # bad config, unknown task, bad arguments (click uses 2 as well)
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the store named cannot be reached
@@ -258,6 +267,14 @@ def cli() -> None:
     help="Serve Prometheus /metrics and /healthz there (also SCHEDULER_METRICS_ADDR); a bare port binds "
     "127.0.0.1. Off by default.",
 )
+@click.option(
+    "--web",
+    "web_addr",
+    envvar="SCHEDULER_RUN_WEB",
+    metavar="[HOST:]PORT",
+    help="Also serve the dashboard there (`scheduler web`), as a child process that the clock supervises "
+    "(also SCHEDULER_RUN_WEB). Needs a store. Off by default.",
+)
 def run(
     config_path: str,
     log_format: log.LogFormat,
@@ -266,6 +283,7 @@ def run(
     no_watch: bool,
     store_url: str | None,
     metrics_addr: str | None,
+    web_addr: str | None,
 ) -> None:
     """Run the clock: fire every task on its schedule until SIGTERM or SIGINT.
 
@@ -281,10 +299,14 @@ def run(
     config = _load(config_path, env, store_overridden=bool(store_url))
     metrics_server = _serve_metrics(metrics_addr) if metrics_addr else None
     store = _open_store(config, store_url)
+    web_socket = _bind_web(web_addr, store) if web_addr else None
     if store is not None:
         store.lock_single_clock()  # SQLite: refuse a second clock on the same file
-    log.configure(log_format, log_level)
+    resolved_format = log.configure(log_format, log_level)
     logger = log.get_logger()
+    web_child = None
+    if web_socket is not None:
+        web_child = _start_web_child(web_socket, config_path, store_url, resolved_format, log_level, logger)
     if metrics_server is not None:
         host, port = metrics_server.address
         logger.info("metrics.serving", url=f"http://{host}:{port}/metrics")
@@ -324,6 +346,7 @@ def run(
             metrics=metrics_server.metrics if metrics_server is not None else NO_METRICS,
             pinger=pinger,
             notifier=notifier,
+            control=recorder,
         )
         the_clock.install_signal_handlers()
         await the_clock.run()
@@ -337,6 +360,8 @@ def run(
     try:
         asyncio.run(main())
     finally:
+        if web_child is not None:
+            web_child.close()
         guard.close()
         notifier.close()
         pinger.close(timeout_s=_PING_FLUSH_S)
@@ -357,6 +382,45 @@ def _serve_metrics(addr: str) -> MetricsServer:
         return MetricsServer(Metrics(), host, port)
     except OSError as exc:
         raise click.UsageError(f"--metrics-addr {addr}: cannot listen: {exc.strerror or exc}") from None
+
+
+def _bind_web(addr: str, store: Store | None) -> socket.socket:
+    """run --web: check what `scheduler web` would refuse (no store, no password off loopback) and bind its
+    socket now, so that the clock does not start when its page cannot."""
+    from scheduler import web
+
+    if store is None:
+        raise click.UsageError(_NO_STORE_FOR_WEB)
+    try:
+        host, port = web.listen_address(addr, {})
+        web.check_exposure(host, port, web.credentials(os.environ))
+    except SchedulerError as exc:
+        raise click.BadParameter(str(exc), param_hint="--web") from None
+    try:
+        return web.bind(host, port)
+    except OSError as exc:
+        raise click.UsageError(f"--web {addr}: cannot listen: {exc.strerror or exc}") from None
+
+
+def _start_web_child(
+    sock: socket.socket,
+    config_path: str,
+    store_url: str | None,
+    log_format: str,
+    log_level: str,
+    logger: Any,
+) -> WebChild:
+    from scheduler.webchild import WebChild
+
+    argv = [sys.executable, "-m", "scheduler", "web", "-c", os.path.abspath(config_path)]
+    argv += ["--log-format", log_format, "--log-level", log_level]
+    argv += ["--listen-fd", str(sock.fileno()), "--exit-with-parent", str(os.getpid())]
+    env = dict(os.environ)
+    if store_url:
+        env["SCHEDULER_STORE_URL"] = store_url  # not in argv, where `ps` would show its password
+    child = WebChild(argv, sock, log=logger, env=env)
+    child.start()
+    return child
 
 
 def _raise_fd_limit() -> None:
@@ -463,6 +527,85 @@ async def _run_now(spec: TaskSpec, run_id: str, scheduled_for: datetime) -> runn
         return await started.wait()
     finally:
         guard.close()
+
+
+_NO_STORE_FOR_WEB = (
+    "the dashboard needs a store (it shows runs, clocks and pauses, and acts through the store): add a line "
+    "such as `store: sqlite:///.scheduler/state.db` to the schedules file, or pass --store URL"
+)
+
+
+@cli.command()
+@_config_option
+@_log_options
+@_store_option
+@click.option(
+    "--addr",
+    "addr",
+    envvar="SCHEDULER_WEB_ADDR",
+    metavar="[HOST:]PORT",
+    help="Listen there (also SCHEDULER_WEB_ADDR). Default 127.0.0.1:8080, or 0.0.0.0:$PORT when $PORT is "
+    "set (Heroku). Off loopback it needs SCHEDULER_WEB_PASSWORD.",
+)
+@click.option(
+    "--read-only",
+    is_flag=True,
+    envvar="SCHEDULER_WEB_READ_ONLY",
+    help="Show, never act: no run, pause or resume (they answer 403).",
+)
+@click.option("--listen-fd", type=int, hidden=True)
+@click.option("--exit-with-parent", type=int, hidden=True)
+def web(
+    config_path: str,
+    log_format: log.LogFormat,
+    log_level: str,
+    store_url: str | None,
+    addr: str | None,
+    read_only: bool,
+    listen_fd: int | None,
+    exit_with_parent: int | None,
+) -> None:
+    """Serve the dashboard: tasks, runs and clocks, with run now, pause and resume.
+
+    It reads the schedules file for the definitions and the store for everything else, in a process of its
+    own (it never slows a clock). HTTP Basic credentials come from SCHEDULER_WEB_PASSWORD (and
+    SCHEDULER_WEB_USER, default admin); without a password it listens on loopback only.
+    """
+    if exit_with_parent is not None:
+        from scheduler.webchild import die_with_parent
+
+        die_with_parent(exit_with_parent)
+    config = _load(config_path)
+    from scheduler import web as web_module
+
+    if _open_store(config, store_url) is None:
+        raise click.UsageError(_NO_STORE_FOR_WEB)
+    host, port = web_module.listen_address(addr, os.environ)
+    creds = web_module.credentials(os.environ)
+    web_module.check_exposure(host, port, creds)
+    log.configure(log_format, log_level)
+    logger = log.get_logger()
+    sock = socket.socket(fileno=listen_fd) if listen_fd is not None else None
+
+    def open_one() -> Store:
+        store = _open_store(config, store_url)
+        assert store is not None  # checked above
+        return store
+
+    try:
+        server = web_module.serve(
+            config_path,
+            open_one,
+            host,
+            port,
+            sock=sock,
+            creds=creds,
+            read_only=read_only,
+            log=logger,
+        )
+    except OSError as exc:
+        raise click.UsageError(f"--addr {host}:{port}: cannot listen: {exc.strerror or exc}") from None
+    server.run_until_signalled()
 
 
 @cli.command("next")
@@ -810,6 +953,108 @@ def init(path: str) -> None:
         (f"scheduler run{config}", "start the clock, in the foreground"),
     ):
         click.echo(f"  {command.ljust(width)}  {what}")
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--for", "duration", metavar="DURATION", help="End the pause after this long (90m, 2h, 1d).")
+@click.option(
+    "--until", "until_text", metavar="ISO8601", help="End the pause at this instant (UTC without an offset)."
+)
+@click.option("--reason", default="", metavar="TEXT", help="Why, for the logs and the audit trail.")
+@click.option(
+    "--by", metavar="NAME", help="Who pauses it, for the logs and the audit trail (default: $USER@host)."
+)
+@_config_option
+@_store_option
+def pause(
+    task: str,
+    duration: str | None,
+    until_text: str | None,
+    reason: str,
+    by: str | None,
+    config_path: str,
+    store_url: str | None,
+) -> None:
+    """Pause TASK on every clock sharing the store, until `scheduler resume` (or --for / --until).
+
+    The clocks skip its scheduled fires from their next look at the store, about a second (task.skipped,
+    reason paused); the pause outlives restarts and deploys. Runs going are left alone, and run requests
+    still start. Exit status 69 when the store cannot be reached.
+    """
+    config = _load(config_path)
+    spec = _task(config, task)
+    if duration is not None and until_text is not None:
+        raise click.UsageError("give --for or --until, not both")
+    until = None
+    if until_text is not None:
+        until = _parse_instant(until_text, "--until")
+    elif duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--for") from None
+        if seconds <= 0:
+            raise click.BadParameter(f"'{duration}': a pause lasts longer than 0", param_hint="--for")
+        until = datetime.now(UTC) + timedelta(seconds=seconds)
+    store = _control_store(config, store_url, "pause")
+    actor = by or _actor()
+    override = _control_call(store, lambda s: s.pause(spec.name, by=actor, until=until, reason=reason))
+    end = "until resumed" if override.until is None else f"until {_zone_time(override.until, spec.zone)}"
+    click.echo(f"paused {spec.name} {end}, by {override.by}" + (f": {reason}" if reason else ""))
+
+
+@cli.command()
+@click.argument("task")
+@click.option(
+    "--by", metavar="NAME", help="Who resumes it, for the logs and the audit trail (default: $USER@host)."
+)
+@_config_option
+@_store_option
+def resume(task: str, by: str | None, config_path: str, store_url: str | None) -> None:
+    """Resume TASK on every clock sharing the store: it fires again from their next look at the store,
+    about a second. Exit status 69 when the store cannot be reached."""
+    config = _load(config_path)
+    spec = _task(config, task)
+    store = _control_store(config, store_url, "resume")
+    actor = by or _actor()
+    held = _control_call(store, lambda s: s.resume(spec.name, by=actor))
+    click.echo(f"resumed {spec.name}, by {actor}" if held else f"{spec.name} was not paused")
+
+
+def _control_store(config: Config, store_url: str | None, command: str) -> Store:
+    """The store pause and resume write to; without one, a usage error (exit 2) that says how to add one.
+    A SQLite file that is not there is refused too (exit 2): a pause in a new database no clock reads (a
+    mistyped path) would do nothing, silently."""
+    store = _open_store(config, store_url, create=False)
+    if store is None:
+        raise click.UsageError(
+            f"{command} needs a store shared with the clocks: add a line such as "
+            f"`store: sqlite:///.scheduler/state.db` to {config.path}, or pass --store URL"
+        )
+    return store
+
+
+def _control_call(store: Store, call: Callable[[Store], _T]) -> _T:
+    """One bounded call for pause or resume: an unreachable store exits 69; a refused value, or a SQLite
+    file that is not there, exits 2."""
+    try:
+        result = _bounded(store, call)
+    except (ControlError, StoreMissingError) as exc:
+        _fail(exc)
+    except StoreError as exc:
+        click.echo(f"scheduler: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    _close(store)
+    return result
+
+
+def _actor() -> str:
+    """Who acts, as the audit trail names them: the user (or uid) and the host (or Heroku dyno)."""
+    from scheduler.recorder import host_name
+
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid{os.getuid()}"
+    return f"{user}@{host_name()}"
 
 
 @cli.command()

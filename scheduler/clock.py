@@ -30,6 +30,7 @@ from structlog.typing import FilteringBoundLogger
 from scheduler import __version__
 from scheduler.claims import YIELD_EVERY_FIRES, Claims, Gate, Ledger, Unclaimed
 from scheduler.config import Config, TaskSpec
+from scheduler.control import Control, ControlLedger, NoControl
 from scheduler.followups import FollowUps, StartRun
 from scheduler.loader import Loaded
 from scheduler.observe import NO_METRICS, NO_NOTIFY, NO_PINGS, MetricsSink, NotifySink, PingSink
@@ -118,6 +119,7 @@ class ClockLoop:
         metrics: MetricsSink = NO_METRICS,
         pinger: PingSink = NO_PINGS,
         notifier: NotifySink = NO_NOTIFY,
+        control: ControlLedger | None = None,
     ) -> None:
         self.config = config
         self._start_run = start_run
@@ -164,6 +166,13 @@ class ClockLoop:
             unclaimed=self._gate.unclaimed,
             wake=self._wake.set,
         )
+        self._control: Control | NoControl = NoControl()
+        if control is not None:
+            # config.tasks, not self._tasks: the poll reads it on the store's thread, and a reload replaces
+            # the config whole rather than changing it.
+            self._control = Control(
+                control, self, tasks=lambda: self.config.tasks, unclaimed=self._gate.unclaimed, log=log
+            )
 
     # Requests from signal handlers (or tests): they only record and wake the loop.
 
@@ -211,6 +220,8 @@ class ClockLoop:
         for spec in self.config.tasks.values():
             self._tasks[spec.name] = TaskState(spec)
         history = await self._gate.open(now, self._tasks)
+        if history is not None:
+            self._control.seed(history.overrides)
         now = self._time.now()
         for state in self._tasks.values():
             self._schedule(state, now)
@@ -239,6 +250,7 @@ class ClockLoop:
                     self._start_refresh("file")
                 if self._on_tick is not None:
                     self._on_tick()
+                self._control.tick()
             current = self._time.now().timestamp()
             # Wake for the next fire, claim or retry, or for the next poll of the config file.
             delay = MAX_SLEEP_S - abs(current - last_poll.timestamp())
@@ -285,6 +297,9 @@ class ClockLoop:
         state = self._tasks.get(fire.name)
         return state is not None and state.generation == fire.generation
 
+    def paused(self, name: str, at: datetime) -> bool:
+        return self._control.paused(name, at)
+
     def skipped(self, name: str, instant: datetime, reason: str, log: LogMethod, **fields: Any) -> None:
         log("task.skipped", task=name, scheduled_for=iso_utc(instant), reason=reason, **fields)
         self._metrics.skipped(name, reason)
@@ -303,6 +318,7 @@ class ClockLoop:
         run_id: str | None = None,
         yield_cpu: bool | None = None,
         attempt: int = 1,
+        requested_by: str | None = None,
     ) -> bool:
         """Start a run, subject to the task's overlap policy.
 
@@ -310,9 +326,10 @@ class ClockLoop:
         `allow` starts another; `replace` stops the running ones as a timeout would (SIGTERM, SIGKILL
         after kill_grace) and starts the new one at once. Across clocks sharing a store, the claim applies
         the same policies (Claims._decide), and stop_replaced stops this clock's run that another replaced.
+        A manual run (a run request, see Control._start) starts whatever the policy, as run-now does.
         """
         spec = state.spec
-        if state.busy:
+        if state.busy and trigger != "manual":
             if spec.overlap == "skip":
                 self.skipped(spec.name, instant, "overlap", self._log.info)
                 if run_id is not None:
@@ -330,7 +347,7 @@ class ClockLoop:
                 run_id=run_id or new_run_id(),
                 trigger=trigger,
                 scheduled_for=instant,
-                log=self._log.bind(attempt=attempt) if spec.retries else self._log,
+                log=self._run_log(spec, attempt, requested_by),
                 env=self._env,
                 yield_cpu=self._yield_after_start() if yield_cpu is None else yield_cpu,
             )
@@ -347,6 +364,12 @@ class ClockLoop:
         # A callback, not a task per run: a burst of starts creates nothing more on the way to its spawns.
         run.when_done(functools.partial(self._run_ended, state, run, attempt))
         return True
+
+    def _run_log(self, spec: TaskSpec, attempt: int, requested_by: str | None) -> FilteringBoundLogger:
+        """The logger of a run's events: with its attempt when the task retries, and with who asked for it
+        when it was requested (task.started then names them)."""
+        log = self._log.bind(attempt=attempt) if spec.retries else self._log
+        return log if requested_by is None else log.bind(requested_by=requested_by)
 
     # Scheduling
 
@@ -413,7 +436,7 @@ class ClockLoop:
             # On time, the common case: no other instant can have passed (a schedule's instants are at
             # least a second apart), so the run starts first and the next fire is worked out after it.
             state.last_instant = first
-            started = self._gate.fire(state, first)
+            started = self._fire(state, first)
             self._push(state, spec.schedule.next_fire(first).at)
             return started
         newest, count, previous = first, 1, None
@@ -434,9 +457,18 @@ class ClockLoop:
         if late_s <= spec.grace_s and not capped:
             if count > 1:
                 self._missed(spec.name, count - 1, first, previous or first, capped=False)
-            return self._gate.fire(state, newest)
+            return self._fire(state, newest)
         self._missed(spec.name, count, first, newest, capped=capped)
         return False
+
+    def _fire(self, state: TaskState, instant: datetime) -> bool:
+        """Hand a due instant to the gate, unless a pause holds it back (Control.paused): then it is skipped
+        (task.skipped, reason paused) and the gate lets go of it."""
+        if self._control.paused(state.spec.name, instant):
+            self.skipped(state.spec.name, instant, "paused", self._log.info)
+            self._gate.held(state, instant)
+            return False
+        return self._gate.fire(state, instant)
 
     def _missed(self, name: str, count: int, first: datetime, last: datetime, *, capped: bool) -> None:
         self._metrics.missed(name, count)

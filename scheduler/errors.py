@@ -48,3 +48,17 @@ class StoreError(SchedulerError):
 class StoreMissingError(StoreError):
     """A command that only reads the run history named a SQLite file that does not exist (a mistyped path
     would otherwise create a new, empty database)."""
+
+
+class ControlError(SchedulerError):
+    """A pause, resume or run request that cannot be made as asked (a pause ending in the past, a reason too
+    long...). The message names the task and the bad value."""
+
+
+class NoLiveClockError(ControlError):
+    """A run was asked for while no live clock uses the store: nothing would run it, so it is not asked."""
+
+
+class WebError(SchedulerError):
+    """The dashboard cannot start as asked: an address it may not listen on without a password, or a bad
+    one."""

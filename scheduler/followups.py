@@ -97,7 +97,8 @@ class FollowUps:
         Retry policy: a run that did not succeed (failed, timed out, killed by `replace`) is run again
         while attempts remain (`retries`), after RetryPolicy.delay_after; each attempt is a run of its own
         with trigger `retry`, under the overlap policy. A scheduled run of the task that starts meanwhile
-        ends the retries, and so does shutdown (the loop stops calling this) or removing the task.
+        ends the retries, and so do a pause holding the task when a retry is due, shutdown (the loop stops
+        calling this) and removing the task.
         The final ping and on_success / on_failure come once, after the last attempt: not for attempts
         that will be retried, and not during shutdown, when runs are stopped rather than failing.
         """
@@ -137,6 +138,11 @@ class FollowUps:
         if state is None or retry is None or retry.due > now_ts:
             return  # superseded by a scheduled run, or the task was removed
         state.retry = None
+        if self._host.paused(name, self._host.now()):
+            # A pause holds retries back too: the retries end here, as failed.
+            self._host.skipped(name, retry.instant, "paused", self._log.info)
+            self._final(retry.failed, retry.result)
+            return
         run_id = self._unclaimed(name, retry.instant, "retry", retry.attempt)
         if not self._host.start(
             state, retry.instant, "retry", run_id=run_id, yield_cpu=True, attempt=retry.attempt

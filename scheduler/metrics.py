@@ -8,9 +8,7 @@ the loop's thread only; expose() and health() may be called from any thread.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import re
 import socket
 import socketserver
 import sys
@@ -25,15 +23,14 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
+from scheduler import addr
+
 DEFAULT_METRICS_PORT = 9464
 # /healthz says 503 when the loop's heartbeat is older than this.
 HEALTH_STALE_S = 10.0
 # Run durations in seconds, 0.1 s to 1 h (+Inf above).
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
-# parse_addr's host when the address names none: never expose metrics beyond this machine unless asked.
-_DEFAULT_HOST = "127.0.0.1"
-_MAX_PORT = 65535
 # generate_latest writes the classic text format, whatever newer format the library defaults to elsewhere.
 _METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _HEALTH_CONTENT_TYPE = "application/json"
@@ -196,40 +193,9 @@ class Metrics:
             pass  # never created, or already removed
 
 
-_PORT = re.compile(r"[0-9]{1,5}")
-_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
-
-
 def parse_addr(text: str) -> tuple[str, int]:
-    """'9464' or ':9464' -> ('127.0.0.1', 9464) (loopback unless an address says otherwise);
-    '0.0.0.0:9464', '127.0.0.1:9464', '[::1]:9464', 'localhost:9464' as given. Bad input: ValueError with a
-    clear message (port must be 0..65535; 0 picks a free port)."""
-    spec = text.strip()
-    if "://" in spec:
-        raise ValueError(f"metrics address {text!r}: give host:port, not a URL")
-    if spec.startswith("["):
-        host, bracket, port_text = spec[1:].partition("]")
-        if not bracket or port_text[:1] not in ("", ":"):  # "[::1" or "[::1]9464"
-            raise ValueError(f"metrics address {text!r}: write an IPv6 address as in [::1]:9464")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"metrics address {text!r}: {host!r} is not an IPv6 address") from None
-        port_text = port_text[1:]
-    else:
-        host, colon, port_text = spec.rpartition(":")
-        if not colon or not host:
-            host = _DEFAULT_HOST
-        elif ":" in host:
-            raise ValueError(f"metrics address {text!r}: put an IPv6 address in brackets, as in [::1]:9464")
-        elif not _HOST_NAME.fullmatch(host):
-            raise ValueError(f"metrics address {text!r}: {host!r} is not a host name or address")
-    if not _PORT.fullmatch(port_text) or int(port_text) > _MAX_PORT:
-        raise ValueError(
-            f"metrics address {text!r}: port must be 0..{_MAX_PORT} (0 picks a free port), "
-            f"as in {DEFAULT_METRICS_PORT}, :{DEFAULT_METRICS_PORT} or 0.0.0.0:{DEFAULT_METRICS_PORT}"
-        )
-    return host, int(port_text)
+    """--metrics-addr: '9464' or ':9464' -> ('127.0.0.1', 9464); see scheduler.addr.parse_addr."""
+    return addr.parse_addr(text, what="metrics address", example_port=DEFAULT_METRICS_PORT)
 
 
 class MetricsServer:

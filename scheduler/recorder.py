@@ -23,8 +23,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -32,7 +32,7 @@ from structlog.typing import FilteringBoundLogger
 
 from scheduler import __version__
 from scheduler.errors import StoreError
-from scheduler.store import HEARTBEAT_S, Beat, Claim, ClockInfo, RunRecord, Store
+from scheduler.store import HEARTBEAT_S, Beat, Claim, ClockInfo, Override, Poll, RunRecord, Store
 
 _T = TypeVar("_T")
 
@@ -56,15 +56,17 @@ class History:
     claimed: dict[str, datetime]  # the newest instant any clock claimed: for catch-up
     last_run: dict[str, datetime]  # when the newest run started: for the metrics
     last_success: dict[str, datetime]  # when the newest successful run ended: for the metrics
+    overrides: dict[str, Override] = field(default_factory=dict)  # the pauses, before the first fire
 
 
 def clock_identity() -> str:
     """Who claims a run, as stored in claimed_by: the Heroku dyno name (or the host name), the pid, and a
     random token, since a restarted dyno often gets the same name and pid: 'clock.1:4:5f0c2a'."""
-    return f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return f"{host_name()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def _host() -> str:
+def host_name() -> str:
+    """The machine a clock or a command runs on, as the store names it: the Heroku dyno, else the host."""
     return os.environ.get("DYNO") or socket.gethostname()
 
 
@@ -93,7 +95,7 @@ class Recorder:
     ) -> None:
         self.store = store
         self.claimed_by = claimed_by or clock_identity()
-        self._info = ClockInfo(self.claimed_by, _host(), os.getpid(), __version__, config_digest)
+        self._info = ClockInfo(self.claimed_by, host_name(), os.getpid(), __version__, config_digest)
         self._on_stop_requested = on_stop_requested
         self._heartbeat_s = heartbeat_s
         self._heartbeat_job: asyncio.Task[None] | None = None
@@ -138,7 +140,10 @@ class Recorder:
         lost = self.store.mark_lost(self.claimed_by, now)
         beat = self.store.heartbeat(self._info)
         last_runs = {task: record.started_at for task, record in self.store.last_runs().items()}
-        return lost, beat, History(self.store.last_claimed(), last_runs, self.store.last_successes())
+        history = History(
+            self.store.last_claimed(), last_runs, self.store.last_successes(), self.store.overrides()
+        )
+        return lost, beat, history
 
     async def claim_runs(
         self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None, *, ahead: bool = False
@@ -156,6 +161,26 @@ class Recorder:
         except StoreError as exc:
             self._went_down(exc)
             return None
+
+    async def poll(self, tasks: Container[str] | None) -> Poll | None:
+        """The control plane as the store has it for this clock (Store.poll: the pauses, the run requests it
+        holds, claiming those pending for `tasks`); None when the store is unavailable or did not answer
+        within the claim timeout, so that a poll under way never holds up a shutdown for longer."""
+        if not self._available:
+            return None
+        try:
+            return await self._call(lambda: self.store.poll(self.claimed_by, tasks), self._claim_timeout_s)
+        except StoreError as exc:
+            self._went_down(exc)
+            return None
+
+    def request_started(self, request_id: int, run_id: str) -> None:
+        """Note that a run request this clock holds started as `run_id`; written in the background."""
+        self._queue(lambda store: store.request_started(request_id, run_id))
+
+    def request_released(self, request_id: int) -> None:
+        """Give back a run request this clock holds and will not start; written in the background."""
+        self._queue(lambda store: store.release_request(request_id, self.claimed_by))
 
     def config_changed(self, digest: str) -> None:
         """Note the config this clock now runs (after a reload); the next heartbeat tells the store."""
@@ -175,7 +200,8 @@ class Recorder:
 
     async def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Give the queued writes up to timeout_s to reach the store, note the clean stop (so that nothing
-        of this clock is taken for lost), then let go of it."""
+        of this clock is taken for lost) and, when every write reached the store (so every start of a run
+        request is noted), give back the run requests it holds; then let go of the store."""
         if self._heartbeat_job is not None:
             self._heartbeat_job.cancel()
         if self._reconnect_job is not None:
@@ -194,7 +220,11 @@ class Recorder:
         if self._available:
             remaining = max(deadline - time.monotonic(), 0.01)
             try:
-                await self._call(lambda: self.store.stop_clock(self.claimed_by), remaining)
+                # Decided on the store's thread, after every write queued before it has landed or failed.
+                await self._call(
+                    lambda: self.store.stop_clock(self.claimed_by, release_requests=not self._pending),
+                    remaining,
+                )
             except StoreError:
                 pass  # the lease runs out instead
         self._worker.submit(self.store.close)

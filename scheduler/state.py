@@ -72,6 +72,9 @@ class Host(Protocol):
     def is_live(self, fire: Fire) -> bool:
         """Whether a queued fire still belongs to its task's current schedule."""
 
+    def paused(self, name: str, at: datetime) -> bool:
+        """Whether a pause holds back what of this task is due at `at` (control.Control.paused)."""
+
     def start(
         self,
         state: TaskState,
@@ -81,8 +84,9 @@ class Host(Protocol):
         run_id: str | None = None,
         yield_cpu: bool | None = None,
         attempt: int = 1,
+        requested_by: str | None = None,
     ) -> bool:
-        """Start a run under the task's overlap policy; True if one started."""
+        """Start a run under the task's overlap policy (a manual one whatever it is); True if one started."""
 
     def skipped(self, name: str, instant: datetime, reason: str, log: LogMethod, **fields: Any) -> None: ...
 

@@ -12,18 +12,19 @@ namespace, so that several apps can share one database without meeting.
 from __future__ import annotations
 
 import fcntl
+import json
 import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from scheduler.config import DEFAULT_KEEP_RUNS
-from scheduler.errors import StoreError, StoreMissingError
+from scheduler.errors import ControlError, StoreError, StoreMissingError
 from scheduler.redact import redact, secrets
 from scheduler.runs import STORE_TAIL_BYTES, iso_utc, utf8_tail
 
@@ -47,6 +48,21 @@ CLOCK_KEEP_S = 7 * 24 * 3600.0
 """Rows of clocks stopped or dead for longer than this are deleted."""
 OVERLAP_POLICIES = ("skip", "replace")
 """The overlap policies claim() enforces across clocks; `allow` needs nothing."""
+REQUEST_TTL_S = 300.0
+"""A run request no live clock has claimed this long after it was made expires (state `expired`): no clock
+runs its task, or none runs at all. A clock that starts later does not run it."""
+REQUESTS_PER_POLL = 100
+"""The most run requests one poll claims; the rest wait for the next poll."""
+REQUEST_KEEP_S = CLOCK_KEEP_S
+"""Run requests that were started, expired or lost are deleted this long after they were made."""
+ACTION_KEEP_S = 90 * 24 * 3600.0
+"""The audit trail (pauses, resumes, run requests) keeps this long."""
+PAGE_MAX = 1000
+"""The most rows one read for a dashboard returns (runs(), requests(), actions())."""
+REQUEST_STATES = ("pending", "claimed", "started", "expired", "lost")
+"""A run request's life: pending until a clock claims it, started once its run is, expired when no clock
+claimed it within REQUEST_TTL_S, lost when its clock died (or stopped with writes it could not make) between
+the claim and the start."""
 
 _T = TypeVar("_T")
 
@@ -140,6 +156,49 @@ def _leases(timestamp: str) -> list[str]:
 _ATTEMPT = ["ALTER TABLE scheduler_runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1"]
 
 
+def _control(timestamp: str, serial: str, boolean: str) -> list[str]:
+    """Migration 4, for a backend's types: the control plane (pauses, run requests, the audit trail), and an
+    index for the newest runs across tasks (a dashboard's first page)."""
+    return [
+        # One row per task ever paused or resumed: its latest state, kept after a resume to say who did it.
+        f"""CREATE TABLE scheduler_overrides (
+            namespace TEXT NOT NULL,
+            task TEXT NOT NULL,
+            paused {boolean} NOT NULL,
+            until_at {timestamp},
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            changed_at {timestamp} NOT NULL,
+            PRIMARY KEY (namespace, task)
+        )""",
+        f"""CREATE TABLE scheduler_requests (
+            id {serial},
+            namespace TEXT NOT NULL,
+            task TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            requested_at {timestamp} NOT NULL,
+            state TEXT NOT NULL,
+            claimed_by TEXT,
+            claimed_at {timestamp},
+            run_id TEXT
+        )""",
+        "CREATE INDEX scheduler_requests_state ON scheduler_requests (namespace, state, id)",
+        "CREATE INDEX scheduler_requests_task ON scheduler_requests (namespace, task, id)",
+        f"""CREATE TABLE scheduler_actions (
+            id {serial},
+            namespace TEXT NOT NULL,
+            acted_at {timestamp} NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            task TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )""",
+        "CREATE INDEX scheduler_actions_task ON scheduler_actions (namespace, task, id)",
+        "CREATE INDEX scheduler_actions_at ON scheduler_actions (namespace, acted_at)",
+        "CREATE INDEX scheduler_runs_started ON scheduler_runs (namespace, started_at)",
+    ]
+
+
 # Migration N (counting from 1) takes a database from schema version N-1 to N. Append, never edit: a database
 # records the version it is at. Both backends have the same number of migrations with the same meaning.
 _SQLITE_MIGRATIONS: list[list[str]] = [
@@ -164,6 +223,8 @@ _SQLITE_MIGRATIONS: list[list[str]] = [
     ],
     _leases("TEXT"),
     _ATTEMPT,
+    # AUTOINCREMENT: an id is never used twice, even once the newest rows are deleted (a dashboard links it).
+    _control("TEXT", "INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER"),
 ]
 _POSTGRES_MIGRATIONS: list[list[str]] = [
     [
@@ -186,6 +247,7 @@ _POSTGRES_MIGRATIONS: list[list[str]] = [
     ],
     _leases("TIMESTAMPTZ"),
     _ATTEMPT,
+    _control("TIMESTAMPTZ", "BIGSERIAL PRIMARY KEY", "BOOLEAN"),
 ]
 
 # A claim renews its clock's lease too: the clock was heard from. Parameters: namespace, clock id.
@@ -366,6 +428,104 @@ _SQL_CLOCKS = """
     FROM scheduler_clocks WHERE namespace = ? ORDER BY started_at, id
 """
 
+# The control plane. A pause or a resume replaces the task's override. Parameters: namespace, task, paused,
+# until_at, reason, actor, changed_at.
+_SQL_SET_OVERRIDE = """
+    INSERT INTO scheduler_overrides (namespace, task, paused, until_at, reason, actor, changed_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (namespace, task) DO UPDATE
+    SET paused = excluded.paused, until_at = excluded.until_at, reason = excluded.reason,
+        actor = excluded.actor, changed_at = excluded.changed_at
+"""
+_SQL_OVERRIDES = """
+    SELECT task, paused, until_at, reason, actor, changed_at FROM scheduler_overrides
+    WHERE namespace = ? {where} ORDER BY task
+"""
+# Parameters: namespace, acted_at, actor, action, task, detail.
+_SQL_ACTION = """
+    INSERT INTO scheduler_actions (namespace, acted_at, actor, action, task, detail) VALUES (?, ?, ?, ?, ?, ?)
+"""
+_SQL_ACTIONS = """
+    SELECT id, acted_at, actor, action, task, detail FROM scheduler_actions
+    WHERE namespace = ? {where} ORDER BY id DESC LIMIT ?
+"""
+_REQUEST_COLUMNS = "id, task, requested_by, requested_at, state, claimed_by, claimed_at, run_id"
+_SQL_REQUEST = """
+    INSERT INTO scheduler_requests (namespace, task, requested_by, requested_at, state)
+    VALUES (?, ?, ?, ?, 'pending')
+"""
+_SQL_REQUESTS = f"""
+    SELECT {_REQUEST_COLUMNS} FROM scheduler_requests WHERE namespace = ? {{where}} ORDER BY id DESC LIMIT ?
+"""
+# A poll's statements. {lock} is PostgreSQL's FOR UPDATE SKIP LOCKED (SQLite's BEGIN IMMEDIATE already
+# serializes writers): a row another clock is deciding on is left to it, and no poll ever waits for another,
+# so that none can deadlock. Locked rows are re-checked after the lock, so each one changes state once.
+_SQL_STALE_REQUESTS = f"""
+    SELECT {_REQUEST_COLUMNS} FROM scheduler_requests
+    WHERE namespace = ? AND state = 'pending' AND requested_at <= {{expired_before}} ORDER BY id {{lock}}
+"""
+_SQL_PENDING_REQUESTS = (
+    "SELECT id, task FROM scheduler_requests WHERE namespace = ? AND state = 'pending' ORDER BY id"
+)
+_SQL_LOCK_REQUESTS = """
+    SELECT id FROM scheduler_requests WHERE namespace = ? AND state = 'pending' AND id IN ({ids})
+    ORDER BY id {lock}
+"""
+_SQL_SET_REQUEST = "UPDATE scheduler_requests SET {set} WHERE namespace = ? AND id IN ({ids})"
+# The requests a clock holds: claimed, and neither started nor given back yet. Parameters: namespace, clock.
+_SQL_HELD_REQUESTS = f"""
+    SELECT {_REQUEST_COLUMNS} FROM scheduler_requests
+    WHERE namespace = ? AND claimed_by = ? AND state = 'claimed' ORDER BY id
+"""
+# A run that started after its clock was taken for dead (its request marked lost) is still its run.
+_SQL_REQUEST_STARTED = """
+    UPDATE scheduler_requests SET state = 'started', run_id = ?
+    WHERE namespace = ? AND id = ? AND state IN ('claimed', 'lost')
+"""
+_SQL_RELEASE_REQUESTS = """
+    UPDATE scheduler_requests SET state = 'pending', claimed_by = NULL, claimed_at = NULL
+    WHERE namespace = ? AND claimed_by = ? AND state = 'claimed'
+"""
+# Requests claimed by a clock that is no longer live and never started: they may have started a moment before
+# the clock died (its write lost), so they are not handed to another clock. Parameters: namespace.
+_SQL_LOST_REQUESTS = f"""
+    UPDATE scheduler_requests SET state = 'lost'
+    WHERE namespace = ? AND state = 'claimed' AND NOT EXISTS (
+        SELECT 1 FROM scheduler_clocks AS clock
+        WHERE clock.namespace = scheduler_requests.namespace AND clock.id = scheduler_requests.claimed_by
+        AND {_SQL_LIVE}
+    )
+"""
+_SQL_PRUNE_REQUESTS = """
+    DELETE FROM scheduler_requests
+    WHERE namespace = ? AND state NOT IN ('pending', 'claimed') AND requested_at < {requests_forgotten_before}
+"""
+_SQL_PRUNE_ACTIONS = (
+    "DELETE FROM scheduler_actions WHERE namespace = ? AND acted_at < {actions_forgotten_before}"
+)
+# Runs for a dashboard: newest first, a page at a time (keyset: started_at, then id, both descending).
+_SQL_RUNS_PAGE = f"""
+    SELECT id, {_COLUMN_LIST} FROM scheduler_runs WHERE namespace = ? {{where}}
+    ORDER BY started_at DESC, id DESC LIMIT ?
+"""
+# The newest runs of each task named, without their output: an index probe per task, however long the
+# history. Both backends take the names as one parameter; {limit} is the number per task.
+_LATEST_COLUMNS = ", ".join("NULL" if column == "output" else f"run.{column}" for column in _COLUMNS)
+_SQLITE_LATEST = f"""
+    SELECT run.id, {_LATEST_COLUMNS} FROM json_each(?) AS named
+    JOIN scheduler_runs AS run ON run.id IN (
+        SELECT id FROM scheduler_runs WHERE namespace = ? AND task = named.value AND started_at <= {{now}}
+        ORDER BY started_at DESC, id DESC LIMIT ?
+    )
+"""
+_POSTGRES_LATEST = f"""
+    SELECT run.* FROM unnest(?::text[]) AS named (task) CROSS JOIN LATERAL (
+        SELECT id, {_LATEST_COLUMNS.replace("run.", "")} FROM scheduler_runs AS run
+        WHERE namespace = ? AND task = named.task AND started_at <= {{now}}
+        ORDER BY started_at DESC, id DESC LIMIT ?
+    ) AS run
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Claim:
@@ -452,6 +612,83 @@ class RunRecord:
         if output:
             data["output"] = self.output
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A task's pause as the store keeps it: paused until `until` (None: until resumed), why, by whom and
+    when (`at`, the database's time) it was set. A resumed task keeps its row, not paused, naming who
+    resumed it. Datetimes are aware, in UTC."""
+
+    task: str
+    paused: bool
+    until: datetime | None
+    reason: str
+    by: str
+    at: datetime
+
+    def holds(self, at: datetime) -> bool:
+        """Whether the pause holds back what is due at `at` (a fire's instant): paused, and `at` before
+        `until` if there is one. So a pause ends by itself at `until`, whoever looks."""
+        return self.paused and (self.until is None or at < self.until)
+
+    def to_json(self) -> dict[str, object]:
+        """The override for `--json` output (`scheduler list --json`, a dashboard): instants as ISO 8601
+        strings in UTC, the task left to the caller's key."""
+        return {
+            "paused": self.paused,
+            "until": _iso(self.until),
+            "reason": self.reason,
+            "by": self.by,
+            "at": _iso(self.at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """A request to run a task once, now (request_run()), and what became of it: `state` is one of
+    REQUEST_STATES; claimed_by and claimed_at name the clock that took it, run_id its run once started."""
+
+    id: int
+    task: str
+    requested_by: str
+    requested_at: datetime
+    state: str
+    claimed_by: str | None = None
+    claimed_at: datetime | None = None
+    run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One entry of the audit trail: who (`by`) did what (`action`: pause, resume or run) to which task, when,
+    and in words the rest (`detail`: the pause's end and reason, the run request's id)."""
+
+    id: int
+    at: datetime
+    by: str
+    action: str
+    task: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """A page of runs, newest first; `before` is what to pass to runs() for the next (older) page, None on
+    the last one."""
+
+    runs: list[RunRecord]
+    before: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """What a clock's poll found: every override by task, the run requests the clock holds (claimed by it,
+    neither started nor given back yet), oldest first, and those the poll expired."""
+
+    overrides: dict[str, Override]
+    requests: list[RunRequest]
+    expired: list[RunRequest]
 
 
 def open_store(
@@ -621,6 +858,10 @@ class Store(ABC):
         other runs still `running` are marked `lost`; a dead clock that comes back gets its runs' real
         statuses as they finish, and its lease back at its next heartbeat. Rows of clocks stopped or dead
         for CLOCK_KEEP_S are deleted.
+
+        Run requests that a clock no longer live had claimed and not started are marked `lost`, never handed
+        to another clock (the run may have started, its note lost with the clock). Requests done for over
+        REQUEST_KEEP_S, and audit entries older than ACTION_KEEP_S, are deleted.
         """
         self._check_file()
         ns = self.namespace
@@ -636,6 +877,9 @@ class Store(ABC):
                     if deleted or marked:
                         lost[dead] = (marked, deleted)
                 self._query(self._sql(_SQL_PRUNE_CLOCKS), (ns,))
+                self._query(self._sql(_SQL_LOST_REQUESTS), (ns,))
+                self._query(self._sql(_SQL_PRUNE_REQUESTS), (ns,))
+                self._query(self._sql(_SQL_PRUNE_ACTIONS), (ns,))
                 stop = [run_id for (run_id,) in self._query(_SQL_STOP_REQUESTS, (ns, clock.id))]
                 if stop:
                     self._query(_SQL_STOP_TOLD, (ns, clock.id))
@@ -644,12 +888,19 @@ class Store(ABC):
 
         return self._call("renew the clock's lease", beat)
 
-    def stop_clock(self, clock_id: str) -> None:
-        """Note a clean stop: the clock's lease ends now, and nothing of it is marked lost."""
-        self._call(
-            "note the clock's stop",
-            lambda: self._query(self._sql(_SQL_CLOCK_STOP), (self.namespace, clock_id)),
-        )
+    def stop_clock(self, clock_id: str, *, release_requests: bool = False) -> None:
+        """Note a clean stop: the clock's lease ends now, and nothing of it is marked lost. With
+        release_requests (every start it made is noted already), the run requests it holds go back to
+        pending, for another clock."""
+        ns = self.namespace
+
+        def stop() -> None:
+            with self._transaction():
+                self._query(self._sql(_SQL_CLOCK_STOP), (ns, clock_id))
+                if release_requests:
+                    self._query(_SQL_RELEASE_REQUESTS, (ns, clock_id))
+
+        self._call("note the clock's stop", stop)
 
     def clocks(self) -> list[ClockRow]:
         """Every clock of this namespace still remembered, live or not, oldest first."""
@@ -723,6 +974,218 @@ class Store(ABC):
         rows = self._call("read the running runs", lambda: self._query(sql, (self.namespace, *params)))
         return [self._record(row) for row in rows]
 
+    # The control plane: pauses, run requests and the audit trail of both, for the CLI and a dashboard. Each
+    # call is one short transaction, bounded like every call (CONNECT_TIMEOUT_S for each statement).
+
+    def pause(self, task: str, *, by: str, until: datetime | None = None, reason: str = "") -> Override:
+        """Pause `task` for every clock of this namespace until resume(), or until `until` (aware, after the
+        database's now): its scheduled fires are skipped from each clock's next poll, about a second. Pausing
+        a paused task replaces its pause. Written to the audit trail in the same transaction."""
+        _check_text("task", task, _NAME_MAX)
+        _check_text("by", by, _NAME_MAX)
+        _check_text("reason", reason, _REASON_MAX, empty=True)
+        ns = self.namespace
+
+        def write() -> Override:
+            with self._transaction():
+                now_db = self._db_now()
+                now = self._from_db(now_db)
+                if until is not None and _utc(until) <= now:
+                    raise ControlError(
+                        f"task '{task}': cannot pause until {iso_utc(until)}: that is not after now "
+                        f"({iso_utc(now)})"
+                    )
+                until_db = None if until is None else self._to_db(until)
+                self._query(_SQL_SET_OVERRIDE, (ns, task, True, until_db, reason, by, now_db))
+                detail = "; ".join(
+                    part
+                    for part in (
+                        f"until {iso_utc(until)}" if until else "",
+                        f"reason: {reason}" if reason else "",
+                    )
+                    if part
+                )
+                self._query(_SQL_ACTION, (ns, now_db, by, "pause", task, detail))
+                return Override(task, True, None if until is None else _utc(until), reason, by, now)
+
+        return self._call("pause a task", write)
+
+    def resume(self, task: str, *, by: str) -> bool:
+        """End `task`'s pause, for every clock of this namespace from its next poll; whether a pause held it
+        (False: it was not paused, or its pause had run out). Written to the audit trail either way."""
+        _check_text("task", task, _NAME_MAX)
+        _check_text("by", by, _NAME_MAX)
+        ns = self.namespace
+
+        def write() -> bool:
+            with self._transaction():
+                now_db = self._db_now()
+                now = self._from_db(now_db)
+                before = self._overrides("AND task = ?", (task,)).get(task)
+                held = before is not None and before.holds(now)
+                self._query(_SQL_SET_OVERRIDE, (ns, task, False, None, "", by, now_db))
+                self._query(_SQL_ACTION, (ns, now_db, by, "resume", task, "" if held else "was not paused"))
+                return held
+
+        return self._call("resume a task", write)
+
+    def overrides(self) -> dict[str, Override]:
+        """Every task's override, by task name: paused ones, and resumed ones (not paused) naming who resumed
+        them. Whether a pause holds now is `Override.holds(now)`: a pause past its `until` keeps its row."""
+        return self._call("read the pauses", self._overrides)
+
+    def request_run(self, task: str, *, by: str) -> int:
+        """Ask for one run of `task`, now; returns the request's id. At its next poll (about a second) a live
+        clock that knows the task claims the request, exactly one of them, and starts the run (trigger
+        manual); one that no clock claims within REQUEST_TTL_S expires. Written to the audit trail in the
+        same transaction."""
+        _check_text("task", task, _NAME_MAX)
+        _check_text("by", by, _NAME_MAX)
+        ns = self.namespace
+
+        def write() -> int:
+            with self._transaction():
+                now_db = self._db_now()
+                request_id = self._insert(_SQL_REQUEST, (ns, task, by, now_db))
+                self._query(_SQL_ACTION, (ns, now_db, by, "run", task, f"request {request_id}"))
+                return request_id
+
+        return self._call("request a run", write)
+
+    def requests(
+        self, task: str | None = None, *, state: str | None = None, limit: int = 50, before: int | None = None
+    ) -> list[RunRequest]:
+        """Run requests, newest first: of one task or all, in one of REQUEST_STATES or any; with `before` (a
+        request id), only older ones, for the next page."""
+        _check_limit(limit)
+        if state is not None and state not in REQUEST_STATES:
+            raise ValueError(f"unknown request state '{state}': use one of {', '.join(REQUEST_STATES)}")
+        where, params = _filters(task=task, state=state)
+        if before is not None:
+            where, params = f"{where} AND id < ?", [*params, before]
+        sql = _SQL_REQUESTS.replace("{where}", where)
+        rows = self._call("read the run requests", lambda: self._query(sql, (self.namespace, *params, limit)))
+        return [self._request(row) for row in rows]
+
+    def actions(self, task: str | None = None, *, limit: int = 50, before: int | None = None) -> list[Action]:
+        """The audit trail (pauses, resumes, run requests), newest first, of one task or all; with `before`
+        (an action id), only older entries, for the next page."""
+        _check_limit(limit)
+        where, params = _filters(task=task)
+        if before is not None:
+            where, params = f"{where} AND id < ?", [*params, before]
+        sql = _SQL_ACTIONS.replace("{where}", where)
+        rows = self._call("read the audit trail", lambda: self._query(sql, (self.namespace, *params, limit)))
+        return [
+            Action(int(action_id), self._from_db(at), actor, action, task, detail)
+            for action_id, at, actor, action, task, detail in rows
+        ]
+
+    def runs(
+        self,
+        task: str | None = None,
+        *,
+        status: str | None = None,
+        trigger: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> RunPage:
+        """Runs newest first (by started_at, then insertion, as history()), of one task or all, with one
+        status and one trigger or any, `limit` at most. `before` is the previous page's RunPage.before: the
+        pages neither skip nor repeat a run however many runs start meanwhile."""
+        _check_limit(limit)
+        if status is not None and status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}: use {', '.join(RUN_STATUSES)}")
+        where, params = _filters(task=task, status=status, trigger=trigger)
+        if before is not None:
+            started_at, run_key = _parse_cursor(before)
+            at = self._to_db(started_at)
+            where = f"{where} AND (started_at < ? OR (started_at = ? AND id < ?))"
+            params = [*params, at, at, run_key]
+        sql = _SQL_RUNS_PAGE.replace("{where}", where)
+        rows = self._call("read the runs", lambda: self._query(sql, (self.namespace, *params, limit + 1)))
+        records = [self._record(row[1:]) for row in rows[:limit]]
+        more = len(rows) > limit
+        return RunPage(records, _cursor(records[-1].started_at, int(rows[limit - 1][0])) if more else None)
+
+    def latest_runs(self, tasks: Sequence[str], per_task: int = 1) -> dict[str, list[RunRecord]]:
+        """The newest `per_task` runs of each task named (as history() orders them, newest first), without
+        their output: a dashboard's last-run column and strips of recent runs. Claims made ahead, for an
+        instant still to come, are left out, and so are tasks without runs. One statement, an index probe per
+        task, whatever the history's length."""
+        if not 1 <= per_task <= PAGE_MAX:
+            raise ValueError(f"per_task must be from 1 to {PAGE_MAX}, not {per_task}")
+        names = sorted(set(tasks))
+        if not names:
+            return {}
+        rows = self._call("read the latest runs", lambda: self._latest(names, per_task))
+        if per_task == 1:
+            return {record.task: [record] for record in (self._record(row[1:]) for row in rows)}
+        latest: dict[str, list[tuple[datetime, int, RunRecord]]] = {}
+        for row in rows:
+            record = self._record(row[1:])
+            latest.setdefault(record.task, []).append((record.started_at, int(row[0]), record))
+        return {
+            task: [record for _, _, record in sorted(runs, key=lambda run: run[:2], reverse=True)]
+            for task, runs in latest.items()
+        }
+
+    def poll(self, clock_id: str, tasks: Container[str] | None) -> Poll:
+        """A clock's look at the control plane, about once a second, in one short transaction: renew its
+        lease, read the overrides, expire the requests pending for over REQUEST_TTL_S, and, unless `tasks` is
+        None (a stopping clock) or the clock holds no lease (no heartbeat registered it, or it stopped),
+        claim up to REQUESTS_PER_POLL pending requests for the tasks it knows.
+
+        Exactly one clock claims each request: a request changes from pending only under its row's lock
+        (PostgreSQL: FOR UPDATE SKIP LOCKED, so that no poll waits for another; SQLite: the write lock). The
+        answer's requests are all those the clock holds, those of earlier polls included until it says it
+        started them (request_started) or gives them back (stop_clock), so that an answer lost to a
+        timeout is not a request lost."""
+        ns = self.namespace
+
+        def poll() -> Poll:
+            with self._transaction():
+                # A clock that has no lease (not registered yet after an outage at start, or stopped) claims
+                # nothing: a live clock's heartbeat would take its requests for lost.
+                live = self._update(self._sql(_SQL_RENEW), (ns, clock_id)) == 1
+                overrides = self._overrides()
+                stale = [self._request(row) for row in self._query(self._sql(_SQL_STALE_REQUESTS), (ns,))]
+                if stale:
+                    self._set_requests("state = 'expired'", (), [request.id for request in stale])
+                expired = [replace(request, state="expired") for request in stale]
+                if tasks is not None and live:
+                    wanted = [
+                        request_id
+                        for request_id, task in self._query(_SQL_PENDING_REQUESTS, (ns,))
+                        if task in tasks
+                    ][:REQUESTS_PER_POLL]
+                    if wanted:
+                        ids = ", ".join("?" * len(wanted))
+                        sql = self._sql(_SQL_LOCK_REQUESTS.replace("{ids}", ids))
+                        locked = [request_id for (request_id,) in self._query(sql, (ns, *wanted))]
+                        if locked:
+                            claim = "state = 'claimed', claimed_by = ?, claimed_at = {now}"
+                            self._set_requests(self._sql(claim), (clock_id,), locked)
+                held = [self._request(row) for row in self._query(_SQL_HELD_REQUESTS, (ns, clock_id))]
+            return Poll(overrides, held, expired)
+
+        return self._call("poll the control plane", poll)
+
+    def request_started(self, request_id: int, run_id: str) -> None:
+        """Note that the clock holding this request started its run, `run_id`."""
+        self._call(
+            "note a requested run",
+            lambda: self._query(_SQL_REQUEST_STARTED, (run_id, self.namespace, request_id)),
+        )
+
+    def release_request(self, request_id: int, clock_id: str) -> None:
+        """Give back a request this clock holds and will not start (a reload removed its task): it is pending
+        again, for another clock."""
+        sql = f"{_SQL_RELEASE_REQUESTS} AND id = ?"
+        self._call(
+            "give back a run request", lambda: self._query(sql, (self.namespace, clock_id, request_id))
+        )
+
     @abstractmethod
     def lock_single_clock(self) -> None:
         """Make sure no other clock uses this store, where the backend cannot arbitrate clocks itself.
@@ -765,10 +1228,47 @@ class Store(ABC):
             for clock_id, host, pid, version, started_at, heartbeat_at, digest, alive in rows
         ]
 
+    def _overrides(self, where: str = "", params: Sequence[object] = ()) -> dict[str, Override]:
+        rows = self._query(_SQL_OVERRIDES.replace("{where}", where), (self.namespace, *params))
+        return {
+            task: Override(
+                task,
+                bool(paused),
+                None if until is None else self._from_db(until),
+                reason,
+                actor,
+                self._from_db(at),
+            )
+            for task, paused, until, reason, actor, at in rows
+        }
+
+    def _request(self, row: Sequence[Any]) -> RunRequest:
+        request_id, task, requested_by, requested_at, state, claimed_by, claimed_at, run_id = row
+        return RunRequest(
+            int(request_id),
+            task,
+            requested_by,
+            self._from_db(requested_at),
+            state,
+            claimed_by,
+            None if claimed_at is None else self._from_db(claimed_at),
+            run_id,
+        )
+
+    def _set_requests(self, assignments: str, params: Sequence[object], ids: Sequence[int]) -> None:
+        sql = _SQL_SET_REQUEST.replace("{set}", assignments).replace("{ids}", ", ".join("?" * len(ids)))
+        self._query(sql, (*params, self.namespace, *ids))
+
     def _sql(self, sql: str) -> str:
-        """The statement with the backend's {now}, {dead_before} and {forgotten_before} filled in."""
+        """The statement with the backend's {now}, {dead_before}, {lock} and the other cut-offs filled in."""
         return sql.format(
-            now=self._now_sql, dead_before=self._ago(DEAD_AFTER_S), forgotten_before=self._ago(CLOCK_KEEP_S)
+            now=self._now_sql,
+            dead_before=self._ago(DEAD_AFTER_S),
+            forgotten_before=self._ago(CLOCK_KEEP_S),
+            expired_before=self._ago(REQUEST_TTL_S),
+            requests_forgotten_before=self._ago(REQUEST_KEEP_S),
+            actions_forgotten_before=self._ago(ACTION_KEEP_S),
+            lock=self._lock_rows,
         )
 
     def _db_now(self) -> object:
@@ -831,6 +1331,14 @@ class Store(ABC):
     def _update(self, sql: str, params: Sequence[object]) -> int:
         """Run one statement that changes rows (autocommitted); how many it changed."""
 
+    @abstractmethod
+    def _insert(self, sql: str, params: Sequence[object]) -> int:
+        """Run one INSERT of one row into a table with an `id` key; the new row's id."""
+
+    @abstractmethod
+    def _latest(self, tasks: list[str], per_task: int) -> list[tuple[Any, ...]]:
+        """latest_runs()'s rows: the row id, then the columns, the output NULL."""
+
     def _owns_all_runs(self) -> bool:
         """Whether this store's clock is the only one (so that any run still `running` is lost)."""
         return False
@@ -878,6 +1386,8 @@ class Store(ABC):
 
     _now_sql: str
     """The backend's SQL for the database's current time, in its stored form."""
+    _lock_rows: str
+    """What a SELECT ends with to lock its rows for the transaction, skipping rows another holds."""
 
     @abstractmethod
     def _ago(self, seconds: float) -> str:
@@ -897,6 +1407,7 @@ class _SQLiteStore(Store):
     _migrations = _SQLITE_MIGRATIONS
 
     _now_sql = _SQLITE_NOW.format("")
+    _lock_rows = ""  # BEGIN IMMEDIATE holds the database's write lock: writers are serialized already
 
     def __init__(self, url: str, path: str, keep_runs: int, namespace: str, *, create: bool = True) -> None:
         super().__init__(url, keep_runs, namespace)
@@ -1031,6 +1542,14 @@ class _SQLiteStore(Store):
     def _update(self, sql: str, params: Sequence[object]) -> int:
         return self._connection().execute(sql, params).rowcount
 
+    def _insert(self, sql: str, params: Sequence[object]) -> int:
+        row_id = self._connection().execute(sql, params).lastrowid
+        assert row_id is not None
+        return row_id
+
+    def _latest(self, tasks: list[str], per_task: int) -> list[tuple[Any, ...]]:
+        return self._query(self._sql(_SQLITE_LATEST), (json.dumps(tasks), self.namespace, per_task))
+
     def _owns_all_runs(self) -> bool:
         return self._lock_fd is not None
 
@@ -1055,6 +1574,7 @@ class _PostgresStore(Store):
     _migrations = _POSTGRES_MIGRATIONS
 
     _now_sql = "now()"
+    _lock_rows = "FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str, conninfo: str, keep_runs: int, namespace: str) -> None:
         super().__init__(url, keep_runs, namespace)
@@ -1112,6 +1632,9 @@ class _PostgresStore(Store):
     def _update(self, sql: str, params: Sequence[object]) -> int:
         return self._connection().execute(sql.replace("?", "%s"), params).rowcount
 
+    def _insert(self, sql: str, params: Sequence[object]) -> int:
+        return int(self._query(f"{sql.rstrip()} RETURNING id", params)[0][0])
+
     def _claim(self, rows: list[tuple[object, ...]], overlaps: list[str], claimer: str) -> list[Claim]:
         columns: list[object] = [list(column) for column in zip(*rows, strict=True)]
         params = [*columns, overlaps, self.namespace, claimer, self.namespace, self.namespace, claimer]
@@ -1130,6 +1653,9 @@ class _PostgresStore(Store):
             else:
                 claims.append(Claim(policy != "skip" or running_on is None, running_on))
         return claims
+
+    def _latest(self, tasks: list[str], per_task: int) -> list[tuple[Any, ...]]:
+        return self._query(self._sql(_POSTGRES_LATEST), (tasks, self.namespace, per_task))
 
     def _ago(self, seconds: float) -> str:
         return f"(now() - interval '{seconds:f} seconds')"
@@ -1255,3 +1781,43 @@ def _read_pid(fd: int) -> str:
     except OSError:
         return ""
     return f" (pid {text})" if text.isdigit() else ""
+
+
+_NAME_MAX = 200
+_REASON_MAX = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _check_text(what: str, value: str, limit: int, *, empty: bool = False) -> None:
+    """A task name, an actor or a reason as the control plane keeps it: text, not blank (unless `empty`),
+    at most `limit` characters, no NUL (PostgreSQL text cannot hold one)."""
+    if not empty and not value.strip():
+        raise ControlError(f"{what} must not be empty, got {value!r}")
+    if len(value) > limit:
+        raise ControlError(f"{what} is {len(value)} characters long, over {limit}: {value[:40]!r}...")
+    if "\x00" in value:
+        raise ControlError(f"{what} {value[:40]!r} holds a NUL character")
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= PAGE_MAX:
+        raise ValueError(f"limit must be from 1 to {PAGE_MAX}, not {limit}")
+
+
+def _filters(prefix: str = "", **columns: str | None) -> tuple[str, list[object]]:
+    """' AND column = ?' for each column given a value, and those values."""
+    given = {column: value for column, value in columns.items() if value is not None}
+    return "".join(f" AND {prefix}{column} = ?" for column in given), list(given.values())
+
+
+def _cursor(started_at: datetime, row_id: int) -> str:
+    """A page's key, as runs() takes it back: microseconds since the epoch and the row's id, URL-safe."""
+    return f"{(started_at - _EPOCH) // _MICROSECOND}.{row_id}"
+
+
+def _parse_cursor(text: str) -> tuple[datetime, int]:
+    micros, dot, row_id = text.partition(".")
+    if not dot or not micros.lstrip("-").isdigit() or not row_id.isdigit():
+        raise ValueError(f"before '{text}': not a RunPage.before from runs()")
+    return _EPOCH + int(micros) * _MICROSECOND, int(row_id)

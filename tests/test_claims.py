@@ -17,7 +17,7 @@ from scheduler.recorder import History
 from scheduler.runner import RunResult
 from scheduler.schedule import parse
 from scheduler.state import Fire, TaskState
-from scheduler.store import Claim, RunRecord
+from scheduler.store import Claim, Override, RunRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -113,10 +113,14 @@ class FakeHost:
         self.skips: list[tuple[str, datetime, str]] = []
         self.skip_fields: list[dict[str, Any]] = []
         self.jobs: list[asyncio.Task[None]] = []
+        self.pauses: set[str] = set()  # the tasks a pause holds back
 
     @property
     def stopping(self) -> bool:
         return self.stop_requested
+
+    def paused(self, name: str, at: datetime) -> bool:
+        return name in self.pauses
 
     def now(self) -> datetime:
         return self.t
@@ -140,6 +144,7 @@ class FakeHost:
         run_id: str | None = None,
         yield_cpu: bool | None = None,
         attempt: int = 1,
+        requested_by: str | None = None,
     ) -> bool:
         self.started.append(Started(state.spec.name, instant, trigger, run_id, yield_cpu))
         return True
@@ -494,6 +499,93 @@ class TestCatchUp:
         asyncio.run(main())
 
 
+class TestPaused:
+    def test_paused_fires_are_not_claimed_ahead(self) -> None:
+        """A fire a pause holds back is not claimed ahead: the store never hears of it."""
+
+        async def main() -> None:
+            claims, host, ledger, states = setup(spec("held"), spec("free"))
+            host.pauses.add("held")
+            due = T0 + timedelta(milliseconds=500)
+            claims.queued(fire_of(states["held"], due, seq=0))
+            claims.queued(fire_of(states["free"], due, seq=1))
+            claims.ahead(T0)
+            await host.settle()
+            assert [["free"]] == [[r.task for r in batch] for batch in ledger.claims]
+
+        asyncio.run(main())
+
+    def test_a_claim_won_before_the_pause_is_recorded_skipped(self) -> None:
+        """A claim won ahead, before the clock heard of the pause: held back, it is recorded as skipped so
+        that no other clock runs the instant; nothing starts."""
+
+        async def main() -> None:
+            claims, host, ledger, states = setup(spec())
+            due = T0 + timedelta(milliseconds=500)
+            claims.queued(fire_of(states["t"], due))
+            claims.ahead(T0)
+            await host.settle()
+            claims.held(states["t"], due)
+            run_id = ledger.claimed[("t", due)]
+            assert "skipped" == ledger.finished_runs[run_id]["status"]
+            assert ([], []) == (host.started, ledger.released_ids)
+
+        asyncio.run(main())
+
+    def test_a_claim_answered_later_is_recorded_skipped_when_won(self) -> None:
+        """A claim still out when its instant is held back is recorded skipped once answered, if won; a lost
+        one is left to the clock that holds it."""
+
+        async def main() -> None:
+            claims, host, ledger, states = setup(spec("won"), spec("lost"))
+            due = T0 + timedelta(milliseconds=500)
+            ledger.claimed[("lost", due)] = "other-clock-run"
+            ledger.gate = asyncio.Event()
+            claims.queued(fire_of(states["won"], due, seq=0))
+            claims.queued(fire_of(states["lost"], due, seq=1))
+            claims.ahead(T0)
+            claims.held(states["won"], due)
+            claims.held(states["lost"], due)
+            ledger.gate.set()
+            await host.settle()
+            assert {ledger.claimed[("won", due)]: "skipped"} == {
+                run_id: fields["status"] for run_id, fields in ledger.finished_runs.items()
+            }
+
+        asyncio.run(main())
+
+    def test_catch_up_tasks_record_what_a_pause_held_back(self) -> None:
+        """A catch_up task's instant held back unclaimed is recorded as skipped (so that a catch-up after a
+        restart never runs it); another task's leaves nothing."""
+
+        async def main() -> None:
+            claims, _, ledger, states = setup(spec("daily", "0 3 * * *", catch_up=True), spec("plain"))
+            claims.held(states["daily"], T0)
+            claims.held(states["plain"], T0)
+            assert [("daily", T0, "schedule", "skipped")] == [
+                (r.task, r.scheduled_for, r.trigger, r.status) for r in ledger.unclaimed
+            ]
+            assert ledger.unclaimed[0].finished_at is not None
+            assert [] == ledger.claims
+
+        asyncio.run(main())
+
+    def test_no_catch_up_while_paused(self) -> None:
+        """At open, a catch_up task a pause holds now is not caught up: task.skipped, reason paused."""
+
+        async def main() -> None:
+            claims, host, ledger, states = setup(spec("daily", "0 3 * * *", catch_up=True))
+            now = T0 + timedelta(days=3, hours=5)
+            pause = Override("daily", True, now + timedelta(hours=1), "", "ops", T0)
+            ledger.history = History({"daily": T0 + timedelta(hours=3)}, {}, {}, {"daily": pause})
+            await claims.open(now, states)
+            await host.settle()
+            assert [] == host.started
+            assert [("daily", T0 + timedelta(days=3, hours=3), "paused")] == host.skips
+
+        asyncio.run(main())
+
+
 class TestUnclaimed:
     def test_fires_start_at_once_and_nothing_is_recorded(self) -> None:
         """Without a store, a due instant starts at once and the gate never wakes the loop."""
@@ -502,6 +594,7 @@ class TestUnclaimed:
         gate = Unclaimed(host)
         assert gate.fire(states["t"], T0) is True
         assert (None, None) == (gate.wake_at(), gate.unclaimed("t", T0, "retry"))
+        gate.held(states["t"], T0)
         assert [("t", "schedule", None)] == [(s.task, s.trigger, s.run_id) for s in host.started]
 
 

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,13 +18,14 @@ from structlog.testing import capture_logs
 
 from scheduler.clock import ClockLoop
 from scheduler.config import Config, TaskSpec
+from scheduler.control import ControlLedger
 from scheduler.errors import ConfigError
 from scheduler.loader import Loaded
 from scheduler.observe import NO_METRICS, NO_NOTIFY, NO_PINGS
 from scheduler.recorder import History
 from scheduler.runner import RunResult
 from scheduler.schedule import parse
-from scheduler.store import Claim, RunRecord
+from scheduler.store import Claim, Override, Poll, RunRecord, RunRequest
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -52,6 +53,7 @@ class FakeRun:
     status: str = "succeeded"
     seen_output_file: str | None = None  # a hook's SCHEDULER_OUTPUT_FILE content, read at its start
     ignores_term: bool = False
+    log: Any = None  # the logger the run's events go to
     stopped_with: str | None = None
     killed: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -170,7 +172,7 @@ class FakeTime:
         self.yields.append(yield_cpu)
         duration = self.durations.get(spec.name, 0.5)
         ends = None if duration is None else self.t + timedelta(seconds=duration)
-        run = FakeRun(spec, scheduled_for, trigger, self.t, ends, run_id=run_id)
+        run = FakeRun(spec, scheduled_for, trigger, self.t, ends, run_id=run_id, log=log)
         if kind == "hook":
             with open(spec.env["SCHEDULER_OUTPUT_FILE"]) as f:
                 run.seen_output_file = f.read()
@@ -199,6 +201,7 @@ def drive(
     metrics: Any = None,
     pinger: Any = None,
     notifier: Any = None,
+    control: ControlLedger | None = None,
 ) -> list[dict[str, Any]]:
     """Run the clock on the fake until `fake.until`; return the logged events."""
 
@@ -218,6 +221,7 @@ def drive(
             metrics=metrics or NO_METRICS,
             pinger=pinger or NO_PINGS,
             notifier=notifier or NO_NOTIFY,
+            control=control,
         )
         fake.clock = clock
         await clock.run()
@@ -506,6 +510,7 @@ class FakeRecorder:
         self.last_run: dict[str, datetime] = {}
         self.last_success: dict[str, datetime] = {}
         self.digests: list[str] = []
+        self.overrides: dict[str, Override] = {}
 
     async def start(self, now: datetime) -> History | None:
         if self.down:
@@ -514,7 +519,7 @@ class FakeRecorder:
         for name, instant in self.claimed:
             newest[name] = max(instant, newest.get(name, instant))
         self.claimed.update(self.race)
-        return History(newest, self.last_run, self.last_success)
+        return History(newest, self.last_run, self.last_success, self.overrides)
 
     async def claim_runs(
         self, records: Sequence[RunRecord], overlap: Mapping[str, str] | None = None, *, ahead: bool = False
@@ -668,6 +673,160 @@ class TestStore:
         assert ("succeeded", None) == tuple(
             recorder.finished_runs[run.run_id][k] for k in ("status", "output")
         )
+
+
+class FakeControl:
+    """Implements control.ControlLedger over the fake time, as Store.poll answers: the overrides set from
+    given moments on, and the run requests made by given moments, held by this clock until it notes their
+    start or gives them back (with `redeliver`, even after: as when the note is slow to land)."""
+
+    def __init__(self, fake: FakeTime, *, redeliver: bool = False) -> None:
+        self.fake = fake
+        self.redeliver = redeliver
+        self.pauses: list[tuple[datetime, dict[str, Override]]] = []  # (from when, the overrides)
+        self.requests: list[tuple[datetime, RunRequest]] = []  # (made by when, the request)
+        self.started: dict[int, str] = {}  # request id -> run id
+        self.released: list[int] = []
+        self.polls: list[tuple[datetime, bool]] = []  # when, and whether the clock could claim
+
+    def pause(self, since: datetime, name: str, *, by: str = "ann", until: datetime | None = None) -> None:
+        self.pauses.append((since, {name: Override(name, True, until, "disk full", by, since)}))
+
+    def resume(self, since: datetime, name: str, *, by: str = "bob") -> None:
+        self.pauses.append((since, {name: Override(name, False, None, "", by, since)}))
+
+    async def poll(self, tasks: Container[str] | None) -> Poll | None:
+        now = self.fake.now()
+        self.polls.append((now, tasks is not None))
+        overrides = next((o for since, o in reversed(self.pauses) if since <= now), {})
+        done = set(self.released) | (set() if self.redeliver else set(self.started))
+        held = [r for made, r in self.requests if made <= now and r.id not in done and tasks is not None]
+        return Poll(overrides, held, [])
+
+    def request_started(self, request_id: int, run_id: str) -> None:
+        self.started[request_id] = run_id
+
+    def request_released(self, request_id: int) -> None:
+        self.released.append(request_id)
+
+
+def at_s(*values: float) -> list[datetime]:
+    """These many seconds after T0."""
+    return [T0 + timedelta(seconds=v) for v in values]
+
+
+class TestControl:
+    def test_a_pause_skips_fires_until_resumed(self) -> None:
+        """A pause seen at a poll skips the task's fires (task.skipped, reason paused), logged once as
+        task.paused with who, why and until; a resume seen at a later poll lets it fire again
+        (task.resumed). The clock sees each within a poll, about a second; the store hears of no skipped
+        instant."""
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=10, milliseconds=500))
+        control = FakeControl(fake)
+        control.pause(T0 + timedelta(seconds=2, milliseconds=500), "tick")
+        control.resume(T0 + timedelta(seconds=6, milliseconds=500), "tick")
+        recorder = FakeRecorder(now=fake.now)
+        logs = drive(config(task("tick", "* * * * * *")), fake, recorder=recorder, control=control)
+        skipped = [datetime.fromisoformat(e["scheduled_for"]) for e in events(logs, "task.skipped")]
+        assert {"paused"} == {e["reason"] for e in events(logs, "task.skipped")}
+        assert at_s(*range(1, 11)) == sorted(fired(fake) + skipped)
+        first = int((skipped[0] - T0).total_seconds())
+        assert at_s(*range(first, first + len(skipped))) == skipped  # one stretch
+        assert 3 <= first <= 4  # paused at 2.5 s, seen at the next poll
+        assert at_s(7)[0] <= skipped[-1] < at_s(8)[0]  # resumed at 6.5 s, seen at the next poll
+        assert [("tick", "ann", "disk full", None)] == [
+            (e["task"], e["by"], e["reason"], e["until"]) for e in events(logs, "task.paused")
+        ]
+        assert [("tick", "bob", False)] == [
+            (e["task"], e["by"], e["expired"]) for e in events(logs, "task.resumed")
+        ]
+        # At most the one instant claimed ahead before the pause was seen reached the store: as skipped.
+        held_claims = [i for (_, i) in recorder.claimed if i in skipped]
+        assert len(held_claims) <= 1
+        assert len(held_claims) == sum(f["status"] == "skipped" for f in recorder.finished_runs.values())
+
+    def test_a_pause_with_until_ends_by_itself(self) -> None:
+        """A pause with `until` holds the instants before it and none after, whatever the polls say; the
+        clock logs task.resumed (expired) when it passes."""
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=8, milliseconds=500))
+        control = FakeControl(fake)
+        recorder = FakeRecorder()
+        recorder.overrides = {"tick": Override("tick", True, at_s(5)[0], "", "ann", T0)}
+        control.pauses.append((T0, recorder.overrides))
+        logs = drive(config(task("tick", "* * * * * *")), fake, recorder=recorder, control=control)
+        assert at_s(5, 6, 7, 8) == fired(fake)
+        assert [(at_s(5)[0].isoformat(), "ann")] == [
+            (e["until"], e["by"]) for e in events(logs, "task.paused")
+        ]
+        assert [(None, True)] == [(e["by"], e["expired"]) for e in events(logs, "task.resumed")]
+
+    def test_a_pause_in_the_store_holds_from_the_start(self) -> None:
+        """A clock starting while its task is paused (a restart, a deploy) logs task.paused before
+        scheduler.started and never fires it."""
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
+        control = FakeControl(fake)
+        recorder = FakeRecorder()
+        recorder.overrides = {"tick": Override("tick", True, None, "deploy", "ann", T0)}
+        control.pauses.append((T0, recorder.overrides))
+        logs = drive(config(task("tick", "* * * * * *")), fake, recorder=recorder, control=control)
+        assert [] == fired(fake)
+        names = [e["event"] for e in logs]
+        assert names.index("task.paused") < names.index("scheduler.started")
+        assert 1 == names.count("task.paused")
+        assert ({}, 3) == (recorder.claimed, len(events(logs, "task.skipped")))
+
+    def test_a_run_request_starts_a_manual_run(self) -> None:
+        """A request the clock won starts within a poll as a run with trigger manual, recorded, naming who
+        asked on its events, and noted as started with its run id. As with run-now, overlap does not apply:
+        it starts beside the run going, which goes on."""
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=4, milliseconds=500))
+        fake.durations["slow"] = None
+        control = FakeControl(fake)
+        control.requests.append(
+            (T0 + timedelta(seconds=2, milliseconds=200), RunRequest(7, "slow", "ann", T0, "claimed"))
+        )
+        recorder = FakeRecorder()
+        drive(config(task("slow", "* * * * * *", overlap="skip")), fake, recorder=recorder, control=control)
+        scheduled, manual = fake.runs
+        assert ("schedule", "manual") == (scheduled.trigger, manual.trigger)
+        assert (
+            T0 + timedelta(seconds=2, milliseconds=200)
+            <= manual.started
+            <= T0 + timedelta(seconds=3, milliseconds=300)
+        )
+        assert (manual.started, "killed") == (manual.scheduled_for, scheduled.stopped_with)
+        assert {7: manual.run_id} == control.started
+        assert [("manual", manual.run_id)] == [(r.trigger, r.run_id) for r in recorder.unclaimed]
+        with capture_logs() as logs:
+            manual.log.info("probe")
+        assert "ann" == logs[0]["requested_by"]
+
+    def test_a_request_starts_once_however_often_it_comes(self) -> None:
+        """A request the store hands over again (its start not noted yet) starts one run only."""
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=5, milliseconds=500))
+        control = FakeControl(fake, redeliver=True)
+        control.requests.append((T0, RunRequest(7, "t", "ann", T0, "claimed")))
+        drive(config(task("t", "@daily")), fake, recorder=FakeRecorder(), control=control)
+        assert len(control.polls) >= 3
+        assert ["manual"] == [r.trigger for r in fake.runs]
+
+    def test_a_request_for_a_task_gone_is_given_back(self) -> None:
+        """A request for a task the clock no longer has (a reload removed it after the poll's claim) is
+        given back for another clock."""
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=2, milliseconds=500))
+        control = FakeControl(fake)
+        control.requests.append((T0, RunRequest(7, "gone", "ann", T0, "claimed")))
+        drive(config(task("t", "@daily")), fake, recorder=FakeRecorder(), control=control)
+        assert ([], [7], {}) == (fake.runs, control.released, control.started)
+
+    def test_a_stopping_clock_claims_nothing(self) -> None:
+        """Polls ask to claim while the clock runs; none is made once it stops."""
+        fake = FakeTime(T0 + timedelta(milliseconds=300), T0 + timedelta(seconds=3, milliseconds=500))
+        control = FakeControl(fake)
+        drive(config(task("t", "@daily")), fake, recorder=FakeRecorder(), control=control)
+        assert len(control.polls) >= 2
+        assert all(could_claim for _, could_claim in control.polls)
+        assert all(at <= fake.until for at, _ in control.polls)
 
 
 class TestCatchUp:

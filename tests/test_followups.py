@@ -58,10 +58,15 @@ class FakeHost:
         self.started: list[tuple[str, str, str | None, int]] = []
         self.refuse = False
         self.jobs: list[asyncio.Task[None]] = []
+        self.pauses: set[str] = set()  # the tasks a pause holds back
+        self.skips: list[tuple[str, str]] = []
 
     @property
     def stopping(self) -> bool:
         return False
+
+    def paused(self, name: str, at: datetime) -> bool:
+        return name in self.pauses
 
     def now(self) -> datetime:
         return self.t
@@ -81,6 +86,7 @@ class FakeHost:
         run_id: str | None = None,
         yield_cpu: bool | None = None,
         attempt: int = 1,
+        requested_by: str | None = None,
     ) -> bool:
         self.started.append((state.spec.name, trigger, run_id, attempt))
         return not self.refuse
@@ -89,7 +95,7 @@ class FakeHost:
         return None
 
     def skipped(self, name: str, instant: datetime, reason: str, log: Any, **fields: Any) -> None:
-        pass
+        self.skips.append((name, reason))
 
     def track(self, coro: Coroutine[Any, Any, None]) -> None:
         self.jobs.append(asyncio.get_running_loop().create_task(coro))
@@ -235,6 +241,23 @@ class TestFollowUps:
             f.due((T0 + timedelta(seconds=1)).timestamp())
             assert 1 == len(host.started)
             assert [False] == [p["success"] for p in pinger.finishes]
+
+        asyncio.run(main())
+
+    def test_a_pause_ends_the_retries_as_failed(self) -> None:
+        """A retry due while a pause holds the task does not start: task.skipped (paused), and the failure
+        is reported as for the last attempt."""
+
+        async def main() -> None:
+            states = {"t": TaskState(spec(retries=3, retry_delay_s=1.0, ping_url="https://hc/x"))}
+            host, pinger = FakeHost(), FakePinger()
+            f = followups(states, host, pinger)
+            f.run_ended(states["t"], FakeRun(states["t"].spec, "r1"), FAILED, 1)  # type: ignore[arg-type]
+            host.pauses.add("t")
+            f.due((T0 + timedelta(seconds=1)).timestamp())
+            assert ([], [("t", "paused")]) == (host.started, host.skips)
+            assert [False] == [p["success"] for p in pinger.finishes]
+            assert f.wake_at() is None
 
         asyncio.run(main())
 

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from scheduler.errors import StoreError
 from scheduler.recorder import History, Recorder, clock_identity
-from scheduler.store import Beat, Claim, ClockInfo, ClockRow, RunRecord
+from scheduler.store import Beat, Claim, ClockInfo, ClockRow, Override, Poll, RunRecord, RunRequest
 
 T = TypeVar("T")
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -40,6 +40,10 @@ class MemoryStore:
         self.stopped: list[str] = []
         self.next_beat = Beat([], {}, [])  # what the next heartbeat answers (then an empty one)
         self.overlaps: list[Any] = []
+        self.pauses: dict[str, Override] = {}
+        self.requests: list[RunRequest] = []  # what the next poll answers
+        self.polls: list[tuple[str, Any]] = []  # (clock id, tasks) of each poll
+        self.released_requests: list[str] = []  # the clocks whose requests stop_clock gave back
 
     def _enter(self) -> None:
         self.calls += 1
@@ -86,9 +90,28 @@ class MemoryStore:
         beat, self.next_beat = self.next_beat, Beat([], {}, [])
         return beat
 
-    def stop_clock(self, clock_id: str) -> None:
+    def stop_clock(self, clock_id: str, *, release_requests: bool = False) -> None:
         self._enter()
         self.stopped.append(clock_id)
+        if release_requests:
+            self.released_requests.append(clock_id)
+
+    def overrides(self) -> dict[str, Override]:
+        self._enter()
+        return dict(self.pauses)
+
+    def poll(self, clock_id: str, tasks: Any) -> Poll:
+        self._enter()
+        self.polls.append((clock_id, tasks))
+        return Poll(dict(self.pauses), list(self.requests), [])
+
+    def request_started(self, request_id: int, run_id: str) -> None:
+        self._enter()
+        self.writes.append(("request_started", f"{request_id}:{run_id}"))
+
+    def release_request(self, request_id: int, clock_id: str) -> None:
+        self._enter()
+        self.writes.append(("release_request", f"{request_id}:{clock_id}"))
 
     def record(self, record: RunRecord) -> bool:
         self._enter()
@@ -181,8 +204,11 @@ class TestClaims:
             await recorder.close()
             return got
 
+        store.pauses = {"t": PAUSE}
         with capture_logs() as logs:
-            expected = History({"t": T0 + timedelta(hours=1)}, {"t": T0}, {"t": T0 - timedelta(days=1)})
+            expected = History(
+                {"t": T0 + timedelta(hours=1)}, {"t": T0}, {"t": T0 - timedelta(days=1)}, {"t": PAUSE}
+            )
             assert expected == run(main())
         assert 1 == store.connects
         assert [2] == [e["runs"] for e in events(logs, "store.lost_runs")]
@@ -288,6 +314,83 @@ class TestOutage:
         with capture_logs() as logs:
             run(main())
         assert [1] == [e["runs"] for e in events(logs, "store.unwritten")]
+
+
+PAUSE = Override("t", True, None, "disk full", "ann", T0)
+
+
+class TestControl:
+    def test_poll_asks_for_this_clock_and_its_tasks(self) -> None:
+        """poll() hands the store this clock's id and the tasks it knows, and returns the store's answer."""
+        store = MemoryStore()
+        store.pauses = {"t": PAUSE}
+        request = RunRequest(7, "t", "ann", T0, "claimed", "here:1", T0)
+        store.requests = [request]
+        tasks = {"t": object()}
+
+        async def main() -> Poll | None:
+            recorder = make(store)
+            got = await recorder.poll(tasks)
+            await recorder.close()
+            return got
+
+        assert Poll({"t": PAUSE}, [request], []) == run(main())
+        assert [("here:1", tasks)] == store.polls
+
+    def test_poll_while_the_store_is_down(self) -> None:
+        """A poll that fails starts the outage and answers None; during the outage no poll reaches the
+        store."""
+        store = MemoryStore()
+        store.failing = True
+
+        async def main() -> list[Poll | None]:
+            recorder = make(store, reconnect_first_s=60)
+            answers = [await recorder.poll(None)]
+            calls = store.calls
+            answers.append(await recorder.poll(None))
+            assert calls == store.calls
+            await recorder.close(timeout_s=0.05)
+            return answers
+
+        with capture_logs() as logs:
+            assert [None, None] == run(main())
+        assert 1 == len(events(logs, "store.unavailable"))
+
+    def test_request_notes_are_written_in_order(self) -> None:
+        """Starts and give-backs of run requests are written in the background, in order, with the ends of
+        runs."""
+        store = MemoryStore()
+
+        async def main() -> None:
+            recorder = make(store)
+            recorder.request_started(7, "r7")
+            end(recorder, "r7")
+            recorder.request_released(8)
+            await recorder.close()
+
+        run(main())
+        assert [
+            ("request_started", "7:r7"),
+            ("finish", "r7"),
+            ("release_request", "8:here:1"),
+        ] == store.writes
+
+    def test_close_gives_requests_back_only_when_every_write_landed(self) -> None:
+        """A clean stop gives back the run requests the clock holds; not when writes (maybe the note of a
+        request's start) could not reach the store: then the requests stay with it, to be marked lost."""
+        landed, stuck = MemoryStore(), MemoryStore()
+
+        async def main(store: MemoryStore) -> None:
+            recorder = make(store, reconnect_first_s=60)
+            await recorder.start(T0)
+            store.failing = store is stuck
+            recorder.request_started(7, "r7")
+            await recorder.close(timeout_s=0.2)
+
+        run(main(landed))
+        run(main(stuck))
+        assert (["here:1"], ["here:1"]) == (landed.released_requests, landed.stopped)
+        assert ([], []) == (stuck.released_requests, stuck.stopped)
 
 
 class TestClockIdentity:

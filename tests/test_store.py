@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sqlite3
 import sys
 import threading
@@ -24,13 +25,15 @@ import pytest
 
 from scheduler import store as store_module
 from scheduler.config import DEFAULT_KEEP_RUNS
-from scheduler.errors import SchedulerError, StoreError, StoreMissingError
+from scheduler.errors import ControlError, SchedulerError, StoreError, StoreMissingError
 from scheduler.runs import STORE_TAIL_BYTES
 from scheduler.store import (
     CLAIMED_TRIGGERS,
     RUN_STATUSES,
     Claim,
     ClockInfo,
+    Override,
+    Poll,
     RunRecord,
     Store,
     open_store,
@@ -1104,6 +1107,13 @@ class TestNamespace:
         assert [] == make_store(namespace="other").history()
 
 
+def drop_control_plane(raw: Raw) -> None:
+    """Take a database back to before the control plane's migration (its tables and index)."""
+    for table in ("overrides", "requests", "actions"):
+        raw(f"DROP TABLE scheduler_{table}")
+    raw("DROP INDEX scheduler_runs_started")
+
+
 class TestUpgrade:
     def test_version_1_database_upgraded_in_place(self, make_store: Callable[..., Store], raw: Raw) -> None:
         """A database at schema version 1 (before leases) keeps its runs, in the '' namespace."""
@@ -1112,6 +1122,7 @@ class TestUpgrade:
         record = run()
         old.claim([record])
         old.close()
+        drop_control_plane(raw)
         raw("DROP TABLE scheduler_clocks")
         for index in ("claim", "task_started", "running"):
             raw(f"DROP INDEX scheduler_runs_{index}")
@@ -1132,10 +1143,30 @@ class TestUpgrade:
         old.claim([record])
         old.close()
         before = store_module._SQLITE_MIGRATIONS.index(store_module._ATTEMPT)
+        drop_control_plane(raw)
         raw("ALTER TABLE scheduler_runs DROP COLUMN attempt")
         raw(f"UPDATE scheduler_schema SET version = {before}")
         store = make_store()
         assert [(record.run_id, 1)] == [(r.run_id, r.attempt) for r in store.history()]
+        assert len(store_module._SQLITE_MIGRATIONS) == schema_version(raw)
+
+    def test_database_before_the_control_plane_gets_it(
+        self, make_store: Callable[..., Store], raw: Raw
+    ) -> None:
+        """A database at the schema version before pauses and run requests keeps its runs and clocks, and
+        takes pauses and requests once upgraded."""
+        old = make_store()
+        old.heartbeat(clock(A))
+        record = run()
+        old.claim([record])
+        old.close()
+        drop_control_plane(raw)
+        raw(f"UPDATE scheduler_schema SET version = {len(store_module._SQLITE_MIGRATIONS) - 1}")
+        store = make_store()
+        assert [record.run_id] == [r.run_id for r in store.history()]
+        assert [A] == [c.id for c in store.clocks()]
+        store.pause("backup", by="ops")
+        assert 1 == store.request_run("backup", by="ops")
         assert len(store_module._SQLITE_MIGRATIONS) == schema_version(raw)
 
 
@@ -1194,3 +1225,381 @@ class TestPrivacy:
         assert [True] == won(store, [record])
         store.close()
         assert [record.run_id] == [r.run_id for r in open_store(f"sqlite:///{path}").history()]
+
+
+def soon(hours: float = 1) -> datetime:
+    return datetime.now(UTC) + timedelta(hours=hours)
+
+
+class TestOverride:
+    def test_holds_until_its_end(self) -> None:
+        """A pause holds back instants before its `until`, not that instant or later ones."""
+        pause = Override("t", True, T0, "", "ops", T0 - timedelta(hours=1))
+        assert pause.holds(T0 - timedelta(microseconds=1))
+        assert not pause.holds(T0)
+        assert not pause.holds(T0 + timedelta(days=1))
+
+    def test_open_ended_and_resumed(self) -> None:
+        """Without `until` a pause holds for ever; a resumed task's row holds nothing."""
+        assert Override("t", True, None, "", "ops", T0).holds(T0 + timedelta(days=3650))
+        assert not Override("t", False, None, "", "ops", T0).holds(T0)
+
+    def test_to_json(self) -> None:
+        """What `list --json` and a dashboard show of a pause."""
+        assert {
+            "paused": True,
+            "until": "2026-11-27T10:00:00+00:00",
+            "reason": "disk full",
+            "by": "ops",
+            "at": "2026-11-27T09:00:00+00:00",
+        } == Override("t", True, T0, "disk full", "ops", T0 - timedelta(hours=1)).to_json()
+
+
+class TestPause:
+    def test_every_store_sees_the_pause(self, make_store: Callable[..., Store]) -> None:
+        """A pause written by one process (a CLI) is what another (a clock) reads, with who, why and until."""
+        cli, clock_store = make_store(), make_store()
+        until = soon()
+        written = cli.pause("backup", by="ann@laptop", until=until, reason="disk full")
+        cli.close()
+        assert {"backup": written} == clock_store.overrides()
+        assert (True, until, "disk full", "ann@laptop") == (
+            written.paused,
+            written.until,
+            written.reason,
+            written.by,
+        )
+        assert written.holds(datetime.now(UTC))
+
+    def test_pausing_again_replaces_the_pause(self, store: Store) -> None:
+        """The newest pause of a task is its pause: a later one without `until` holds for ever."""
+        store.pause("backup", by="ann", until=soon(), reason="first")
+        store.pause("backup", by="bob")
+        [pause] = store.overrides().values()
+        assert (None, "", "bob") == (pause.until, pause.reason, pause.by)
+
+    def test_until_must_be_ahead(self, store: Store) -> None:
+        """A pause that would end before now is refused, naming the task and the instant; nothing is
+        written."""
+        until = datetime.now(UTC) - timedelta(minutes=1)
+        with pytest.raises(
+            ControlError,
+            match=re.escape(f"task 'backup': cannot pause until {until.isoformat()}: that is not after now"),
+        ):
+            store.pause("backup", by="ann", until=until)
+        assert {} == store.overrides()
+        assert [] == store.actions()
+
+    def test_naive_until(self, store: Store) -> None:
+        """`until` must be aware."""
+        with pytest.raises(ValueError, match="naive datetime"):
+            store.pause("backup", by="ann", until=datetime(2030, 1, 1))
+
+    @pytest.mark.parametrize(
+        ("fields", "message"),
+        [
+            ({"task": "", "by": "ann"}, "task must not be empty, got ''"),
+            ({"task": "backup", "by": "  "}, "by must not be empty, got '  '"),
+            (
+                {"task": "backup", "by": "ann", "reason": "x" * 1001},
+                "reason is 1001 characters long, over 1000",
+            ),
+            ({"task": "backup", "by": "a\x00b"}, r"by 'a\\x00b' holds a NUL character"),
+        ],
+    )
+    def test_bad_text(self, store: Store, fields: dict[str, Any], message: str) -> None:
+        """Names and reasons are checked before anything is written; the error names the value."""
+        with pytest.raises(ControlError, match=message):
+            store.pause(**fields)
+
+    def test_resume(self, make_store: Callable[..., Store]) -> None:
+        """resume() ends the pause for everyone and says whether one held; the row then names who resumed."""
+        a, b = make_store(), make_store()
+        a.pause("backup", by="ann")
+        assert b.resume("backup", by="bob")
+        [row] = a.overrides().values()
+        assert (False, "bob") == (row.paused, row.by)
+        assert not row.holds(datetime.now(UTC))
+        assert not b.resume("backup", by="bob")
+        assert not b.resume("never-paused", by="bob")
+
+    def test_resume_after_the_pause_ran_out(self, store: Store, raw: Raw) -> None:
+        """A pause past its `until` holds nothing any more: resuming it says so."""
+        store.pause("backup", by="ann", until=soon())
+        raw("UPDATE scheduler_overrides SET until_at = changed_at")
+        [row] = store.overrides().values()
+        assert not row.holds(datetime.now(UTC))
+        assert not store.resume("backup", by="bob")
+
+    def test_audit_trail(self, store: Store) -> None:
+        """Every pause, resume and run request is in the audit trail, newest first, with who and what;
+        `before` pages through it and `task` filters it."""
+        until = soon()
+        store.pause("backup", by="ann", until=until, reason="disk full")
+        store.resume("backup", by="bob")
+        store.resume("backup", by="bob")
+        request_id = store.request_run("report", by="cat")
+        store.pause("report", by="cat")
+        actions = store.actions()
+        assert [
+            ("cat", "pause", "report", ""),
+            ("cat", "run", "report", f"request {request_id}"),
+            ("bob", "resume", "backup", "was not paused"),
+            ("bob", "resume", "backup", ""),
+            ("ann", "pause", "backup", f"until {until.isoformat()}; reason: disk full"),
+        ] == [(a.by, a.action, a.task, a.detail) for a in actions]
+        assert actions == sorted(actions, key=lambda a: a.id, reverse=True)
+        assert actions[2:4] == store.actions(limit=2, before=actions[1].id)
+        assert ["resume", "resume", "pause"] == [a.action for a in store.actions("backup")]
+        assert all(a.at <= datetime.now(UTC) for a in actions)
+
+    def test_namespaces_apart(self, make_store: Callable[..., Store]) -> None:
+        """A pause, a request and the audit trail belong to their namespace."""
+        billing, shop = make_store(namespace="billing"), make_store(namespace="shop")
+        billing.pause("backup", by="ann")
+        billing.request_run("backup", by="ann")
+        assert ({}, [], []) == (shop.overrides(), shop.requests(), shop.actions())
+        assert [] == shop.poll(A, {"backup"}).requests
+        assert ["backup"] == list(billing.overrides())
+
+
+class TestRunRequests:
+    def test_one_clock_claims_a_request(self, make_store: Callable[..., Store]) -> None:
+        """A pending request is claimed by the first clock that polls and knows the task; another clock's
+        poll gets nothing."""
+        web, a, b = make_store(), make_store(), make_store()
+        a.heartbeat(clock(A))
+        b.heartbeat(clock(B))
+        request_id = web.request_run("backup", by="ann")
+        [pending] = web.requests()
+        assert (request_id, "backup", "ann", "pending", None) == (
+            pending.id,
+            pending.task,
+            pending.requested_by,
+            pending.state,
+            pending.claimed_by,
+        )
+        [held] = a.poll(A, {"backup", "other"}).requests
+        assert [] == b.poll(B, {"backup"}).requests
+        assert (request_id, "claimed", A) == (held.id, held.state, held.claimed_by)
+        assert held.claimed_at is not None
+        assert held.claimed_at >= pending.requested_at
+        assert [held] == web.requests(state="claimed")
+
+    def test_unknown_task_stays_pending(self, store: Store) -> None:
+        """A clock that does not know the task leaves its request for another clock; a stopping clock
+        (tasks None) claims nothing."""
+        store.heartbeat(clock(A))
+        store.request_run("new-task", by="ann")
+        assert [] == store.poll(A, {"backup"}).requests
+        assert [] == store.poll(A, None).requests
+        assert ["pending"] == [r.state for r in store.requests()]
+
+    def test_held_until_started(self, store: Store) -> None:
+        """A clock's poll answers the requests it holds until it notes their start, so that an answer lost
+        to a timeout is not a request lost; started, the request names its run."""
+        store.heartbeat(clock(A))
+        request_id = store.request_run("backup", by="ann")
+        assert [request_id] == [r.id for r in store.poll(A, {"backup"}).requests]
+        assert [request_id] == [r.id for r in store.poll(A, {"backup"}).requests]
+        store.request_started(request_id, "0123456789ab")
+        assert [] == store.poll(A, {"backup"}).requests
+        [done] = store.requests()
+        assert ("started", "0123456789ab", A) == (done.state, done.run_id, done.claimed_by)
+
+    def test_oldest_first_and_bounded(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A poll claims the oldest requests first, at most REQUESTS_PER_POLL."""
+        monkeypatch.setattr(store_module, "REQUESTS_PER_POLL", 2)
+        store.heartbeat(clock(A))
+        ids = [store.request_run("backup", by="ann") for _ in range(3)]
+        assert ids[:2] == [r.id for r in store.poll(A, {"backup"}).requests]
+        store.request_started(ids[0], "0" * 12)
+        store.request_started(ids[1], "1" * 12)
+        assert ids[2:] == [r.id for r in store.poll(A, {"backup"}).requests]
+
+    def test_expired_once(self, make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch) -> None:
+        """A request no clock claimed within REQUEST_TTL_S expires, reported by the one poll that expired it;
+        it is never claimed afterwards."""
+        a, b = make_store(), make_store()
+        request_id = a.request_run("unknown", by="ann")
+        assert [] == a.poll(A, {"backup"}).expired
+        monkeypatch.setattr(store_module, "REQUEST_TTL_S", 0.0)
+        [expired] = a.poll(A, {"backup"}).expired
+        assert (request_id, "expired", "unknown") == (expired.id, expired.state, expired.task)
+        assert Poll({}, [], []) == b.poll(B, {"unknown"})
+        assert ["expired"] == [r.state for r in a.requests()]
+
+    def test_only_a_clock_with_a_lease_claims(self, make_store: Callable[..., Store]) -> None:
+        """A clock no heartbeat registered (the store was down at its start), or one that stopped, claims
+        nothing: a live clock would take the requests it held for lost."""
+        a, b = make_store(), make_store()
+        a.request_run("backup", by="ann")
+        assert [] == a.poll(A, {"backup"}).requests
+        b.heartbeat(clock(B))
+        b.stop_clock(B)
+        assert [] == b.poll(B, {"backup"}).requests
+        a.heartbeat(clock(A))
+        assert ["backup"] == [r.task for r in a.poll(A, {"backup"}).requests]
+
+    def test_stopping_clock_gives_its_requests_back(self, make_store: Callable[..., Store]) -> None:
+        """A clock that stops with every start noted gives back what it holds: another clock claims it."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        b.heartbeat(clock(B))
+        request_id = a.request_run("backup", by="ann")
+        a.poll(A, {"backup"})
+        a.stop_clock(A, release_requests=True)
+        assert [request_id] == [r.id for r in b.poll(B, {"backup"}).requests]
+
+    def test_a_dead_clocks_requests_are_lost(self, make_store: Callable[..., Store], raw: Raw) -> None:
+        """A request held by a clock that died (or stopped without giving it back) is marked lost at a live
+        clock's heartbeat, never run by another; a run its clock did start still gets noted."""
+        a, b = make_store(), make_store()
+        a.heartbeat(clock(A))
+        request_id = a.request_run("backup", by="ann")
+        a.poll(A, {"backup"})
+        b.heartbeat(clock(B))
+        assert ["claimed"] == [r.state for r in b.requests()]
+        raw(f"UPDATE scheduler_clocks SET heartbeat_at = '{ago(60)}' WHERE id = '{A}'")
+        b.heartbeat(clock(B))
+        assert ["lost"] == [r.state for r in b.requests()]
+        assert [] == b.poll(B, {"backup"}).requests
+        a.request_started(request_id, "0123456789ab")
+        assert ["started"] == [r.state for r in b.requests()]
+
+    def test_concurrent_polls_claim_each_request_once(self, make_store: Callable[..., Store]) -> None:
+        """Four clocks polling at once, over and over, while requests keep coming: each request is claimed by
+        exactly one of them."""
+        web = make_store()
+        clocks = [f"c.{i}:{i}:cccccc" for i in range(4)]
+        stores = [make_store() for _ in clocks]
+        for store, clock_id in zip(stores, clocks, strict=True):
+            store.heartbeat(clock(clock_id))
+        made: list[int] = []
+        done = threading.Event()
+
+        def request() -> None:
+            for _ in range(40):
+                made.append(web.request_run("backup", by="ann"))
+            done.set()
+
+        def poll(store: Store, clock_id: str) -> list[int]:
+            won: list[int] = []
+            while True:
+                finished = done.is_set()
+                for held in store.poll(clock_id, {"backup"}).requests:
+                    won.append(held.id)
+                    store.request_started(held.id, uuid.uuid4().hex[:12])
+                if finished:
+                    return won
+
+        with ThreadPoolExecutor(len(stores) + 1) as pool:
+            pollers = [
+                pool.submit(poll, store, clock_id) for store, clock_id in zip(stores, clocks, strict=True)
+            ]
+            pool.submit(request).result()
+            claimed = [request_id for poller in pollers for request_id in poller.result()]
+        assert sorted(made) == sorted(claimed)
+        assert 40 == len(set(claimed))
+        assert {"started"} == {r.state for r in web.requests(limit=100)}
+
+    def test_pages(self, store: Store) -> None:
+        """requests() pages newest first with `before`, and filters by task and state."""
+        ids = [store.request_run(task, by="ann") for task in ("a", "b", "a")]
+        assert ids[::-1] == [r.id for r in store.requests()]
+        assert [ids[0]] == [r.id for r in store.requests(before=ids[1])]
+        assert [ids[2], ids[0]] == [r.id for r in store.requests("a", state="pending")]
+        with pytest.raises(ValueError, match="unknown request state 'done'"):
+            store.requests(state="done")
+
+    def test_validated(self, store: Store) -> None:
+        """A request needs a task and someone asking."""
+        with pytest.raises(ControlError, match="by must not be empty"):
+            store.request_run("backup", by="")
+
+
+class TestDashboardReads:
+    def test_runs_page_without_gaps_or_repeats(self, store: Store) -> None:
+        """runs() pages newest first; runs that start meanwhile neither shift nor repeat the later pages,
+        and runs started at the same instant are paged by insertion."""
+        records = [run(minutes=m) for m in range(5)]
+        records += [run(minutes=10, trigger="manual"), run(minutes=10, trigger="manual")]
+        for record in records:
+            store.record(record)
+        first = store.runs(limit=3)
+        store.record(run(minutes=20))
+        second = store.runs(limit=3, before=first.before)
+        third = store.runs(limit=3, before=second.before)
+        seen = [r.run_id for page in (first, second, third) for r in page.runs]
+        assert [r.run_id for r in records[::-1]] == seen
+        assert third.before is None
+        assert [r.run_id for r in store.history(limit=8)][1:] == seen
+
+    def test_runs_filtered(self, store: Store) -> None:
+        """By task, status and trigger, together."""
+        failed = run("a", 1)
+        store.claim([failed])
+        finish(store, failed, status="failed", exit_code=1)
+        store.record(replace(run("a", 2, "manual"), status="failed"))
+        store.claim([run("a", 3), run("b", 4)])
+        assert [failed.run_id] == [
+            r.run_id for r in store.runs("a", status="failed", trigger="schedule").runs
+        ]
+        assert ["b"] == [
+            r.task for r in store.runs(status="running", trigger="schedule").runs if r.task == "b"
+        ]
+        assert 2 == len(store.runs("a", status="failed").runs)
+
+    def test_runs_bad_arguments(self, store: Store) -> None:
+        """A cursor runs() did not make, and a limit out of bounds, are refused, naming them."""
+        with pytest.raises(
+            ValueError, match=re.escape("before 'yesterday': not a RunPage.before from runs()")
+        ):
+            store.runs(before="yesterday")
+        with pytest.raises(ValueError, match="limit must be from 1 to 1000, not 0"):
+            store.runs(limit=0)
+        with pytest.raises(ValueError, match="unknown run status 'done': use running, succeeded"):
+            store.runs(status="done")
+
+
+class TestLatestRuns:
+    def test_newest_per_task(self, store: Store) -> None:
+        """Each named task's newest runs, newest first (by start, then insertion), at most per_task."""
+        a = [run("a", m) for m in range(4)]
+        twin = run("a", 9, "manual", started_minutes=3)
+        store.claim([*a, run("b", 1)])
+        store.record(twin)
+        latest = store.latest_runs(["a", "b"], 3)
+        assert [twin.run_id, a[3].run_id, a[2].run_id] == [r.run_id for r in latest["a"]]
+        assert ["b"] == [r.task for r in latest["b"]]
+        assert {"a": [twin]} == {
+            k: [replace(r, output=None) for r in v] for k, v in store.latest_runs(["a"]).items()
+        }
+
+    def test_without_output(self, store: Store) -> None:
+        """The output stays in the database: a strip of runs needs none of it."""
+        record = run("a")
+        store.claim([record])
+        finish(store, record, output="x" * 4000)
+        [latest] = store.latest_runs(["a"])["a"]
+        assert (None, "succeeded", 1.0) == (latest.output, latest.status, latest.duration_s)
+
+    def test_only_tasks_named_and_with_runs(self, make_store: Callable[..., Store]) -> None:
+        """Tasks not named, tasks without runs, and other namespaces' runs are left out."""
+        mine, theirs = make_store(namespace="mine"), make_store(namespace="theirs")
+        mine.claim([run("a"), run("b")])
+        theirs.claim([run("c")])
+        assert ["a"] == list(mine.latest_runs(["a", "c", "never"]))
+        assert {} == mine.latest_runs([])
+
+    def test_bounds(self, store: Store) -> None:
+        """per_task from 1 to PAGE_MAX."""
+        with pytest.raises(ValueError, match="per_task must be from 1 to 1000, not 0"):
+            store.latest_runs(["a"], 0)
+
+    def test_claims_ahead_left_out(self, store: Store) -> None:
+        """A claim made ahead, for an instant still to come, is not a task's last run."""
+        done = run("a", started_minutes=0)
+        ahead = replace(run("a", 1), started_at=datetime.now(UTC) + timedelta(seconds=30))
+        store.claim([done, ahead])
+        assert [done.run_id] == [r.run_id for r in store.latest_runs(["a"], 5)["a"]]

@@ -22,13 +22,15 @@ Event = dict[str, Any]
 class ClockProcess:
     """A running `scheduler run`, its events collected by a reader thread."""
 
-    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, *args: str, env: dict[str, str] | None = None, command: str = "run"
+    ) -> None:
         self.config = config
         self.events: list[Event] = []
         self.other: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [*SCHEDULER, "run", "-c", str(config), "--log-format", "json", *args],
+            [*SCHEDULER, command, "-c", str(config), "--log-format", "json", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
