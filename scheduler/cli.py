@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from scheduler import __version__, clock, log, orphans, runner
+from scheduler import __version__, clock, enqueue, log, orphans, runner
 from scheduler.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -211,6 +211,7 @@ def run(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shutdown-grace") from None
     config = _load(config_path)
+    enqueue.check(config, os.environ)
     metrics_server = _serve_metrics(metrics_addr) if metrics_addr else None
     store = _open_store(config, store_url)
     if store is not None:
@@ -242,9 +243,9 @@ def run(
 
         the_clock = clock.ClockLoop(
             config,
-            start_run=functools.partial(runner.start_run, guard=guard),
+            start_run=enqueuer,
             log=logger,
-            env=dict(os.environ),  # a snapshot: os.environ decodes every variable on each read
+            env=env,
             load=lambda: load_isolated(config_path),
             watcher=watcher,
             on_tick=runner.reap_orphans if os.getpid() == 1 else None,
@@ -261,9 +262,19 @@ def run(
     pinger = Pinger(log=logger, env=dict(os.environ))
     # As PID 1, the clock cannot be SIGKILLed from inside its container, and its death kills everything.
     guard = orphans.start_guard(logger) if os.getpid() != 1 else orphans.NO_GUARD
+    env = dict(os.environ)  # a snapshot: os.environ decodes every variable on each read
+    # Tasks with `enqueue` send a job to their broker; the others run their command.
+    enqueuer = enqueue.Enqueuer(
+        commands=functools.partial(runner.start_run, guard=guard),
+        log=logger,
+        env=env,
+        config_path=config.path,
+        namespace=config.namespace,
+    )
     try:
         asyncio.run(main())
     finally:
+        enqueuer.close()
         guard.close()
         pinger.close(timeout_s=_PING_FLUSH_S)
         if metrics_server is not None:
@@ -315,6 +326,8 @@ def run_now(
     """
     config = _load(config_path)
     spec = _task(config, task)
+    if spec.enqueue is not None:
+        enqueue.check(config, os.environ)
     store = _open_store(config, store_url)
     log.configure(log_format, log_level, stream=sys.stderr)
     logger = log.get_logger()
@@ -333,7 +346,11 @@ def run_now(
     )
     if store is not None:
         store = _store_call(store, logger, lambda s: s.record(record))
-    result = asyncio.run(_run_now(spec, run_id, record.scheduled_for))
+    output: str | None = None
+    if spec.enqueue is not None:
+        result, output = asyncio.run(_enqueue_now(config, spec, run_id, record.scheduled_for))
+    else:
+        result = asyncio.run(_run_now(spec, run_id, record.scheduled_for))
     if store is not None:
         store = _store_call(
             store,
@@ -345,7 +362,7 @@ def run_now(
                 exit_code=result.exit_code,
                 signal=result.signal,
                 duration_s=result.duration_s,
-                output=result.error if spec.store_output else None,
+                output=(output or result.error) if spec.store_output else None,
             ),
         )
         if store is not None:
@@ -362,6 +379,29 @@ def _store_call(store: Store, logger: Any, call: Callable[[Store], object]) -> S
         logger.warning("store.unavailable", store=store.display_url, error=str(exc))
         return None
     return store
+
+
+async def _enqueue_now(
+    config: Config, spec: TaskSpec, run_id: str, scheduled_for: datetime
+) -> tuple[runner.RunResult, str]:
+    """Enqueue the task's job now, with trigger manual; print its id on stdout once the broker has it."""
+    enqueuer = enqueue.Enqueuer(
+        commands=runner.start_run,
+        log=log.get_logger(),
+        env=os.environ,
+        config_path=config.path,
+        namespace=config.namespace,
+    )
+    try:
+        started = enqueuer.start(
+            spec, run_id=run_id, trigger="manual", scheduled_for=scheduled_for, log=log.get_logger()
+        )
+        result = await started.wait()
+    finally:
+        enqueuer.close()
+    if result.ok:
+        click.echo(started.job_id)
+    return result, started.output_tail
 
 
 async def _run_now(spec: TaskSpec, run_id: str, scheduled_for: datetime) -> runner.RunResult:
@@ -413,6 +453,7 @@ def next_(tasks: Sequence[str], config_path: str, count: int, start: str | None,
                 "schedule": spec.schedule.text,
                 "timezone": spec.timezone,
                 "next": [f.at.astimezone(spec.zone).isoformat() for f in spec.schedule.fires(after, count)],
+                **({"enqueue": spec.enqueue.describe()} if spec.enqueue is not None else {}),
             }
             for spec in specs
         ]
@@ -422,7 +463,10 @@ def next_(tasks: Sequence[str], config_path: str, count: int, start: str | None,
         if i:
             click.echo()
         state = "" if spec.enabled else "  [disabled]"
-        click.echo(f"{spec.name}: {spec.schedule.text} ({spec.schedule.describe()}), {spec.timezone}{state}")
+        target = f", enqueues {spec.enqueue.describe()}" if spec.enqueue is not None else ""
+        click.echo(
+            f"{spec.name}: {spec.schedule.text} ({spec.schedule.describe()}), {spec.timezone}{target}{state}"
+        )
         for fire in spec.schedule.fires(after, count):
             local = fire.at.astimezone(spec.zone)
             line = f"  {local:%a %Y-%m-%d %H:%M:%S %Z}  {fire.at:%Y-%m-%dT%H:%M:%SZ}"
@@ -449,6 +493,10 @@ def list_(config_path: str, store_url: str | None) -> None:
     now = datetime.now(UTC)
     last = _last_runs(config, store_url)
     rows: list[tuple[str, ...]] = [("TASK", "SCHEDULE", "MEANING", "ZONE", "NEXT FIRE", "OVERLAP", "TIMEOUT")]
+    # What each task starts, only when some enqueue a job: a file of commands keeps its table as it was.
+    targets = any(spec.enqueue is not None for spec in config.tasks.values())
+    if targets:
+        rows[0] += ("RUNS",)
     if last is not None:
         rows[0] += ("LAST RUN", "LAST STATUS")
     for spec in config.tasks.values():
@@ -469,6 +517,8 @@ def list_(config_path: str, store_url: str | None) -> None:
                 timeout,
             )
         )
+        if targets:
+            rows[-1] += (spec.enqueue.describe() if spec.enqueue is not None else "command",)
         if last is not None:
             record = last.get(spec.name)
             rows[-1] += (_local_time(record.started_at), record.status) if record else ("never", "-")

@@ -43,3 +43,9 @@ class StoreError(SchedulerError):
 
     The message names the store by its redacted URL (store.redact), so it is safe to log: never a password.
     """
+
+
+class BrokerError(SchedulerError):
+    """A job could not be handed to its broker (Redis for Sidekiq and RQ, RabbitMQ or Redis for Celery): the
+    broker's URL is wrong, its driver is not installed, or it cannot be reached. The message names the broker
+    by its redacted URL, never a password."""

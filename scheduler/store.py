@@ -285,7 +285,7 @@ _SQL_RETENTION = f"""
 """
 _SQL_LAST_SUCCESSES = """
     SELECT task, MAX(finished_at) FROM scheduler_runs
-    WHERE namespace = ? AND status = 'succeeded' AND finished_at IS NOT NULL GROUP BY task
+    WHERE namespace = ? AND status IN ('succeeded', 'enqueued') AND finished_at IS NOT NULL GROUP BY task
 """
 _SQL_LAST_CLAIMED = f"""
     SELECT task, MAX(scheduled_for) FROM scheduler_runs WHERE namespace = ? AND {_CLAIMED_SQL} GROUP BY task
@@ -403,7 +403,7 @@ class RunRecord:
     run_id: str  # the clock's 12-hex run id
     claimed_by: str  # the clock that ran it, e.g. "myhost:1234"
     started_at: datetime
-    status: str = "running"  # running | succeeded | failed | timed_out | killed | skipped
+    status: str = "running"  # running | succeeded | enqueued | failed | timed_out | killed | skipped
     finished_at: datetime | None = None
     exit_code: int | None = None
     signal: str | None = None  # e.g. "SIGKILL"
