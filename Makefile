@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= schedules.example.yaml
 METRICS_ADDR ?= 127.0.0.1:9464
 
-.PHONY: run test lint typecheck unit dist bench clean
+.PHONY: run test lint typecheck unit dist bench bench-queues clean
 
 $(BIN)/scheduler: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ test: lint typecheck dist unit
 bench: $(BIN)/scheduler
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run.py
+
+# Enqueueing, side by side with sidekiq-cron, RQ's cron and Celery beat on one Redis; prints a table, writes
+# bench/results/queues.json. Needs Redis (BENCH_REDIS_URL, whose database it flushes) and Debian's
+# ruby-sidekiq and ruby-sidekiq-cron.
+bench-queues: $(BIN)/scheduler
+	$(BIN)/pip install --quiet -e '.[test,redis,celery]'
+	$(BIN)/python bench/queues.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist build *.egg-info
