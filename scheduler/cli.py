@@ -256,6 +256,7 @@ def run(
         )
         the_clock.install_signal_handlers()
         await the_clock.run()
+        _after_stop(asyncio.get_running_loop())
 
     from scheduler.pings import Pinger  # urllib and ssl: only for the clock
 
@@ -281,6 +282,17 @@ def run(
             metrics_server.close()
     # Only now: nothing but the final flush of the log (main's, at most _LOG_FLUSH_S) is left before exit.
     logger.info("scheduler.stopped")
+
+
+def _after_stop(loop: asyncio.AbstractEventLoop) -> None:
+    """Once the clock has stopped, a repeated SIGTERM or SIGHUP (Heroku and `timeout` send SIGTERM twice) is
+    ignored. Left to asyncio, one would either find the loop's self-pipe closed (asyncio closes it before it
+    lets go of the signals: "Exception ignored ... signal wakeup fd" on stderr) or, once the loop is gone,
+    kill the process in its final flush, before `scheduler.stopped`."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _serve_metrics(addr: str) -> MetricsServer:
