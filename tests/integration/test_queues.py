@@ -450,3 +450,46 @@ tasks:
         assert {1} == set(instants.values())
         ran = wait_records(workers.out, "ReportJob", len(enqueued))
         assert Counter(e["job_id"] for e in enqueued) == Counter(r["jid"] for r in ran)
+
+
+class TestCommands:
+    TEXT = """
+brokers:
+  redis: ${UNSET_FOR_LIST}
+tasks:
+  report:
+    schedule: "0 3 * * *"
+    enqueue: {to: sidekiq, job: ReportJob, queue: critical}
+  backup:
+    schedule: "0 4 * * *"
+    command: "true"
+"""
+
+    def test_list_and_next_show_what_each_task_starts(self, tmp_path: Path) -> None:
+        """list gains a RUNS column when some task enqueues; next names the target. Neither needs the
+        broker, nor its variable."""
+        (tmp_path / "schedules.yaml").write_text(self.TEXT)
+        listed = run_cli("list", cwd=tmp_path)
+        assert 0 == listed.returncode, listed.stderr
+        header, report, backup = listed.stdout.splitlines()
+        assert header.split()[-1] == "RUNS"
+        assert report.endswith("sidekiq ReportJob on critical (redis)")
+        assert backup.endswith("command")
+        upcoming = run_cli("next", "report", "-n", "1", cwd=tmp_path)
+        assert "report: 0 3 * * *" in upcoming.stdout
+        assert "enqueues sidekiq ReportJob on critical (redis)" in upcoming.stdout
+        as_json = json.loads(run_cli("next", "--json", "-n", "1", cwd=tmp_path).stdout)
+        assert {"report": "sidekiq ReportJob on critical (redis)", "backup": None} == {
+            entry["task"]: entry.get("enqueue") for entry in as_json
+        }
+
+    def test_run_and_run_now_name_an_unset_broker_variable(self, tmp_path: Path) -> None:
+        """The clock refuses to start (exit 2) when a broker's variable is unset, naming the line."""
+        (tmp_path / "schedules.yaml").write_text(self.TEXT)
+        for argv in (["run"], ["run-now", "report"]):
+            result = run_cli(*argv, cwd=tmp_path, timeout=30)
+            assert 2 == result.returncode
+            assert "schedules.yaml:3: brokers: redis: environment variable UNSET_FOR_LIST is not set" in (
+                result.stderr
+            )
+            assert "Traceback" not in result.stderr
