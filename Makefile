@@ -7,7 +7,7 @@ METRICS_ADDR ?= 127.0.0.1:9464
 WEB_ADDR ?= 127.0.0.1:8080
 STORE ?= sqlite:///.scheduler/run.db
 
-.PHONY: run test lint typecheck unit dist bench clean
+.PHONY: run test lint typecheck unit dist bench bench-queues clean
 
 $(BIN)/scheduler: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ bench: $(BIN)/scheduler
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/web.py
+
+# Enqueueing, side by side with sidekiq-cron, RQ's cron and Celery beat on one Redis; prints a table, writes
+# bench/results/queues.json. Needs Redis (BENCH_REDIS_URL, whose database it flushes) and Debian's
+# ruby-sidekiq and ruby-sidekiq-cron.
+bench-queues: $(BIN)/scheduler
+	$(BIN)/pip install --quiet -e '.[test,redis,celery]'
+	$(BIN)/python bench/queues.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache dist build *.egg-info

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from scheduler import __version__, clock, log, notify, orphans, runner
+from scheduler import __version__, clock, enqueue, log, notify, orphans, runner
 from scheduler.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -297,6 +297,7 @@ def run(
         raise click.BadParameter(str(exc), param_hint="--shutdown-grace") from None
     env = dict(os.environ)  # a snapshot: os.environ decodes every variable on each read
     config = _load(config_path, env, store_overridden=bool(store_url))
+    enqueue.check(config, os.environ)
     metrics_server = _serve_metrics(metrics_addr) if metrics_addr else None
     store = _open_store(config, store_url)
     web_socket = _bind_web(web_addr, store) if web_addr else None
@@ -335,7 +336,7 @@ def run(
 
         the_clock = clock.ClockLoop(
             config,
-            start_run=functools.partial(runner.start_run, guard=guard),
+            start_run=enqueuer,
             log=logger,
             env=task_env,
             load=lambda: load_isolated(config_path, env=env, store_overridden=bool(store_url)),
@@ -357,11 +358,21 @@ def run(
     pinger = Pinger(log=logger, env=env)
     # As PID 1, the clock cannot be SIGKILLed from inside its container, and its death kills everything.
     guard = orphans.start_guard(logger) if os.getpid() != 1 else orphans.NO_GUARD
+    env = dict(os.environ)  # a snapshot: os.environ decodes every variable on each read
+    # Tasks with `enqueue` send a job to their broker; the others run their command.
+    enqueuer = enqueue.Enqueuer(
+        commands=functools.partial(runner.start_run, guard=guard),
+        log=logger,
+        env=env,
+        config_path=config.path,
+        namespace=config.namespace,
+    )
     try:
         asyncio.run(main())
     finally:
         if web_child is not None:
             web_child.close()
+        enqueuer.close()
         guard.close()
         notifier.close()
         pinger.close(timeout_s=_PING_FLUSH_S)
@@ -369,6 +380,17 @@ def run(
             metrics_server.close()
     # Only now: nothing but the final flush of the log (main's, at most _LOG_FLUSH_S) is left before exit.
     logger.info("scheduler.stopped")
+
+
+def _after_stop(loop: asyncio.AbstractEventLoop) -> None:
+    """Once the clock has stopped, a repeated SIGTERM or SIGHUP (Heroku and `timeout` send SIGTERM twice) is
+    ignored. Left to asyncio, one would either find the loop's self-pipe closed (asyncio closes it before it
+    lets go of the signals: "Exception ignored ... signal wakeup fd" on stderr) or, once the loop is gone,
+    kill the process in its final flush, before `scheduler.stopped`."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _serve_metrics(addr: str) -> MetricsServer:
@@ -453,6 +475,8 @@ def run_now(
     """
     config = _load(config_path, os.environ, store_overridden=bool(store_url))
     spec = _task(config, task)
+    if spec.enqueue is not None:
+        enqueue.check(config, os.environ)
     store = _open_store(config, store_url)
     log.configure(log_format, log_level, stream=sys.stderr)
     logger = log.get_logger()
@@ -471,7 +495,11 @@ def run_now(
     )
     if store is not None:
         store = _store_call(store, logger, lambda s: s.record(record))
-    result = asyncio.run(_run_now(spec, run_id, record.scheduled_for))
+    output: str | None = None
+    if spec.enqueue is not None:
+        result, output = asyncio.run(_enqueue_now(config, spec, run_id, record.scheduled_for))
+    else:
+        result = asyncio.run(_run_now(spec, run_id, record.scheduled_for))
     if store is not None:
         store = _store_call(
             store,
@@ -483,7 +511,7 @@ def run_now(
                 exit_code=result.exit_code,
                 signal=result.signal,
                 duration_s=result.duration_s,
-                output=result.error if spec.store_output else None,
+                output=(output or result.error) if spec.store_output else None,
             ),
         )
         if store is not None:
@@ -500,6 +528,29 @@ def _store_call(store: Store, logger: Any, call: Callable[[Store], object]) -> S
         logger.warning("store.unavailable", store=store.display_url, error=str(exc))
         return None
     return store
+
+
+async def _enqueue_now(
+    config: Config, spec: TaskSpec, run_id: str, scheduled_for: datetime
+) -> tuple[runner.RunResult, str]:
+    """Enqueue the task's job now, with trigger manual; print its id on stdout once the broker has it."""
+    enqueuer = enqueue.Enqueuer(
+        commands=runner.start_run,
+        log=log.get_logger(),
+        env=os.environ,
+        config_path=config.path,
+        namespace=config.namespace,
+    )
+    try:
+        started = enqueuer.start(
+            spec, run_id=run_id, trigger="manual", scheduled_for=scheduled_for, log=log.get_logger()
+        )
+        result = await started.wait()
+    finally:
+        enqueuer.close()
+    if result.ok:
+        click.echo(started.job_id)
+    return result, started.output_tail
 
 
 async def _run_now(spec: TaskSpec, run_id: str, scheduled_for: datetime) -> runner.RunResult:
@@ -633,6 +684,7 @@ def next_(
                 "schedule": spec.schedule.text,
                 "timezone": spec.timezone,
                 "next": [_iso_in(f.at, UTC if utc else spec.zone) for f in spec.schedule.fires(after, count)],
+                **({"enqueue": spec.enqueue.describe()} if spec.enqueue is not None else {}),
             }
             for spec in specs
         ]
@@ -642,7 +694,10 @@ def next_(
         if i:
             click.echo()
         state = "" if spec.enabled else "  [disabled]"
-        click.echo(f"{spec.name}: {spec.schedule.text} ({spec.schedule.describe()}), {spec.timezone}{state}")
+        target = f", enqueues {spec.enqueue.describe()}" if spec.enqueue is not None else ""
+        click.echo(
+            f"{spec.name}: {spec.schedule.text} ({spec.schedule.describe()}), {spec.timezone}{target}{state}"
+        )
         for fire in spec.schedule.fires(after, count):
             zone = UTC if utc else spec.zone
             line = f"  {fire.at.astimezone(zone):%a} {_zone_time(fire.at, zone)}"
@@ -707,6 +762,10 @@ def list_(config_path: str, store_url: str | None, utc: bool, as_json: bool) -> 
         click.echo(json.dumps([_list_json(spec, nexts[spec.name], seen, utc) for spec in specs], indent=2))
         return
     rows: list[tuple[str, ...]] = [("TASK", "SCHEDULE", "MEANING", "ZONE", "NEXT FIRE", "OVERLAP", "TIMEOUT")]
+    # What each task starts, only when some enqueue a job: a file of commands keeps its table as it was.
+    targets = any(spec.enqueue is not None for spec in specs)
+    if targets:
+        rows[0] += ("RUNS",)
     if seen is not None:
         rows[0] += ("RUNNING", "LAST RUN", "LAST STATUS")
     for spec in specs:
@@ -724,6 +783,8 @@ def list_(config_path: str, store_url: str | None, utc: bool, as_json: bool) -> 
                 timeout,
             )
         )
+        if targets:
+            rows[-1] += (spec.enqueue.describe() if spec.enqueue is not None else "command",)
         if seen is not None:
             last, running = seen
             record = last.get(spec.name)

@@ -30,6 +30,7 @@ from yaml.reader import ReaderError
 from scheduler import schedule as schedule_module
 from scheduler.errors import ConfigError, ScheduleError
 from scheduler.frozen import pickle_by_fields, without_cycle_collection
+from scheduler.jobs import BACKENDS, SIDEKIQ_VERSIONS, Enqueue
 from scheduler.schedule import Schedule
 
 Overlap = Literal["skip", "allow", "replace"]
@@ -72,7 +73,7 @@ class TaskSpec:
 
     name: str
     schedule: Schedule
-    command: str | tuple[str, ...]
+    command: str | tuple[str, ...]  # () for a task that enqueues a job instead
     timezone: str
     timeout_s: float | None = None
     overlap: Overlap = DEFAULT_OVERLAP
@@ -102,6 +103,8 @@ class TaskSpec:
     retry_delay_s: float = DEFAULT_RETRY_DELAY_S
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
     retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S
+    # A job for the app's own workers (Sidekiq, RQ, Celery), sent instead of running a command.
+    enqueue: Enqueue | None = None
     line: int = field(default=0, compare=False)
 
     @property
@@ -129,6 +132,8 @@ class Config:
     keep_runs: int = DEFAULT_KEEP_RUNS
     namespace: str = ""
     digest: str = field(default="", compare=False)
+    # Broker URLs by name, as written (`${NAME}` left for the edge, as `store`); tasks name them in `enqueue`.
+    brokers: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_config(
@@ -271,7 +276,7 @@ def _duration_seconds(text: str) -> float | None:
     return total if position else None
 
 
-_TOP_KEYS = ("timezone", "store", "keep_runs", "namespace", "defaults", "tasks")
+_TOP_KEYS = ("timezone", "store", "keep_runs", "namespace", "defaults", "tasks", "brokers")
 # Names other tools give these keys, too far from ours for difflib to suggest them.
 _KEY_SYNONYMS = {
     "retry_count": "retries",
@@ -327,6 +332,27 @@ _STORE_FORMS = (
     "a store URL starting with sqlite://, postgresql:// or postgres://, "
     "or an environment variable reference like ${DATABASE_URL}"
 )
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_BROKER_SCHEMES = (*_REDIS_SCHEMES, "amqp", "amqps", "pyamqp")
+_BROKER_FORMS = (
+    "a broker URL starting with redis://, rediss://, unix://, amqp:// or amqps://, "
+    "or an environment variable reference like ${REDIS_URL}"
+)
+# What each backend's `job` names: a Ruby class, a Python dotted path (module and function), a task name.
+_JOB_NAMES = {
+    "sidekiq": re.compile(r"[A-Z][A-Za-z0-9_]*(?:::[A-Z][A-Za-z0-9_]*)*"),
+    "rq": re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"),
+    "celery": re.compile(r"\S(?:.*\S)?"),
+}
+_JOB_FORMS = {
+    "sidekiq": "a Ruby class name like ReportJob or Reports::NightlyJob",
+    "rq": "a function's dotted path like app.tasks.nightly_report",
+    "celery": "a Celery task name like app.tasks.nightly_report",
+}
+MAX_SIDEKIQ_RETRY = 10_000
+_SIDEKIQ_RETRY_FORM = f"true, false or a whole number of retries from 0 to {MAX_SIDEKIQ_RETRY}"
+_SIDEKIQ_VERSION_FORM = "the Sidekiq version the workers run: " + ", ".join(map(str, SIDEKIQ_VERSIONS))
+_PRIORITY_FORM = "a whole number from 0 to 255"
 _KEEP_RUNS_FORM = f"a whole number of runs to keep per task, from 1 to {MAX_KEEP_RUNS}"
 _PING_SCHEMES = ("http://", "https://")
 _PING_URL_FORMS = "an http:// or https:// URL, or an environment variable reference like ${PING_URL}"
@@ -472,6 +498,14 @@ def _shown_url(value: str, *, keep_path: bool) -> str:
     return _quote(f"{scheme}://{netloc}{path}" + ("?***" if question else ""))
 
 
+def _scheme(url: str) -> str | None:
+    """A URL's scheme, lowercased; None when a `${NAME}` reference stands before it (known only at start)."""
+    scheme, separator, _ = url.partition("://")
+    if "${" in scheme:
+        return None
+    return scheme.lower() if separator else ""
+
+
 def _braces_hint(value: str) -> str:
     """For a whole value written `$NAME`, which is not a reference: suggest `${NAME}`."""
     if value.startswith("$") and _ENV_NAME.fullmatch(value[1:]):
@@ -581,6 +615,9 @@ class _Parser:
         # The (key, key node, value node)s of each mapping merged with `<<`, by id (the node is kept alive).
         self.expanded: dict[int, tuple[Node, list[tuple[str, Node, Node]]]] = {}
         self.walked = 0  # mapping entries and list items walked so far, each alias and merge once per use
+        # The top-level `brokers`: name -> (URL as written, its line); None while invalid (already reported).
+        self.brokers: dict[str, tuple[str, int]] | None = {}
+        self.bad_brokers: set[str] = set()
 
     # -- reporting ----------------------------------------------------------------------------------------
 
@@ -676,6 +713,8 @@ class _Parser:
                     pass
             elif key == "defaults":
                 defaults, failed_defaults = self._defaults(value_node)
+            elif key == "brokers":
+                self.brokers = self._brokers(value_node)
             elif key == "tasks":
                 tasks_nodes.append(value_node)
             else:
@@ -701,6 +740,7 @@ class _Parser:
             store_line=store_line,
             keep_runs=keep_runs,
             namespace=namespace,
+            brokers={name: url for name, (url, _) in (self.brokers or {}).items()},
         )
 
     def _compose(self) -> Node | None:
@@ -1002,11 +1042,13 @@ class _Parser:
             except _Invalid:
                 valid = False
         for key in _REQUIRED_KEYS:
-            if key not in value_nodes:
+            if key not in value_nodes and key not in _ACTIONS:
                 # A misspelt 'comand' is reported once, as an unknown key with its suggestion.
                 if key not in suggested:
                     self.report(key_node, f"{where}: missing required key {key!r}")
                 valid = False
+        if not self._one_action(where, key_node, value_nodes, suggested):
+            valid = False
         if not self._retry_delays_agree(where, key_node, values, value_nodes, defaults, failed_defaults):
             valid = False
         if not self._hooks_have_their_variables(name, values, value_nodes, defaults):
@@ -1026,6 +1068,7 @@ class _Parser:
         settings = {**defaults, **values, "env": {**defaults.get("env", {}), **values.get("env", {})}}
         del settings["schedule"]
         settings["timezone"] = zone
+        settings.setdefault("command", ())
         fields = {_SETTINGS[key].field: value for key, value in settings.items()}
         return TaskSpec(name=name, schedule=schedule, line=key_node.start_mark.line + 1, **fields)
 
@@ -1109,6 +1152,23 @@ class _Parser:
         )
         return False
 
+    def _one_action(
+        self, where: str, key_node: Node, value_nodes: dict[str, Node], suggested: set[str]
+    ) -> bool:
+        """A task has `command` or `enqueue`: exactly one. False, with the problem reported, otherwise."""
+        given = [key for key in _ACTIONS if key in value_nodes]
+        if len(given) > 1:
+            self.report(
+                value_nodes["enqueue"], f"{where}: a task has either 'command' or 'enqueue', not both"
+            )
+            return False
+        if not given:
+            if not suggested & set(_ACTIONS):  # a misspelt one was reported with its suggestion
+                # Worded as before `enqueue` existed: `command` is what most tasks lack.
+                self.report(key_node, f"{where}: missing required key 'command'")
+            return False
+        return True
+
     def _setting(self, key: str, node: Node, where: str) -> Any:
         """The parsed value of one task setting (schedule is returned as text: it needs the zone)."""
         return _SETTINGS[key].parse(self, node, where)
@@ -1173,6 +1233,193 @@ class _Parser:
         if not self.store_overridden:
             self._check_set(node, where, value)
         return value
+
+    def _brokers(self, node: Node) -> dict[str, tuple[str, int]] | None:
+        """The top-level `brokers`: name -> (URL as written, its line). A broker whose URL is invalid is
+        left out (its problem reported) and remembered, so that the tasks naming it add no problem of their
+        own; None when `brokers` is no mapping at all."""
+        try:
+            mapping = self._mapping(
+                node, "brokers", "a mapping of broker names to URLs, like redis: ${REDIS_URL}"
+            )
+        except _Invalid:
+            return None
+        brokers: dict[str, tuple[str, int]] = {}
+        for name, key_node, value_node in self._items(mapping, "brokers", "broker"):
+            try:
+                if not _TASK_NAME.fullmatch(name):
+                    self.fail(
+                        key_node,
+                        f"brokers: invalid broker name {_quote(name)}: "
+                        "use letters, digits, '-', '_' and '.', starting with a letter or digit",
+                    )
+                url = self._url(value_node, f"brokers: {name}", _BROKER_FORMS)
+                scheme = _scheme(url)
+                if scheme is not None and scheme not in _BROKER_SCHEMES:
+                    shown = _shown_url(url, keep_path=True)
+                    self.fail(value_node, f"brokers: {name}: expected {_BROKER_FORMS}, got {shown}")
+                brokers[name] = (url, value_node.start_mark.line + 1)
+            except _Invalid:
+                self.bad_brokers.add(name)
+        return brokers
+
+    def _enqueue(self, node: Node, where: str) -> Enqueue:
+        """A task's `enqueue` mapping: `to` first, since the other keys' meaning depends on it; then the
+        broker, named or the only one there is; then the options of that backend, each from the table."""
+        mapping = self._mapping(
+            node, where, "a mapping with 'to' and 'job', like {to: sidekiq, job: ReportJob}"
+        )
+        items = self._items(mapping, where, "key")
+        to_nodes = [value_node for key, _, value_node in items if key == "to"]
+        to: str | None = None
+        valid = True
+        if not to_nodes:
+            self.report(mapping, f"{where}: missing required key 'to' (one of {', '.join(BACKENDS)})")
+            valid = False
+        else:
+            try:
+                to = self._choice(to_nodes[0], f"{where}: to", BACKENDS)
+            except _Invalid:
+                valid = False
+        values: dict[str, Any] = {}
+        given: dict[str, Node] = {}
+        for key, key_node, value_node in items:
+            if key == "to":
+                continue
+            setting = _ENQUEUE_BY_KEY.get(key)
+            if setting is None:
+                self.report(
+                    key_node, f"{where}: unknown key {_quote(key)}{_did_you_mean(key, _ENQUEUE_KEYS)}"
+                )
+                valid = False
+                continue
+            given[key] = value_node
+            if to is not None and to not in setting.backends:
+                owners = " and ".join(setting.backends)
+                self.report(key_node, f"{where}: {key!r} is an option of {owners}, not of {to}")
+                valid = False
+                continue
+            try:
+                values[setting.field] = setting.parse(self, value_node, f"{where}: {key}")
+            except _Invalid:
+                valid = False
+        if "job" not in given:
+            self.report(
+                mapping, f"{where}: missing required key 'job' ({_JOB_FORMS.get(to or '', 'the job')})"
+            )
+            valid = False
+        elif to is not None and "job" in values and not _JOB_NAMES[to].fullmatch(values["job"]):
+            self.report(given["job"], f"{where}: job: expected {_JOB_FORMS[to]}, got {_quote(values['job'])}")
+            valid = False
+        broker = self._task_broker(mapping, given.get("broker"), values.get("broker"), to, where)
+        if not valid or broker is None or to is None:
+            raise _Invalid
+        name, (url, line) = broker
+        values.update(broker=name, url=url, url_line=line)
+        return Enqueue(to=to, **values)  # type: ignore[arg-type]
+
+    def _task_broker(
+        self, mapping: Node, node: Node | None, name: str | None, to: str | None, where: str
+    ) -> tuple[str, tuple[str, int]] | None:
+        """The broker an `enqueue` names, or the only one; None with the problem reported (or already
+        reported, when the broker itself is invalid)."""
+        if self.brokers is None or (name is None and node is not None):
+            return None  # `brokers` is invalid, or the task's `broker` value is: both reported
+        known = self.brokers
+        if name is None:
+            names = sorted({*known, *self.bad_brokers})
+            if len(names) == 1:
+                name = names[0]
+            elif not names:
+                self.report(
+                    mapping,
+                    f"{where}: no broker to send to: add a top-level 'brokers:' mapping, "
+                    "like brokers: {redis: ${REDIS_URL}}",
+                )
+                return None
+            else:
+                self.report(mapping, f"{where}: which broker? add broker: with one of {', '.join(names)}")
+                return None
+        if name in self.bad_brokers:
+            return None
+        if name not in known:
+            assert node is not None
+            hint = _did_you_mean(name, known)
+            listed = ", ".join(sorted(known)) or "none"
+            self.report(node, f"{where}: broker: unknown broker {_quote(name)}{hint}; brokers: {listed}")
+            return None
+        url, line = known[name]
+        scheme = _scheme(url)
+        if to in ("sidekiq", "rq") and scheme is not None and scheme not in _REDIS_SCHEMES:
+            self.report(
+                node or mapping,
+                f"{where}: broker {name!r} is {scheme}://, but {to} reads its jobs from Redis "
+                "(redis://, rediss:// or unix://)",
+            )
+            return None
+        return name, (url, line)
+
+    def _choice(self, node: Node, where: str, choices: tuple[str, ...]) -> str:
+        expected = "one of " + ", ".join(choices)
+        value = self._string(node, where, expected, hints=False)
+        if value not in choices:
+            self.fail(
+                node, f"{where}: expected {expected}, got {_quote(value)}{_did_you_mean(value, choices)}"
+            )
+        return value
+
+    def _name(self, node: Node, where: str) -> str:
+        """A queue, routing key or exchange name: a non-empty string without NUL or surrounding blanks."""
+        value = self._string(node, where, "a name")
+        if not value.strip() or value != value.strip() or "\0" in value:
+            self.fail(node, f"{where}: expected a name, got {_quote(value)}")
+        return value
+
+    def _sidekiq_retry(self, node: Node, where: str) -> bool | int:
+        value = self._value(node, where)
+        if isinstance(value, bool):
+            return value
+        return int(self._number(node, where, _SIDEKIQ_RETRY_FORM, 0, MAX_SIDEKIQ_RETRY, whole=True))
+
+    def _json(self, node: Node, where: str) -> Any:
+        """A value sent as JSON (a job's arguments, a header): strings, numbers, booleans, null, lists and
+        mappings of them. Arguments may be secrets: errors say what is wrong, never the value."""
+        self.check_safe(node, where)
+        if isinstance(node, SequenceNode):
+            self.count(node, len(node.value))
+            return [self._json(item, f"{where}[{index}]") for index, item in enumerate(node.value)]
+        if isinstance(node, MappingNode):
+            return {
+                key: self._json(value, f"{where}: {key}") for key, _, value in self._items(node, where, "key")
+            }
+        value = self._value(node, where, secret=True)
+        if _misread_number(node, value):
+            self._not_decimal(node, value, where, "a number in decimal digits")
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(node, f"{where}: JSON has no {value}; quote it to send a string")
+        if value is None or isinstance(value, str | int | float):
+            return value
+        if isinstance(value, date):
+            self.fail(
+                node, f"{where}: a date: YAML reads an unquoted date as one, and JSON has none; quote it"
+            )
+        self.fail(
+            node,
+            f"{where}: expected a string, number, boolean, null, list or mapping, got {_describe(value)}",
+        )
+
+    def _json_list(self, node: Node, where: str) -> tuple[Any, ...]:
+        if not isinstance(node, SequenceNode):
+            self.check_safe(node, where)
+            self.fail(
+                node, f'{where}: expected a list of arguments, like [42, "eu"], got {self._shape(node)}'
+            )
+        return tuple(self._json(node, where))
+
+    def _json_mapping(self, node: Node, where: str) -> dict[str, Any]:
+        mapping = self._mapping(node, where, "a mapping of names to values")
+        result: dict[str, Any] = self._json(mapping, where)
+        return result
 
     def _ping_url(self, node: Node, where: str) -> str:
         """The ping URL as written. Only its text before the first `${` is checked for a scheme, so that a
@@ -1454,8 +1701,60 @@ _TASK_SETTINGS = (
         lambda p, n, w: float(p._number(n, w, _RETRY_BACKOFF_FORM, 1, MAX_RETRY_BACKOFF, whole=False)),
     ),
     _Setting("retry_max_delay", "retry_max_delay_s", _duration_setting(positive=True)),
+    # Required in the sense that defaults cannot set it: a task has it or `command` (_ACTIONS).
+    _Setting("enqueue", "enqueue", _Parser._enqueue, required=True),
 )
 _SETTINGS = {setting.key: setting for setting in _TASK_SETTINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class _EnqueueSetting:
+    """One key of a task's `enqueue`: the Enqueue field it sets, how it is parsed, and the backends that
+    take it (any other backend's task naming it is an error, not an option silently ignored)."""
+
+    key: str
+    field: str
+    parse: _Parse
+    backends: tuple[str, ...] = BACKENDS
+
+
+_JSON_VALUE: _Parse = _Parser._json
+# Every key of `enqueue` but `to`, in the order the docs list them.
+_ENQUEUE_SETTINGS = (
+    _EnqueueSetting(
+        "broker", "broker", lambda p, n, w: p._string(n, w, "the name of a broker under brokers:")
+    ),
+    _EnqueueSetting("job", "job", lambda p, n, w: p._string(n, w, "the job's name")),
+    _EnqueueSetting("args", "args", _Parser._json_list),
+    _EnqueueSetting("kwargs", "kwargs", _Parser._json_mapping, ("rq", "celery")),
+    _EnqueueSetting("queue", "queue", _Parser._name),
+    _EnqueueSetting("retry", "retry", _Parser._sidekiq_retry, ("sidekiq",)),
+    _EnqueueSetting(
+        "version",
+        "version",
+        lambda p, n, w: int(p._number(n, w, _SIDEKIQ_VERSION_FORM, 6, 8, whole=True)),
+        ("sidekiq",),
+    ),
+    _EnqueueSetting("active_job", "active_job", _Parser._boolean, ("sidekiq",)),
+    _EnqueueSetting("job_timeout", "job_timeout_s", _duration_setting(positive=True), ("rq",)),
+    _EnqueueSetting("result_ttl", "result_ttl_s", _duration_setting(positive=False), ("rq",)),
+    _EnqueueSetting("failure_ttl", "failure_ttl_s", _duration_setting(positive=True), ("rq",)),
+    _EnqueueSetting("ttl", "ttl_s", _duration_setting(positive=True), ("rq",)),
+    _EnqueueSetting("routing_key", "routing_key", _Parser._name, ("celery",)),
+    _EnqueueSetting("exchange", "exchange", _Parser._name, ("celery",)),
+    _EnqueueSetting(
+        "priority",
+        "priority",
+        lambda p, n, w: int(p._number(n, w, _PRIORITY_FORM, 0, 255, whole=True)),
+        ("celery",),
+    ),
+    _EnqueueSetting("expires", "expires_s", _duration_setting(positive=True), ("celery",)),
+    _EnqueueSetting("headers", "headers", _Parser._json_mapping, ("celery",)),
+)
+_ENQUEUE_BY_KEY = {setting.key: setting for setting in _ENQUEUE_SETTINGS}
+_ENQUEUE_KEYS = ("to", *_ENQUEUE_BY_KEY)
 _TASK_KEYS = tuple(_SETTINGS)
 _REQUIRED_KEYS = tuple(setting.key for setting in _TASK_SETTINGS if setting.required)
+# What a task does: exactly one of these.
+_ACTIONS = ("command", "enqueue")
 _DEFAULTS_KEYS = tuple(setting.key for setting in _TASK_SETTINGS if not setting.required)

@@ -62,3 +62,9 @@ class NoLiveClockError(ControlError):
 class WebError(SchedulerError):
     """The dashboard cannot start as asked: an address it may not listen on without a password, or a bad
     one."""
+
+
+class BrokerError(SchedulerError):
+    """A job could not be handed to its broker (Redis for Sidekiq and RQ, RabbitMQ or Redis for Celery): the
+    broker's URL is wrong, its driver is not installed, or it cannot be reached. The message names the broker
+    by its redacted URL, never a password."""

@@ -103,7 +103,7 @@ class FollowUps:
         that will be retried, and not during shutdown, when runs are stopped rather than failing.
         """
         spec = run.task
-        delay = RetryPolicy.of(spec).delay_after(attempt) if result.status != "succeeded" else None
+        delay = RetryPolicy.of(spec).delay_after(attempt) if not result.ok else None
         if delay is not None and self._tasks.get(spec.name) is state:
             due = self._host.now().timestamp() + delay
             state.retry = PendingRetry(due, run.scheduled_for, attempt + 1, run, result)
@@ -153,7 +153,7 @@ class FollowUps:
     def _final(self, run: Run, result: RunResult) -> None:
         """The end of a run's attempts: the final ping, and on_success or on_failure."""
         spec = run.task
-        failed = result.status != "succeeded"
+        failed = not result.ok
         output = run.output_tail or result.error or ""
         if spec.ping_url is not None:
             self._pinger.finish(

@@ -37,7 +37,8 @@ def prepare(
         "SCHEDULER_DURATION_S": f"{result.duration_s:.3f}",
         "SCHEDULER_OUTPUT_FILE": path,
     }
-    return replace(task, command=hook, timeout_s=task.hook_timeout_s, env=env), path
+    # A task that enqueues a job still runs its hooks as commands.
+    return replace(task, command=hook, enqueue=None, timeout_s=task.hook_timeout_s, env=env), path
 
 
 def cleanup(path: str) -> None:

@@ -38,7 +38,8 @@ _HEALTH_CONTENT_TYPE = "application/json"
 _SHUTDOWN_POLL_S = 0.2
 # A client that sends nothing for this long is dropped, so that slow clients cannot pile up threads.
 _REQUEST_TIMEOUT_S = 10.0
-_SUCCEEDED = "succeeded"
+# A run that did what it was for: its command succeeded, or its job reached its queue (enqueue.py).
+_SUCCEEDED = ("succeeded", "enqueued")
 _OK = HTTPStatus.OK.value
 _UNAVAILABLE = HTTPStatus.SERVICE_UNAVAILABLE.value
 # config_reloaded's results, exported at 0 from the start so that rate() and alerts see them before the first.
@@ -120,7 +121,7 @@ class Metrics:
         self._child(self._running, task).set(in_flight - 1)
         self._child(self._runs, task, status).inc()
         self._child(self._duration, task).observe(duration_s)
-        if status == _SUCCEEDED:
+        if status in _SUCCEEDED:
             self._child(self._last_success, task).set(self._now())
 
     def seed(self, task: str, *, last_run: float | None, last_success: float | None) -> None:

@@ -33,7 +33,8 @@ from scheduler.config import TaskSpec
 from scheduler.orphans import NO_GUARD, Guard
 from scheduler.runs import RUN_TAIL_BYTES, RunKind, iso_utc
 
-RunStatus = Literal["succeeded", "failed", "timed_out", "killed"]
+# `enqueued`: a task's job is in its broker (enqueue.py); it counts as a success.
+RunStatus = Literal["succeeded", "failed", "timed_out", "killed", "enqueued"]
 
 _MAX_LINE_BYTES = 8 * 1024  # a longer output line is cut here and logged with truncated=True
 _YIELD_EVERY_LINES = 32  # a pipe lets the loop run other runs' timers after this many lines
@@ -63,11 +64,16 @@ class RunResult:
     _not_started_status: int = field(default=_EXIT_CANNOT_EXECUTE, repr=False, kw_only=True)
 
     @property
+    def ok(self) -> bool:
+        """Whether the run did what it was for: its command succeeded, or its job was enqueued."""
+        return self.status in ("succeeded", "enqueued")
+
+    @property
     def shell_exit_status(self) -> int:
         """The status a shell would give: 0 succeeded, 124 timed out, 127 not found, 126 not executable,
         128+N died by signal N, else the exit code; a run stopped on purpose that still exited 0 gives
         128+SIGTERM, so that it never looks like a success."""
-        if self.status == "succeeded":
+        if self.ok:
             return 0
         if self.status == "timed_out":
             return _EXIT_TIMED_OUT

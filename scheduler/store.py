@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 CLAIMED_TRIGGERS = ("schedule", "catch_up")
 """Triggers whose (task, scheduled_for) is unique, so that exactly one clock runs each instant."""
-RUN_STATUSES = ("running", "succeeded", "failed", "timed_out", "killed", "skipped", "lost")
+RUN_STATUSES = ("running", "succeeded", "enqueued", "failed", "timed_out", "killed", "skipped", "lost")
 """Every status a recorded run can have: running until it ends; skipped for a claimed instant not run
 (overlap across clocks); lost when its clock died before it could record the end."""
 CONNECT_TIMEOUT_S = 2.0
@@ -358,7 +358,7 @@ _SQL_RETENTION = f"""
 """
 _SQL_LAST_SUCCESSES = """
     SELECT task, MAX(finished_at) FROM scheduler_runs
-    WHERE namespace = ? AND status = 'succeeded' AND finished_at IS NOT NULL GROUP BY task
+    WHERE namespace = ? AND status IN ('succeeded', 'enqueued') AND finished_at IS NOT NULL GROUP BY task
 """
 _SQL_LAST_CLAIMED = f"""
     SELECT task, MAX(scheduled_for) FROM scheduler_runs WHERE namespace = ? AND {_CLAIMED_SQL} GROUP BY task

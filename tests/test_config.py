@@ -2233,3 +2233,220 @@ class TestGarbage:
             assert 0 == gc.collect()
         finally:
             gc.enable()
+
+
+ENQUEUE_HEAD = """\
+brokers:
+  redis: ${REDIS_URL}
+  rabbit: amqp://guest:guest@127.0.0.1:5672//
+tasks:
+  a:
+    schedule: "0 3 * * *"
+"""
+
+
+def enqueue_task(lines: str) -> TaskSpec:
+    """Task 'a' of a file with a redis and a rabbit broker, its `enqueue` mapping given as YAML lines."""
+    body = textwrap.indent(textwrap.dedent(lines), "      ")
+    return parse(ENQUEUE_HEAD + "    enqueue:\n" + body).tasks["a"]
+
+
+def enqueue_problems(lines: str) -> list[str]:
+    body = textwrap.indent(textwrap.dedent(lines), "      ")
+    return problems(ENQUEUE_HEAD + "    enqueue:\n" + body)
+
+
+class TestEnqueue:
+    def test_a_sidekiq_job_with_every_key(self) -> None:
+        """The issue's example parses into an Enqueue naming the broker's URL as written."""
+        task = enqueue_task("""
+            to: sidekiq
+            broker: redis
+            job: ReportJob
+            args: [42, "eu", {deep: [1, null]}]
+            queue: critical
+            retry: 5
+            version: 8
+            active_job: true
+        """)
+        assert () == task.command
+        assert task.enqueue is not None
+        assert ("sidekiq", "redis", "${REDIS_URL}", "ReportJob") == (
+            task.enqueue.to,
+            task.enqueue.broker,
+            task.enqueue.url,
+            task.enqueue.job,
+        )
+        assert (42, "eu", {"deep": [1, None]}) == task.enqueue.args
+        assert ("critical", 5, 8, True) == (
+            task.enqueue.queue,
+            task.enqueue.retry,
+            task.enqueue.version,
+            task.enqueue.active_job,
+        )
+        assert 2 == task.enqueue.url_line
+
+    def test_rq_and_celery_options(self) -> None:
+        """Each backend's own options, durations in seconds; the queue defaults to the backend's own."""
+        rq = enqueue_task("""
+            {to: rq, broker: redis, job: app.jobs.report, kwargs: {a: 1}, job_timeout: 10m, result_ttl: 0,
+             failure_ttl: 1d, ttl: 90}
+        """).enqueue
+        assert rq is not None
+        assert ("default", {"a": 1}, 600, 0, 86400, 90) == (
+            rq.queue_name,
+            rq.kwargs,
+            rq.job_timeout_s,
+            rq.result_ttl_s,
+            rq.failure_ttl_s,
+            rq.ttl_s,
+        )
+        celery = enqueue_task("""
+            {to: celery, broker: rabbit, job: app.report, routing_key: rk, exchange: ex, priority: 9,
+             expires: 5m, headers: {h: [1]}}
+        """).enqueue
+        assert celery is not None
+        assert ("celery", "rk", "ex", 9, 300, {"h": [1]}) == (
+            celery.queue_name,
+            celery.routing_key,
+            celery.exchange,
+            celery.priority,
+            celery.expires_s,
+            celery.headers,
+        )
+
+    def test_the_only_broker_need_not_be_named(self) -> None:
+        """With one broker, `broker` may be left out."""
+        config = parse("""
+            brokers: {redis: "redis://127.0.0.1:6379/0"}
+            tasks:
+              a: {schedule: "@daily", enqueue: {to: rq, job: app.report}}
+        """)
+        assert {"redis": "redis://127.0.0.1:6379/0"} == config.brokers
+        enqueue = config.tasks["a"].enqueue
+        assert enqueue is not None
+        assert "redis" == enqueue.broker
+
+    def test_command_or_enqueue_exactly_one(self) -> None:
+        """A task with both is an error at `enqueue`; one with neither misses `command`."""
+        assert [
+            "schedules.yaml:4:50: task 'a': a task has either 'command' or 'enqueue', not both",
+            "schedules.yaml:5:3: task 'b': missing required key 'command'",
+        ] == problems("""
+            brokers: {redis: "redis://h"}
+            tasks:
+              a: {schedule: "@daily", command: run, enqueue: {to: rq, job: a.b}}
+              b: {schedule: "@daily"}
+        """)
+
+    def test_enqueue_cannot_be_a_default(self) -> None:
+        """Each task names its own job."""
+        assert ["schedules.yaml:3:3: defaults: 'enqueue' cannot have a default; set it in each task"] == (
+            problems("""
+                defaults:
+                  enqueue: {to: rq, job: a.b}
+                tasks: {}
+            """)
+        )
+
+    @pytest.mark.parametrize(
+        ("lines", "message"),
+        [
+            ("{job: X, broker: redis}", "enqueue: missing required key 'to' (one of sidekiq, rq, celery)"),
+            (
+                "{to: sidekik, job: X, broker: redis}",
+                "enqueue: to: expected one of sidekiq, rq, celery, got 'sidekik'",
+            ),
+            ("{to: sidekiq, broker: redis}", "enqueue: missing required key 'job' (a Ruby class name"),
+            (
+                "{to: sidekiq, job: report_job, broker: redis}",
+                "enqueue: job: expected a Ruby class name like ReportJob",
+            ),
+            ("{to: rq, job: report, broker: redis}", "enqueue: job: expected a function's dotted path"),
+            (
+                "{to: sidekiq, job: X, broker: redis, kwargs: {a: 1}}",
+                "enqueue: 'kwargs' is an option of rq and celery",
+            ),
+            (
+                "{to: rq, job: a.b, broker: redis, retry: 3}",
+                "enqueue: 'retry' is an option of sidekiq, not of rq",
+            ),
+            (
+                "{to: rq, job: a.b, broker: redis, jobtimeout: 3}",
+                "enqueue: unknown key 'jobtimeout' (did you mean 'job_timeout'?)",
+            ),
+            (
+                "{to: sidekiq, job: X, broker: redi}",
+                "enqueue: broker: unknown broker 'redi' (did you mean 'redis'?)",
+            ),
+            (
+                "{to: rq, job: a.b, broker: rabbit}",
+                "broker 'rabbit' is amqp://, but rq reads its jobs from Redis",
+            ),
+            ("{to: sidekiq, job: X}", "enqueue: which broker? add broker: with one of rabbit, redis"),
+            (
+                "{to: sidekiq, job: X, broker: redis, version: 5}",
+                "enqueue: version: expected the Sidekiq version",
+            ),
+            (
+                "{to: celery, job: x, broker: rabbit, priority: 300}",
+                "priority: expected a whole number from 0",
+            ),
+            (
+                "{to: rq, job: a.b, broker: redis, args: {a: 1}}",
+                "enqueue: args: expected a list of arguments",
+            ),
+            ("{to: rq, job: a.b, broker: redis, args: [2024-01-01]}", "args[0]: a date: YAML reads"),
+            ("{to: rq, job: a.b, broker: redis, args: [.nan]}", "args[0]: JSON has no nan"),
+            ("{to: rq, job: a.b, broker: redis, queue: ''}", "enqueue: queue: expected a name, got ''"),
+            (
+                "{to: rq, job: a.b, broker: redis, job_timeout: 0}",
+                "enqueue: job_timeout: must be more than 0",
+            ),
+        ],
+    )
+    def test_errors_name_the_place_and_the_value(self, lines: str, message: str) -> None:
+        """Each problem names the file, line and column, the task and the key."""
+        (problem,) = enqueue_problems(lines)
+        assert problem.startswith("schedules.yaml:8:")
+        assert f"task 'a': {message}" in problem or message in problem
+
+    def test_brokers_are_validated(self) -> None:
+        """Broker URLs: a known scheme or a variable reference; the password is never shown."""
+        assert [
+            "schedules.yaml:3:6: brokers: a: expected a broker URL starting with redis://, rediss://, "
+            "unix://, amqp:// or amqps://, or an environment variable reference like ${REDIS_URL}, "
+            "got 'http://user:***@host/x'",
+            "schedules.yaml:4:3: brokers: invalid broker name 'b c': use letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit",
+        ] == problems("""
+            brokers:
+              a: http://user:secret@host/x
+              b c: redis://h
+            tasks: {}
+        """)
+
+    def test_no_broker_at_all(self) -> None:
+        """An enqueue task in a file without brokers says what to add."""
+        assert [
+            "schedules.yaml:3:36: task 'a': enqueue: no broker to send to: add a top-level 'brokers:' "
+            "mapping, like brokers: {redis: ${REDIS_URL}}"
+        ] == problems("""
+            tasks:
+              a: {schedule: "@daily", enqueue: {to: rq, job: a.b}}
+        """)
+
+    def test_a_changed_broker_url_changes_the_task(self) -> None:
+        """A reload sees a task whose broker moved as changed."""
+        first = parse(
+            'brokers: {r: "redis://a"}\ntasks: {a: {schedule: "@daily", enqueue: {to: rq, job: a.b}}}'
+        )
+        second = parse(
+            'brokers: {r: "redis://b"}\ntasks: {a: {schedule: "@daily", enqueue: {to: rq, job: a.b}}}'
+        )
+        assert first.tasks["a"] != second.tasks["a"]
+
+    def test_an_enqueue_task_pickles(self) -> None:
+        """The reload's child hands the config over pickled."""
+        task = enqueue_task("{to: celery, broker: rabbit, job: x, args: [1, {a: 2}], headers: {h: 1}}")
+        assert task == pickle.loads(pickle.dumps(task))

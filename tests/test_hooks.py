@@ -64,3 +64,12 @@ class TestPrepare:
         monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "missing"))
         with pytest.raises(FileNotFoundError):
             hooks.prepare(task(), "notify", RunResult("failed", 1, None, 0.5), "x")
+
+    def test_a_task_that_enqueues_runs_its_hook_as_a_command(self) -> None:
+        """The hook of an `enqueue` task is a command: it does not send the job again."""
+        from scheduler.jobs import Enqueue
+
+        spec = task(enqueue=Enqueue(to="rq", broker="redis", url="redis://h", job="a.b"))
+        hook, path = hooks.prepare(spec, "notify", RunResult("enqueued", None, None, 0.01), "")
+        hooks.cleanup(path)
+        assert ("notify", None) == (hook.command, hook.enqueue)

@@ -102,6 +102,14 @@ class TestRuns:
         assert T0 + 3 == value(metrics, "scheduler_last_success_timestamp_seconds", task="digest")
         assert T0 == value(metrics, "scheduler_last_run_timestamp_seconds", task="digest")
 
+    def test_finished_enqueued(self, metrics: Metrics, now: FakeNow) -> None:
+        """A job enqueued counts as `enqueued`, and as a success for the last-success stamp."""
+        metrics.run_started("report")
+        now.at = T0 + 1
+        metrics.run_finished("report", "enqueued", 0.002)
+        assert 1.0 == value(metrics, "scheduler_runs_total", task="report", status="enqueued")
+        assert T0 + 1 == value(metrics, "scheduler_last_success_timestamp_seconds", task="report")
+
     def test_finished_failed(self, metrics: Metrics) -> None:
         """A failure counts by its status and leaves the last success alone."""
         metrics.run_started("digest")

@@ -97,3 +97,21 @@ def test_sigterms_after_the_shutdown_do_not_kill_the_exit(start_clock: Callable[
         assert clock.events[-1]["event"] == "scheduler.stopped"
     finally:
         blackhole.close()
+
+
+class TestRepeatedSigterm:
+    def test_sigterms_all_through_the_shutdown(self, start_clock: Callable[..., ClockProcess]) -> None:
+        """SIGTERM after SIGTERM (Heroku and `timeout` send more than one) until the process is gone: it
+        still exits 0 after `scheduler.stopped`, and nothing is printed about the signal wakeup fd."""
+        clock = start_clock(TICK)
+        deadline = time.monotonic() + EXIT_BOUND_S
+        while clock.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                clock.signal(signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            time.sleep(0.001)
+        assert 0 == clock.stop(timeout=30)
+        assert "scheduler.stopped" == clock.events[-1]["event"]
+        assert clock.proc.stderr is not None
+        assert "wakeup fd" not in clock.proc.stderr.read().decode() + "".join(clock.other)
