@@ -626,7 +626,7 @@ class TestHistoryFilters:
         assert (2, "") == (status.returncode, status.stdout)
         assert (
             "--status: unknown status 'faild' (did you mean 'failed'?); "
-            "statuses: running, succeeded, failed, timed_out, killed, skipped, lost"
+            "statuses: running, succeeded, enqueued, failed, timed_out, killed, skipped, lost"
         ) == message(status)
         since = run_cli("history", "--since", "yesterday", cwd=tmp_path)
         assert 2 == since.returncode
