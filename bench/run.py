@@ -207,8 +207,9 @@ def per_second(bench: Bench, fires: int) -> dict[str, dict[str, float]]:
 
 
 @contextmanager
-def postgres_schema() -> Iterator[str | None]:
-    """A store URL on a schema of the benchmark's own (dropped afterwards), or None without PostgreSQL."""
+def postgres_schema(name: str = "scheduler_bench") -> Iterator[str | None]:
+    """A store URL on a schema of the benchmark's own (`name` and the pid; dropped afterwards), or None
+    without PostgreSQL."""
     base = os.environ.get("SCHEDULER_BENCH_POSTGRES_URL", "postgresql://127.0.0.1/test")
     try:
         import psycopg
@@ -218,7 +219,7 @@ def postgres_schema() -> Iterator[str | None]:
         print(f"  (no PostgreSQL at {base}: {exc})", flush=True)
         yield None
         return
-    schema = f"scheduler_bench_{os.getpid()}"
+    schema = f"{name}_{os.getpid()}"
     admin.execute(f'CREATE SCHEMA "{schema}"')
     try:
         yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"

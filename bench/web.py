@@ -17,6 +17,7 @@ usage: python bench/web.py [--quick] [--only server|load] [--store sqlite|postgr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import math
@@ -46,6 +47,9 @@ from scheduler.dashboard import Dashboard, Schedules, Stores  # noqa: E402
 from scheduler.loader import load_config  # noqa: E402
 from scheduler.store import ClockInfo, open_store  # noqa: E402
 from scheduler.web import Request, WebApp  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import postgres_schema  # noqa: E402
 
 SCHEDULER = [sys.executable, "-m", "scheduler"]
 SCHEDULES = ("every minute", "*/10 * * * *", "H * * * *", "0 9 * * MON-FRI", "daily at 03:30", "H H * * 0")
@@ -139,24 +143,9 @@ def fill(url: str, tasks: int, per_task: int) -> float:
     return time.monotonic() - started
 
 
-@contextmanager
-def postgres_url(suffix: str = "") -> Iterator[str | None]:
-    base = os.environ.get("SCHEDULER_BENCH_POSTGRES_URL", "postgresql://127.0.0.1/test")
-    try:
-        import psycopg
-
-        admin = psycopg.connect(base, autocommit=True, connect_timeout=2)
-    except Exception as exc:
-        print(f"  (no PostgreSQL at {base}: {exc})", flush=True)
-        yield None
-        return
-    schema = f"scheduler_webbench_{os.getpid()}{suffix}"
-    admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
+def postgres_url(suffix: str = "") -> contextlib.AbstractContextManager[str | None]:
+    """A store URL on a schema of this benchmark's own, or None without PostgreSQL (bench/run.py's)."""
+    return postgres_schema(f"scheduler_webbench_{suffix}" if suffix else "scheduler_webbench")
 
 
 @contextmanager

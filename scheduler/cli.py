@@ -297,7 +297,7 @@ def run(
         raise click.BadParameter(str(exc), param_hint="--shutdown-grace") from None
     env = dict(os.environ)  # a snapshot: os.environ decodes every variable on each read
     config = _load(config_path, env, store_overridden=bool(store_url))
-    enqueue.check(config, os.environ)
+    enqueue.check(config, env)
     metrics_server = _serve_metrics(metrics_addr) if metrics_addr else None
     store = _open_store(config, store_url)
     web_socket = _bind_web(web_addr, store) if web_addr else None
@@ -358,7 +358,6 @@ def run(
     pinger = Pinger(log=logger, env=env)
     # As PID 1, the clock cannot be SIGKILLed from inside its container, and its death kills everything.
     guard = orphans.start_guard(logger) if os.getpid() != 1 else orphans.NO_GUARD
-    env = dict(os.environ)  # a snapshot: os.environ decodes every variable on each read
     # Tasks with `enqueue` send a job to their broker; the others run their command.
     enqueuer = enqueue.Enqueuer(
         commands=functools.partial(runner.start_run, guard=guard),
@@ -380,17 +379,6 @@ def run(
             metrics_server.close()
     # Only now: nothing but the final flush of the log (main's, at most _LOG_FLUSH_S) is left before exit.
     logger.info("scheduler.stopped")
-
-
-def _after_stop(loop: asyncio.AbstractEventLoop) -> None:
-    """Once the clock has stopped, a repeated SIGTERM or SIGHUP (Heroku and `timeout` send SIGTERM twice) is
-    ignored. Left to asyncio, one would either find the loop's self-pipe closed (asyncio closes it before it
-    lets go of the signals: "Exception ignored ... signal wakeup fd" on stderr) or, once the loop is gone,
-    kill the process in its final flush, before `scheduler.stopped`."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.remove_signal_handler(sig)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def _serve_metrics(addr: str) -> MetricsServer:

@@ -1531,13 +1531,7 @@ class _Parser:
         return seconds
 
     def _overlap(self, node: Node, where: str) -> str:
-        expected = "one of " + ", ".join(_OVERLAPS)
-        value = self._string(node, where, expected, hints=False)
-        if value not in _OVERLAPS:
-            self.fail(
-                node, f"{where}: expected {expected}, got {_quote(value)}{_did_you_mean(value, _OVERLAPS)}"
-            )
-        return value
+        return self._choice(node, where, _OVERLAPS)
 
     def _command(self, node: Node, where: str) -> str | tuple[str, ...]:
         """A string (run through the shell) or a non-empty list of arguments (run directly)."""
